@@ -1,0 +1,153 @@
+"""`ipfloater`: the command-line client, compatible with the original ipfloater's CLI.
+
+    ipfloater [-i IP] [-p PORT] [--token-file F] [--json] COMMAND ...
+
+Human-readable output by default, `--json` for scripts; every error is one line on
+stderr and a non-zero exit (1: refused by the daemon, 2: bad arguments, 3: no daemon).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from . import __version__
+from .addresses import AddressError, parse_ipv4
+from .client import DEFAULT_TOKEN_FILE, ApiError, IpfloaterClient, read_token
+
+EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+
+
+def _ip_arg(field):
+    def parse(value: str) -> str:
+        try:
+            return str(parse_ipv4(value, field))
+        except AddressError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    cells = [[str(r.get(c) if r.get(c) is not None else "-") for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ipfloater",
+        description="Client of ipfloaterd, the daemon that maps floating (public) IPs to private IPs.")
+    parser.add_argument("-i", "--server-ip", default=os.environ.get("IPFLOATER_SERVER_IP", "127.0.0.1"),
+                        help="address where ipfloaterd listens (default 127.0.0.1)")
+    parser.add_argument("-p", "--server-port", type=int, default=int(os.environ.get("IPFLOATER_SERVER_PORT", 7003)),
+                        help="port where ipfloaterd listens (default 7003)")
+    parser.add_argument("--url", help="full daemon URL (overrides -i/-p), e.g. https://router:7443")
+    parser.add_argument("--token-file", default=None,
+                        help=f"API token file (default $IPFLOATER_TOKEN, then {DEFAULT_TOKEN_FILE})")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the daemon")
+    parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("getip", help="allocate a floating IP for a private IP (prints the public IP)")
+    p.add_argument("private_ip", type=_ip_arg("private_ip"))
+    p.add_argument("--owner", help="record this owner on the allocation")
+    p = sub.add_parser("redirect", help="point a floating IP at a private IP (moves it if needed)")
+    p.add_argument("public_ip", type=_ip_arg("public_ip"))
+    p.add_argument("private_ip", type=_ip_arg("private_ip"))
+    p.add_argument("--owner", help="record this owner on the allocation")
+    p = sub.add_parser("releaseip", help="release a floating IP, given the public or the private IP")
+    p.add_argument("ip", type=_ip_arg("ip"))
+    sub.add_parser("status", help="show the allocations and their redirections")
+    sub.add_parser("ippool", help="show the public addresses in the pool")
+    sub.add_parser("version", help="show the client and server versions")
+    p = sub.add_parser("arp", help="look a MAC address up in the router's neighbour table")
+    p.add_argument("mac")
+    p = sub.add_parser("show", help="show one floating IP")
+    p.add_argument("public_ip", type=_ip_arg("public_ip"))
+    sub.add_parser("reconcile", help="repair the router's rules and addresses now; prints the repairs")
+    sub.add_parser("health", help="check that the daemon answers (no token needed)")
+    return parser
+
+
+def _execute(args, client: IpfloaterClient):
+    """Run one command; returns (json_payload, human_text)."""
+    cmd = args.command
+    if cmd == "getip":
+        existing = client.list(private_ip=args.private_ip)
+        alloc = existing[0] if existing else client.allocate(private_ip=args.private_ip, owner=args.owner)
+        return alloc, alloc["public_ip"]
+    if cmd == "redirect":
+        try:
+            current = client.show(args.public_ip)
+        except ApiError as exc:
+            if exc.code != "not_allocated":
+                raise
+            current = None
+        if current is None:
+            alloc = client.allocate(public_ip=args.public_ip, private_ip=args.private_ip, owner=args.owner)
+        else:
+            alloc = client.associate(args.public_ip, args.private_ip, allow_move=True, owner=args.owner)
+        return alloc, f"{alloc['public_ip']} -> {alloc['private_ip']}"
+    if cmd == "releaseip":
+        try:
+            public = client.show(args.ip)["public_ip"]
+        except ApiError as exc:
+            if exc.code not in ("not_in_pool", "not_allocated"):
+                raise
+            served = client.list(private_ip=args.ip)
+            if not served:
+                raise ApiError("not_found", f"ip: {args.ip} is neither an allocated floating IP "
+                                            f"nor a private IP with one", 404) from None
+            public = served[0]["public_ip"]
+        alloc = client.release(public)
+        return alloc, f"released {alloc['public_ip']}"
+    if cmd == "status":
+        items = client.list()
+        return {"floatingips": items}, _table(items, ["public_ip", "private_ip", "status", "owner", "ref"])
+    if cmd == "ippool":
+        pool = client.pool()
+        text = _table(pool["addresses"], ["public_ip", "status"]) + f"\n{pool['free']} of {pool['size']} free"
+        return pool, text
+    if cmd == "version":
+        server = client.version()
+        payload = {"client": __version__, "server": server.get("version"), "backend": server.get("backend")}
+        return payload, f"client {__version__}\nserver {payload['server']} ({payload['backend']})"
+    if cmd == "arp":
+        entries = client.neighbours(mac=args.mac)
+        if not entries:
+            raise ApiError("not_found", f"mac: {args.mac} is not in the router's neighbour table", 404)
+        return {"neighbours": entries}, "\n".join(e["ip"] for e in entries)
+    if cmd == "show":
+        alloc = client.show(args.public_ip)
+        return alloc, _table([alloc], ["public_ip", "private_ip", "status", "owner", "ref"])
+    if cmd == "reconcile":
+        result = client.reconcile()
+        return result, "\n".join(result["repairs"]) or "nothing to repair"
+    if cmd == "health":
+        return client.health(), "ok"
+    raise AssertionError(cmd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    url = args.url or f"http://{args.server_ip}:{args.server_port}"
+    try:
+        token = "" if args.command == "health" else read_token(args.token_file)
+        client = IpfloaterClient(url, token, timeout=args.timeout)
+        payload, text = _execute(args, client)
+    except ApiError as exc:
+        if args.json:
+            print(json.dumps({"error": {"code": exc.code, "message": exc.message}}), file=sys.stderr)
+        else:
+            print(f"ipfloater: {exc.message}", file=sys.stderr)
+        return EXIT_UNREACHABLE if exc.code in ("unreachable", "timeout", "no_token") else EXIT_REFUSED
+    print(json.dumps(payload, sort_keys=True) if args.json else text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

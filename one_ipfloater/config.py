@@ -1,0 +1,161 @@
+"""The daemon's configuration file: INI with an [IPFLOATER] section.
+
+Keys of the original ipfloater (IP_POOL, PRIVATE_IP_RANGES, REST_IP, REST_PORT, DB,
+BLOCK_PUBLIC_IPS) keep their names and meaning so that old config files still load.
+Every value is validated here, once, so the rest of the daemon works with typed values.
+"""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import re
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+from .addresses import AddressError, parse_networks, parse_pool
+
+SECTION = "IPFLOATER"
+DEFAULT_DB = "/var/lib/ipfloater/ipfloater.db"
+DEFAULT_TOKEN_FILE = "/var/lib/ipfloater/token"
+DEFAULT_XTABLES_LOCK = "/run/xtables.lock"
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
+
+KNOWN_KEYS = {
+    "IP_POOL", "PRIVATE_IP_RANGES", "REST_IP", "REST_PORT", "DB", "BLOCK_PUBLIC_IPS",
+    "PUBLIC_INTERFACE", "TOKEN_FILE", "RECONCILE_INTERVAL", "CONNTRACK_FLUSH",
+    "GRATUITOUS_ARP", "XTABLES_LOCK", "LOG_LEVEL", "NAT_BACKEND", "MAX_BODY_BYTES",
+    "REQUEST_TIMEOUT",
+}
+# Keys the original daemon had that mean nothing here; accepted so old files load.
+IGNORED_LEGACY_KEYS = {"IPTABLES_CMD", "MAX_REDIRECTIONS", "LISTEN_IP", "PID_FILE", "LOG_FILE"}
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the file, the key and the value."""
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Validated daemon settings."""
+
+    pool: tuple[IPv4Address, ...]
+    private_ranges: tuple[IPv4Network, ...]
+    rest_ip: str = "127.0.0.1"
+    rest_port: int = 7003
+    db_path: str = DEFAULT_DB
+    token_file: str = DEFAULT_TOKEN_FILE
+    block_public_ips: bool = False
+    public_interface: str | None = None
+    reconcile_interval: float = 30.0
+    conntrack_flush: bool = True
+    gratuitous_arp: bool = True
+    xtables_lock: str = DEFAULT_XTABLES_LOCK
+    log_level: str = "INFO"
+    nat_backend: str = "iptables"
+    max_body_bytes: int = 65536
+    request_timeout: float = 10.0
+
+
+def _bool(key: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "yes", "true", "on"):
+        return True
+    if lowered in ("0", "no", "false", "off", ""):
+        return False
+    raise ConfigError(f"{key}: {value!r} is not a boolean (yes/no)")
+
+
+def _number(key: str, value: str, kind, low, high):
+    try:
+        number = kind(value.strip())
+    except ValueError:
+        raise ConfigError(f"{key}: {value!r} is not a number") from None
+    if not low <= number <= high:
+        raise ConfigError(f"{key}: {value!r} must be between {low} and {high}")
+    return number
+
+
+def parse_config_text(text: str, source: str = "<config>") -> DaemonConfig:
+    """Parse and validate INI text; raises ConfigError naming `source`, key and value."""
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    parser.optionxform = str.upper  # keys are case-insensitive, reported upper-case
+    try:
+        parser.read_string(text, source=source)
+    except configparser.Error as exc:
+        first_line = str(exc).splitlines()[0]
+        raise ConfigError(f"{source}: {first_line}") from None
+    if not parser.has_section(SECTION):
+        raise ConfigError(f"{source}: missing section [{SECTION}]")
+    raw = dict(parser.items(SECTION))
+    try:
+        return _build(raw)
+    except (ConfigError, AddressError) as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def _build(raw: dict[str, str]) -> DaemonConfig:
+    unknown = sorted(set(raw) - KNOWN_KEYS - IGNORED_LEGACY_KEYS)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown key (known: {', '.join(sorted(KNOWN_KEYS))})")
+    for key in ("IP_POOL", "PRIVATE_IP_RANGES"):
+        if not raw.get(key, "").strip():
+            raise ConfigError(f"{key}: missing (required)")
+    pool = parse_pool(raw["IP_POOL"], "IP_POOL")
+    ranges = parse_networks(raw["PRIVATE_IP_RANGES"], "PRIVATE_IP_RANGES")
+    for addr in pool:
+        for net in ranges:
+            if addr in net:
+                raise ConfigError(f"IP_POOL: {addr} lies inside PRIVATE_IP_RANGES {net}")
+    values: dict = {"pool": pool, "private_ranges": ranges}
+    if "REST_IP" in raw:
+        try:
+            values["rest_ip"] = str(ipaddress.ip_address(raw["REST_IP"].strip()))
+        except ValueError:
+            raise ConfigError(f"REST_IP: {raw['REST_IP']!r} is not an IP address") from None
+    if "REST_PORT" in raw:
+        values["rest_port"] = _number("REST_PORT", raw["REST_PORT"], int, 0, 65535)
+    for key, attr in (("DB", "db_path"), ("TOKEN_FILE", "token_file"), ("XTABLES_LOCK", "xtables_lock")):
+        if key in raw:
+            path = raw[key].strip()
+            if not path.startswith("/"):
+                raise ConfigError(f"{key}: {raw[key]!r} must be an absolute path")
+            values[attr] = path
+    for key, attr in (("BLOCK_PUBLIC_IPS", "block_public_ips"), ("CONNTRACK_FLUSH", "conntrack_flush"),
+                      ("GRATUITOUS_ARP", "gratuitous_arp")):
+        if key in raw:
+            values[attr] = _bool(key, raw[key])
+    if raw.get("PUBLIC_INTERFACE", "").strip():
+        name = raw["PUBLIC_INTERFACE"].strip()
+        if not IFNAME_RE.match(name):
+            raise ConfigError(f"PUBLIC_INTERFACE: {name!r} is not an interface name")
+        values["public_interface"] = name
+    if "RECONCILE_INTERVAL" in raw:
+        values["reconcile_interval"] = _number("RECONCILE_INTERVAL", raw["RECONCILE_INTERVAL"], float, 0, 86400)
+    if "REQUEST_TIMEOUT" in raw:
+        values["request_timeout"] = _number("REQUEST_TIMEOUT", raw["REQUEST_TIMEOUT"], float, 0.1, 600)
+    if "MAX_BODY_BYTES" in raw:
+        values["max_body_bytes"] = _number("MAX_BODY_BYTES", raw["MAX_BODY_BYTES"], int, 256, 16 << 20)
+    if "LOG_LEVEL" in raw:
+        level = raw["LOG_LEVEL"].strip().upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"LOG_LEVEL: {raw['LOG_LEVEL']!r} is not DEBUG, INFO, WARNING or ERROR")
+        values["log_level"] = level
+    if "NAT_BACKEND" in raw:
+        backend = raw["NAT_BACKEND"].strip().lower()
+        if backend not in ("iptables",):
+            raise ConfigError(f"NAT_BACKEND: {raw['NAT_BACKEND']!r} is not supported (iptables)")
+        values["nat_backend"] = backend
+    return DaemonConfig(**values)
+
+
+def load_config(path: str | Path) -> DaemonConfig:
+    """Read and validate a config file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    return parse_config_text(text, str(path))

@@ -1,0 +1,186 @@
+"""`ipfloaterd`: the router-side daemon (foreground, for systemd).
+
+    ipfloaterd [--config FILE] [run]     serve the API, reconcile now and periodically
+    ipfloaterd --config FILE flush       remove every rule and address of ours (state kept)
+    ipfloaterd --config FILE check       validate the config file and exit
+
+Stopping the daemon leaves the rules in place, so floating IPs stay up across restarts
+and upgrades; the next start reconciles them with the stored state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from . import __version__, hostnet
+from .config import ConfigError, DaemonConfig, load_config
+from .model import FipError
+from .nat_iptables import IptablesBackend, NatError
+from .store import Store, StoreError
+
+log = logging.getLogger("ipfloaterd")
+DEFAULT_CONFIG = "/etc/ipfloaterd.conf"
+
+
+class DaemonError(RuntimeError):
+    """A reason the daemon cannot start or finish a command; one line."""
+
+
+def load_or_create_token(path: str) -> str:
+    """Read the API token, creating a random one (mode 0600) on first start."""
+    token_path = Path(path)
+    try:
+        token = token_path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        token_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        token = secrets.token_urlsafe(32)
+        fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(token + "\n")
+        log.info("created API token file %s (mode 0600)", token_path)
+        return token
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DaemonError(f"TOKEN_FILE: cannot read {path}: {exc}") from None
+    if len(token) < 16:
+        raise DaemonError(f"TOKEN_FILE: {path} holds a token shorter than 16 characters")
+    return token
+
+
+def take_instance_lock(config: DaemonConfig):
+    """One daemon (or flush) per state file: a second one would fight over the rules."""
+    lock_path = config.db_path + ".lock"
+    Path(lock_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DaemonError(f"DB: {config.db_path} is in use by a running ipfloaterd (stop it first)") from None
+    return fd
+
+
+def make_backend(config: DaemonConfig):
+    return IptablesBackend(lock_path=config.xtables_lock)
+
+
+def run(config: DaemonConfig, ready_fd: int | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; rules stay in place when we stop."""
+    from .api import ApiServer
+    from .service import FloatingIPService
+
+    lock_fd = take_instance_lock(config)
+    token = load_or_create_token(config.token_file)
+    store = Store(config.db_path)
+    service = FloatingIPService(config, store, make_backend(config))
+    try:
+        repairs = service.start()
+    except (FipError, NatError, hostnet.HostNetError) as exc:
+        raise DaemonError(str(exc)) from None
+    log.info("started: %d addresses in the pool, %d allocated, %d repairs", len(config.pool),
+             len(service.registry), len(repairs))
+    try:
+        server = ApiServer((config.rest_ip, config.rest_port), service, token,
+                           max_body=config.max_body_bytes, timeout=config.request_timeout)
+    except OSError as exc:
+        raise DaemonError(f"REST_IP/REST_PORT: cannot listen on {config.rest_ip}:{config.rest_port}: "
+                          f"{exc.strerror}") from None
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("signal %d: stopping (rules stay in place)", signum)
+        stop.set()
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def reconcile_loop():
+        while not stop.wait(config.reconcile_interval):
+            try:
+                service.reconcile()
+            except Exception as exc:  # keep the loop alive; the next round retries
+                log.error("periodic reconcile failed: %s", exc)
+
+    if config.reconcile_interval > 0:
+        threading.Thread(target=reconcile_loop, name="reconcile", daemon=True).start()
+    host, port = server.server_address[:2]
+    log.info("listening on %s:%d (API v1)", host, port)
+    if ready_fd is not None:  # tell a supervisor (tests, the lab) where we listen
+        os.write(ready_fd, json.dumps({"host": host, "port": port, "pid": os.getpid()}).encode() + b"\n")
+        os.close(ready_fd)
+    server.serve_forever()
+    server.server_close()
+    store.close()
+    os.close(lock_fd)
+    return 0
+
+
+def flush(config: DaemonConfig) -> int:
+    """Remove our chains, jumps and floating addresses; the stored state stays, so the
+    next start puts everything back."""
+    lock_fd = take_instance_lock(config)
+    try:
+        repairs = make_backend(config).flush()
+        iface = config.public_interface
+        if iface and hostnet.interface_exists(iface):
+            pool = set(config.pool)
+            for addr in sorted(hostnet.host_addresses(iface) & pool):
+                hostnet.del_address(iface, addr)
+                repairs.append(f"removed {addr}/32 from {iface}")
+    except (NatError, hostnet.HostNetError) as exc:
+        raise DaemonError(str(exc)) from None
+    finally:
+        os.close(lock_fd)
+    print(json.dumps({"removed": repairs}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ipfloaterd",
+        description="Floating IP daemon: 1:1 NAT from a public address pool to private VM addresses.")
+    parser.add_argument("command", nargs="?", default="run", choices=("run", "flush", "check"),
+                        help="run (default): serve the API; flush: remove all our rules and "
+                             "addresses (state kept); check: validate the config and exit")
+    parser.add_argument("-c", "--config", default=os.environ.get("IPFLOATERD_CONF", DEFAULT_CONFIG),
+                        help=f"config file (default {DEFAULT_CONFIG}, or $IPFLOATERD_CONF)")
+    parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="override LOG_LEVEL from the config")
+    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--version", action="version", version=f"ipfloaterd {__version__}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"ipfloaterd: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level or config.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "check":
+            print(json.dumps({"config": args.config, "pool_size": len(config.pool),
+                              "private_ranges": [str(n) for n in config.private_ranges]}))
+            return 0
+        if args.command == "flush":
+            return flush(config)
+        return run(config, args.ready_fd)
+    except (DaemonError, StoreError) as exc:
+        print(f"ipfloaterd: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

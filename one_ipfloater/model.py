@@ -1,0 +1,248 @@
+"""The floating-IP registry and its transitions (pure: no I/O, no clock).
+
+Every operation first *plans* a change against the current registry (raising FipError
+when the request is not allowed) and only then is the change applied, after it has been
+persisted and the NAT rules follow it. That split is what makes a request either fully
+applied or not at all. Semantics follow AWS Elastic IPs / Neutron floating IPs:
+allocate takes an address out of the pool for an owner, associate points it at a private
+address, disassociate un-points it, release gives it back.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address, IPv4Network
+from typing import Iterable, Iterator, Optional, Sequence
+
+from .addresses import AddressError, check_private_target
+
+
+class FipError(Exception):
+    """A refused request: a stable machine code, an HTTP status and one human line."""
+
+    def __init__(self, code: str, message: str, status: int):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+def bad_request(message: str) -> FipError:
+    return FipError("bad_request", message, 400)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """One public address taken from the pool, maybe pointed at a private address."""
+
+    public_ip: IPv4Address
+    owner: Optional[str] = None
+    ref: Optional[str] = None
+    private_ip: Optional[IPv4Address] = None
+
+    def as_dict(self, in_pool: bool = True) -> dict:
+        return {
+            "public_ip": str(self.public_ip),
+            "private_ip": str(self.private_ip) if self.private_ip else None,
+            "owner": self.owner,
+            "ref": self.ref,
+            "status": "associated" if self.private_ip else "allocated",
+            "in_pool": in_pool,
+        }
+
+
+@dataclass(frozen=True)
+class Change:
+    """What one request does: allocations removed and added (by public address)."""
+
+    before: tuple[Allocation, ...] = ()
+    after: tuple[Allocation, ...] = ()
+
+    @property
+    def noop(self) -> bool:
+        return self.before == self.after
+
+    def inverse(self) -> "Change":
+        return Change(before=self.after, after=self.before)
+
+    def then(self, other: "Change") -> "Change":
+        """This change followed by `other`, as one change."""
+        replaced = {a.public_ip for a in other.before}
+        before = self.before + tuple(a for a in other.before if a.public_ip not in
+                                     {x.public_ip for x in self.after})
+        after = tuple(a for a in self.after if a.public_ip not in replaced) + other.after
+        return Change(before=before, after=after)
+
+    def associations(self) -> tuple[list, list]:
+        """(public, private) pairs before and after: what the NAT rules follow."""
+        return ([(a.public_ip, a.private_ip) for a in self.before if a.private_ip],
+                [(a.public_ip, a.private_ip) for a in self.after if a.private_ip])
+
+    def moved_addresses(self) -> set[IPv4Address]:
+        """Public addresses whose NAT target went away or changed: their conntrack must go."""
+        old = {a.public_ip: a.private_ip for a in self.before if a.private_ip}
+        new = {a.public_ip: a.private_ip for a in self.after if a.private_ip}
+        return {pub for pub, priv in old.items() if new.get(pub) != priv}
+
+
+class Registry:
+    """In-memory view of the allocations, indexed by public, private address and ref."""
+
+    def __init__(self, pool: Sequence[IPv4Address], allocations: Iterable[Allocation] = (),
+                 router_addresses: Iterable[IPv4Address] = ()):
+        self.pool = frozenset(pool)
+        self.router_addresses = frozenset(router_addresses)
+        self._by_public: dict[IPv4Address, Allocation] = {}
+        self._by_private: dict[IPv4Address, IPv4Address] = {}
+        self._by_ref: dict[str, IPv4Address] = {}
+        self._free: list[int] = sorted(int(a) for a in self.pool)
+        for alloc in allocations:
+            self._add(alloc)
+
+    # -- queries ---------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Allocation]:
+        return iter(sorted(self._by_public.values(), key=lambda a: int(a.public_ip)))
+
+    def __len__(self) -> int:
+        return len(self._by_public)
+
+    def get(self, public_ip: IPv4Address) -> Optional[Allocation]:
+        return self._by_public.get(public_ip)
+
+    def by_private(self, private_ip: IPv4Address) -> Optional[Allocation]:
+        pub = self._by_private.get(private_ip)
+        return self._by_public[pub] if pub else None
+
+    def by_ref(self, ref: str) -> Optional[Allocation]:
+        pub = self._by_ref.get(ref)
+        return self._by_public[pub] if pub else None
+
+    def associations(self) -> list[tuple[IPv4Address, IPv4Address]]:
+        """(public, private) pairs: the input of the desired NAT rule set."""
+        return sorted(((a.public_ip, a.private_ip) for a in self._by_public.values() if a.private_ip),
+                      key=lambda pair: int(pair[0]))
+
+    def free_count(self) -> int:
+        return len(self._free)
+
+    def require(self, public_ip: IPv4Address) -> Allocation:
+        alloc = self.get(public_ip)
+        if alloc is None:
+            if public_ip in self.pool:
+                raise FipError("not_allocated", f"public_ip: {public_ip} is not allocated", 404)
+            raise FipError("not_in_pool", f"public_ip: {public_ip} is not in the pool", 404)
+        return alloc
+
+    # -- mutation (only after a planned change has been persisted) ------------------
+
+    def apply(self, change: Change) -> None:
+        for alloc in change.before:
+            self._remove(alloc.public_ip)
+        for alloc in change.after:
+            self._add(alloc)
+
+    def _add(self, alloc: Allocation) -> None:
+        self._by_public[alloc.public_ip] = alloc
+        if alloc.private_ip:
+            self._by_private[alloc.private_ip] = alloc.public_ip
+        if alloc.ref:
+            self._by_ref[alloc.ref] = alloc.public_ip
+        i = bisect.bisect_left(self._free, int(alloc.public_ip))
+        if i < len(self._free) and self._free[i] == int(alloc.public_ip):
+            del self._free[i]
+
+    def _remove(self, public_ip: IPv4Address) -> None:
+        alloc = self._by_public.pop(public_ip)
+        if alloc.private_ip:
+            self._by_private.pop(alloc.private_ip, None)
+        if alloc.ref:
+            self._by_ref.pop(alloc.ref, None)
+        if public_ip in self.pool:
+            bisect.insort(self._free, int(public_ip))
+
+    # -- planning --------------------------------------------------------------------
+
+    def plan_allocate(self, public_ip: Optional[IPv4Address], owner: Optional[str],
+                      ref: Optional[str]) -> tuple[Allocation, Change]:
+        """Take an address (a given one or the lowest free one).
+
+        With a `ref` the call is idempotent: the same ref returns the address it already
+        holds, so a hook that runs twice never takes two addresses.
+        """
+        if ref is not None:
+            held = self.by_ref(ref)
+            if held is not None:
+                if public_ip is not None and held.public_ip != public_ip:
+                    raise FipError("ref_conflict",
+                                   f"ref: {ref!r} already holds {held.public_ip}, not {public_ip}", 409)
+                self._check_owner(held, owner, operator=False)
+                return held, Change()
+        if public_ip is not None:
+            if public_ip not in self.pool:
+                raise FipError("not_in_pool", f"public_ip: {public_ip} is not in the pool", 422)
+            if public_ip in self._by_public:
+                raise FipError("address_in_use", f"public_ip: {public_ip} is already allocated", 409)
+            chosen = public_ip
+        else:
+            if not self._free:
+                raise FipError("pool_exhausted", f"pool: all {len(self.pool)} addresses are allocated", 409)
+            chosen = IPv4Address(self._free[0])
+        alloc = Allocation(public_ip=chosen, owner=owner, ref=ref)
+        return alloc, Change(after=(alloc,))
+
+    def plan_associate(self, public_ip: IPv4Address, private_ip: IPv4Address,
+                       private_ranges: Sequence[IPv4Network], owner: Optional[str] = None,
+                       allow_move: bool = False, operator: bool = False) -> tuple[Allocation, Change]:
+        """Point an allocated address at a private address (idempotent).
+
+        Moving an address that already points elsewhere needs `allow_move`; taking a
+        private address that another floating IP serves needs it too (that one is then
+        disassociated). An address owned by someone else can only be moved by an operator.
+        """
+        try:
+            check_private_target(private_ip, private_ranges)
+        except AddressError as exc:
+            raise FipError("private_not_allowed", str(exc), 422) from None
+        if private_ip in self.router_addresses:
+            raise FipError("private_not_allowed", f"private_ip: {private_ip} is an address of the router itself", 422)
+        alloc = self.require(public_ip)
+        self._check_owner(alloc, owner, operator)
+        if alloc.private_ip == private_ip:
+            return alloc, Change()
+        if alloc.private_ip is not None and not allow_move:
+            raise FipError("address_in_use",
+                           f"public_ip: {public_ip} is associated with {alloc.private_ip}; "
+                           f"moving it to {private_ip} must be explicit", 409)
+        before = [alloc]
+        after = [replace(alloc, private_ip=private_ip)]
+        other = self.by_private(private_ip)
+        if other is not None:
+            if not allow_move:
+                raise FipError("private_in_use",
+                               f"private_ip: {private_ip} is already served by {other.public_ip}", 409)
+            before.append(other)
+            after.append(replace(other, private_ip=None))
+        return after[0], Change(before=tuple(before), after=tuple(after))
+
+    def plan_disassociate(self, public_ip: IPv4Address, owner: Optional[str] = None,
+                          operator: bool = False) -> tuple[Allocation, Change]:
+        alloc = self.require(public_ip)
+        self._check_owner(alloc, owner, operator)
+        if alloc.private_ip is None:
+            return alloc, Change()
+        new = replace(alloc, private_ip=None)
+        return new, Change(before=(alloc,), after=(new,))
+
+    def plan_release(self, public_ip: IPv4Address, owner: Optional[str] = None,
+                     operator: bool = False) -> tuple[Allocation, Change]:
+        alloc = self.require(public_ip)
+        self._check_owner(alloc, owner, operator)
+        return alloc, Change(before=(alloc,))
+
+    @staticmethod
+    def _check_owner(alloc: Allocation, owner: Optional[str], operator: bool) -> None:
+        if owner is not None and alloc.owner not in (None, owner) and not operator:
+            raise FipError("owner_mismatch",
+                           f"owner: {alloc.public_ip} belongs to {alloc.owner!r}, not {owner!r}", 403)

@@ -1,0 +1,271 @@
+"""NAT backend on legacy iptables through python-iptables (libiptc).
+
+libiptc commits a whole table at once and fails with EAGAIN when another writer changed
+the table since it was read, so every write here is: take /run/xtables.lock (as the
+iptables tools do), refresh, change, commit once, retry on EAGAIN. Only chains named
+IPFLOATER-* and the jump rules to them are ever modified.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import threading
+import time
+from contextlib import contextmanager
+from ipaddress import IPv4Address, IPv4Network
+from typing import Callable, Iterable, Optional
+
+from .ruleset import ALL_CHAINS, Rule, RuleSet, table_of
+
+log = logging.getLogger(__name__)
+
+COMMIT_ATTEMPTS = 8
+
+
+class NatError(RuntimeError):
+    """The kernel refused a rule change; nothing of it was applied."""
+
+
+def _iptc():
+    import iptc  # imported lazily: it loads libxtables, which only the daemon needs
+    return iptc
+
+
+@contextmanager
+def xtables_lock(path: str, timeout: float = 10.0):
+    """flock the xtables lock file like iptables(8) -w does, bounded by `timeout`."""
+    if not path:
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise NatError(f"XTABLES_LOCK: {path} held by another process for {timeout:.0f}s")
+                time.sleep(0.01)  # bounded wait for another process's lock, as iptables -W does
+        yield
+    finally:
+        os.close(fd)
+
+
+def _net(text: str) -> Optional[IPv4Network]:
+    addr, _, mask = text.partition("/")
+    net = IPv4Network(f"{addr}/{mask}" if mask else addr)
+    return None if net.prefixlen == 0 else net
+
+
+def rule_from_iptc(rule) -> Optional[Rule]:
+    """Canonical form of a rule read from the kernel; None for shapes we never write."""
+    if rule.protocol not in ("ip", "0", "", None) or rule.in_interface or rule.out_interface:
+        return None
+    ctstate_dnat = False
+    for match in rule.matches:
+        params = match.get_all_parameters()
+        if match.name == "conntrack" and params == {"ctstate": ["DNAT"]}:
+            ctstate_dnat = True
+        else:
+            return None
+    target = rule.target.name if rule.target else ""
+    params = rule.target.get_all_parameters() if rule.target else {}
+    to = None
+    if target == "DNAT":
+        to = params.get("to-destination", [None])[0]
+    elif target == "SNAT":
+        to = params.get("to-source", [None])[0]
+    elif target not in ("MASQUERADE", "RETURN", "DROP") or params:
+        return None
+    try:
+        return Rule(src=_net(rule.src), dst=_net(rule.dst), ctstate_dnat=ctstate_dnat,
+                    target=target, to=IPv4Address(to) if to else None)
+    except ValueError:
+        return None
+
+
+class IptablesBackend:
+    """Converges our iptables chains to a RuleSet, incrementally or in full."""
+
+    name = "iptables"
+
+    def __init__(self, lock_path: str = "/run/xtables.lock"):
+        self.lock_path = lock_path
+        self._mutex = threading.Lock()  # python-iptables Table objects are not thread-safe
+
+    # -- building blocks -------------------------------------------------------------
+
+    def _to_iptc(self, rule: Rule):
+        iptc = _iptc()
+        r = iptc.Rule()
+        if rule.src is not None:
+            r.src = str(rule.src)
+        if rule.dst is not None:
+            r.dst = str(rule.dst)
+        if rule.ctstate_dnat:
+            m = r.create_match("conntrack")
+            m.ctstate = "DNAT"
+        target = r.create_target(rule.target)
+        if rule.target == "DNAT":
+            target.to_destination = str(rule.to)
+        elif rule.target == "SNAT":
+            target.to_source = str(rule.to)
+        return r
+
+    def _write(self, tables: Iterable[str], change: Callable[[dict], None]) -> None:
+        """Run `change(tables)` and commit each touched table once, retrying on EAGAIN."""
+        iptc = _iptc()
+        names = sorted(set(tables))
+        with self._mutex, xtables_lock(self.lock_path):
+            for attempt in range(1, COMMIT_ATTEMPTS + 1):
+                handles = {}
+                try:
+                    for name in names:
+                        t = iptc.Table(name)
+                        t.autocommit = False
+                        t.refresh()
+                        handles[name] = t
+                    change(handles)
+                    for t in handles.values():
+                        t.commit()
+                    return
+                except iptc.IPTCError as exc:
+                    for t in handles.values():
+                        t.refresh()  # drop the uncommitted edits
+                    if "temporarily unavailable" in str(exc) and attempt < COMMIT_ATTEMPTS:
+                        log.debug("iptables commit raced another writer (attempt %d); retrying", attempt)
+                        continue
+                    raise NatError(f"iptables: {exc}") from None
+                finally:
+                    for t in handles.values():
+                        t.autocommit = True
+
+    @staticmethod
+    def _ensure_chain(iptc, table, chain: str, builtin: str) -> list[str]:
+        """Create our chain and its single jump at the top of `builtin`; report repairs."""
+        repairs = []
+        if not table.is_chain(chain):
+            table.create_chain(chain)
+            repairs.append(f"created chain {table.name}/{chain}")
+        jumps = [i for i, r in enumerate(iptc.Chain(table, builtin).rules)
+                 if r.target and r.target.name == chain]
+        base = iptc.Chain(table, builtin)
+        if jumps != [0]:
+            for rule in [r for r in base.rules if r.target and r.target.name == chain]:
+                base.delete_rule(rule)
+            jump = iptc.Rule()
+            jump.create_target(chain)
+            base.insert_rule(jump)
+            repairs.append(f"restored jump {table.name}/{builtin} -> {chain}")
+        return repairs
+
+    # -- the backend interface -------------------------------------------------------
+
+    def sync(self, desired: RuleSet) -> list[str]:
+        """Full reconcile: make our chains equal `desired`; return what was repaired."""
+        iptc = _iptc()
+        repairs: list[str] = []
+        wanted = set(desired.chains())
+        used_tables = {table_of(c) for c in wanted}
+
+        def change(tables):
+            for table_name, chain, builtin in ALL_CHAINS:
+                table = tables.get(table_name)
+                if table is None:
+                    continue
+                if chain not in wanted:
+                    repairs.extend(self._remove_chain(iptc, table, chain, builtin))
+                    continue
+                repairs.extend(self._ensure_chain(iptc, table, chain, builtin))
+                ours = iptc.Chain(table, chain)
+                current = [rule_from_iptc(r) for r in ours.rules]
+                head = list(desired.heads.get(chain, ()))
+                body = set(desired.bodies.get(chain, ()))
+                if current[:len(head)] == head and None not in current and \
+                        len(current) == len(head) + len(body) and set(current[len(head):]) == body:
+                    continue
+                ours.flush()
+                for rule in desired.ordered(chain):
+                    ours.append_rule(self._to_iptc(rule))
+                repairs.append(f"rewrote {table_name}/{chain}: {len(current)} rules -> "
+                               f"{len(head) + len(body)}")
+
+        self._write(used_tables | self._present_tables(), change)
+        return repairs
+
+    @staticmethod
+    def _present_tables() -> set[str]:
+        """Legacy tables that exist in this namespace: they may hold a chain of ours.
+
+        Opening a table that does not exist would create it (and make iptables-nft warn
+        about legacy tables), so a table we never used stays untouched.
+        """
+        try:
+            with open("/proc/net/ip_tables_names", encoding="ascii") as names:
+                return {line.strip() for line in names} & {"nat", "filter"}
+        except OSError:
+            return set()
+
+    @staticmethod
+    def _remove_chain(iptc, table, chain: str, builtin: str) -> list[str]:
+        if not table.is_chain(chain):
+            return []
+        base = iptc.Chain(table, builtin)
+        for rule in [r for r in base.rules if r.target and r.target.name == chain]:
+            base.delete_rule(rule)
+        ours = iptc.Chain(table, chain)
+        ours.flush()
+        table.delete_chain(chain)
+        return [f"removed chain {table.name}/{chain}"]
+
+    def update(self, removed: dict[str, set[Rule]], added: dict[str, set[Rule]]) -> None:
+        """Apply a delta (one request's rules) in one commit, without reading the chains."""
+        iptc = _iptc()
+        tables = {table_of(c) for c in list(removed) + list(added) if removed.get(c) or added.get(c)}
+        if not tables:
+            return
+
+        def change(handles):
+            for chain, rules in removed.items():
+                for rule in rules:
+                    try:
+                        iptc.Chain(handles[table_of(chain)], chain).delete_rule(self._to_iptc(rule))
+                    except iptc.IPTCError:
+                        log.warning("rule already gone from %s: %s", chain, " ".join(rule.iptables_args()))
+            for chain, rules in added.items():
+                for rule in rules:
+                    iptc.Chain(handles[table_of(chain)], chain).append_rule(self._to_iptc(rule))
+
+        self._write(tables, change)
+
+    def flush(self) -> list[str]:
+        """Remove every chain and jump of ours (on purpose: `ipfloaterd flush`)."""
+        iptc = _iptc()
+        repairs: list[str] = []
+
+        def change(tables):
+            for table_name, chain, builtin in ALL_CHAINS:
+                if table_name in tables:
+                    repairs.extend(self._remove_chain(iptc, tables[table_name], chain, builtin))
+
+        self._write(self._present_tables(), change)
+        return repairs
+
+    def dump(self) -> dict[str, list[Rule]]:
+        """Our chains as they are in the kernel (None for foreign rule shapes)."""
+        iptc = _iptc()
+        out: dict[str, list[Rule]] = {}
+        with self._mutex:
+            for table_name, chain, _builtin in ALL_CHAINS:
+                if table_name not in self._present_tables():
+                    continue
+                table = iptc.Table(table_name)
+                table.refresh()
+                if table.is_chain(chain):
+                    out[chain] = [rule_from_iptc(r) for r in iptc.Chain(table, chain).rules]
+        return out

@@ -1,0 +1,142 @@
+"""The desired netfilter rule set, computed from the associations (pure).
+
+All our rules live in chains of our own, reached by one jump rule each from the
+built-in chains; nothing else in the tables is ours, so reconcile can rewrite our chains
+freely and never touch anybody else's rules. Rules per association (public P, private V):
+
+    nat  IPFLOATER-PRE   -d P/32 -j DNAT --to-destination V    (inbound, from PREROUTING)
+    nat  IPFLOATER-OUT   -d P/32 -j DNAT --to-destination V    (the router itself, from OUTPUT)
+    nat  IPFLOATER-POST  -s V/32 -j SNAT --to-source P         (the VM leaves with P)
+
+and, once per pair of private ranges R1, R2, at the head of IPFLOATER-POST:
+
+    -s R1 -d R2 -m conntrack --ctstate DNAT -j MASQUERADE   (hairpin: VM2 -> P -> V must
+                                                             come back through the router)
+    -s R1 -d R2 -j RETURN                                   (private-to-private traffic
+                                                             keeps its addresses)
+
+With BLOCK_PUBLIC_IPS, filter IPFLOATER-IN drops whatever reaches the router itself on a
+pool address (associated traffic is DNATed before INPUT, so only strays hit it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import Iterable, Optional, Sequence
+
+from .addresses import collapse
+
+CHAIN_PRE = "IPFLOATER-PRE"
+CHAIN_OUT = "IPFLOATER-OUT"
+CHAIN_POST = "IPFLOATER-POST"
+CHAIN_IN = "IPFLOATER-IN"
+
+# (table, our chain, built-in chain that jumps to it)
+NAT_CHAINS = (("nat", CHAIN_PRE, "PREROUTING"), ("nat", CHAIN_OUT, "OUTPUT"), ("nat", CHAIN_POST, "POSTROUTING"))
+FILTER_CHAINS = (("filter", CHAIN_IN, "INPUT"),)
+ALL_CHAINS = NAT_CHAINS + FILTER_CHAINS
+
+
+@dataclass(frozen=True, order=True)
+class Rule:
+    """One rule in one of our chains, in a canonical form both backends can compare."""
+
+    src: Optional[IPv4Network] = None
+    dst: Optional[IPv4Network] = None
+    ctstate_dnat: bool = False
+    target: str = "RETURN"  # DNAT | SNAT | MASQUERADE | RETURN | DROP
+    to: Optional[IPv4Address] = None
+
+    def iptables_args(self) -> list[str]:
+        """The rule as iptables arguments, for logs, `iptables-restore` and tests."""
+        args: list[str] = []
+        if self.src is not None:
+            args += ["-s", str(self.src)]
+        if self.dst is not None:
+            args += ["-d", str(self.dst)]
+        if self.ctstate_dnat:
+            args += ["-m", "conntrack", "--ctstate", "DNAT"]
+        args += ["-j", self.target]
+        if self.target == "DNAT":
+            args += ["--to-destination", str(self.to)]
+        elif self.target == "SNAT":
+            args += ["--to-source", str(self.to)]
+        return args
+
+
+def _host(addr: IPv4Address) -> IPv4Network:
+    return IPv4Network(addr)
+
+
+def association_rules(public_ip: IPv4Address, private_ip: IPv4Address) -> dict[str, Rule]:
+    """The three rules one association owns, by chain."""
+    return {
+        CHAIN_PRE: Rule(dst=_host(public_ip), target="DNAT", to=private_ip),
+        CHAIN_OUT: Rule(dst=_host(public_ip), target="DNAT", to=private_ip),
+        CHAIN_POST: Rule(src=_host(private_ip), target="SNAT", to=public_ip),
+    }
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """Desired content of each of our chains: a fixed head (order matters) and a body
+    of per-association rules (order does not matter: they never overlap)."""
+
+    heads: dict
+    bodies: dict
+
+    def chains(self) -> list[str]:
+        return sorted(set(self.heads) | set(self.bodies))
+
+    def ordered(self, chain: str) -> list[Rule]:
+        return list(self.heads.get(chain, ())) + sorted(self.bodies.get(chain, ()))
+
+    def __eq__(self, other):  # pragma: no cover - trivial
+        return isinstance(other, RuleSet) and all(
+            list(self.heads.get(c, ())) == list(other.heads.get(c, ())) and
+            set(self.bodies.get(c, ())) == set(other.bodies.get(c, ()))
+            for c in set(self.chains()) | set(other.chains()))
+
+
+def head_rules(private_ranges: Sequence[IPv4Network]) -> list[Rule]:
+    """Hairpin and private-to-private rules that precede the SNAT rules."""
+    hairpin = [Rule(src=r1, dst=r2, ctstate_dnat=True, target="MASQUERADE")
+               for r1 in private_ranges for r2 in private_ranges]
+    internal = [Rule(src=r1, dst=r2, target="RETURN") for r1 in private_ranges for r2 in private_ranges]
+    return hairpin + internal
+
+
+def desired_rules(associations: Iterable[tuple[IPv4Address, IPv4Address]],
+                  private_ranges: Sequence[IPv4Network],
+                  pool: Sequence[IPv4Address] = (), block_public_ips: bool = False) -> RuleSet:
+    """Everything our chains should hold for these (public, private) associations."""
+    bodies: dict[str, set] = {CHAIN_PRE: set(), CHAIN_OUT: set(), CHAIN_POST: set()}
+    for public_ip, private_ip in associations:
+        for chain, rule in association_rules(public_ip, private_ip).items():
+            bodies[chain].add(rule)
+    heads = {CHAIN_PRE: (), CHAIN_OUT: (), CHAIN_POST: tuple(head_rules(private_ranges))}
+    if block_public_ips:
+        heads[CHAIN_IN] = tuple(Rule(dst=net, target="DROP") for net in collapse(pool))
+        bodies[CHAIN_IN] = set()
+    return RuleSet(heads=heads, bodies={k: frozenset(v) for k, v in bodies.items()})
+
+
+def table_of(chain: str) -> str:
+    for table, ours, _builtin in ALL_CHAINS:
+        if ours == chain:
+            return table
+    raise KeyError(chain)
+
+
+def rule_delta(before: Iterable[tuple[IPv4Address, IPv4Address]],
+               after: Iterable[tuple[IPv4Address, IPv4Address]]) -> tuple[dict, dict]:
+    """Rules to remove and to add, by chain, when associations go from `before` to `after`."""
+    old, new = set(before), set(after)
+    removed: dict[str, set] = {}
+    added: dict[str, set] = {}
+    for pairs, out in ((old - new, removed), (new - old, added)):
+        for public_ip, private_ip in pairs:
+            for chain, rule in association_rules(public_ip, private_ip).items():
+                out.setdefault(chain, set()).add(rule)
+    return removed, added

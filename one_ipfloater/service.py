@@ -1,0 +1,223 @@
+"""The floating-IP service: plans a change, persists it and converges the kernel to it.
+
+Every mutating call runs under one lock: plan against the registry (pure), write the
+change to SQLite inside an open transaction, apply the NAT delta in one commit, commit
+the transaction, then update the registry. A failure at any step before the commit
+rolls everything back, so a request is either fully applied or not at all. Side effects
+that cannot be rolled back (conntrack flush, ARP) come after and are repeatable.
+`reconcile()` converges rules and addresses to the stored state from scratch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from ipaddress import IPv4Address
+from typing import Callable, Optional
+
+from . import __version__, hostnet
+from .config import DaemonConfig
+from .model import Allocation, Change, FipError, Registry
+from .nat_iptables import NatError
+from .ruleset import desired_rules, rule_delta
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+class FloatingIPService:
+    """Allocate / associate / disassociate / release, and reconcile."""
+
+    def __init__(self, config: DaemonConfig, store: Store, backend, host=hostnet):
+        self.config = config
+        self.store = store
+        self.backend = backend
+        self.host = host
+        self._lock = threading.RLock()
+        self.registry = Registry(config.pool, store.allocations())
+
+    # -- start-up and reconcile ------------------------------------------------------
+
+    def start(self) -> list[str]:
+        """Record the pool, check the host and converge the kernel to the stored state."""
+        with self._lock:
+            self.store.sync_pool(self.config.pool)
+            iface = self.config.public_interface
+            if iface and not self.host.interface_exists(iface):
+                raise FipError("bad_config", f"PUBLIC_INTERFACE: {iface!r} does not exist", 500)
+            router = self.host.all_local_addresses()
+            ours = self.host.host_addresses(iface) if iface else set()
+            clash = sorted((router - ours) & self.registry.pool)
+            if clash:
+                raise FipError("bad_config", f"IP_POOL: {clash[0]} is an address of the router itself", 500)
+            self.registry.router_addresses = frozenset(router - self.registry.pool)
+            for alloc in self.registry:
+                if alloc.public_ip not in self.registry.pool:
+                    log.warning("%s is allocated but no longer in IP_POOL; it stays until released",
+                                alloc.public_ip)
+            return self.reconcile()
+
+    def desired(self):
+        return desired_rules(self.registry.associations(), self.config.private_ranges,
+                             sorted(self.registry.pool), self.config.block_public_ips)
+
+    def reconcile(self) -> list[str]:
+        """Repair drift: our chains, jumps and floating addresses back to the stored state."""
+        with self._lock:
+            repairs = self.backend.sync(self.desired())
+            repairs += self._sync_addresses()
+        for line in repairs:
+            log.warning("reconcile repaired: %s", line)
+        return repairs
+
+    def _sync_addresses(self) -> list[str]:
+        iface = self.config.public_interface
+        if not iface:
+            return []
+        wanted = {pub for pub, _priv in self.registry.associations()}
+        present = self.host.host_addresses(iface) & (self.registry.pool | wanted)
+        repairs = []
+        for addr in sorted(wanted - present):
+            self._add_address(addr)
+            repairs.append(f"added {addr}/32 to {iface}")
+        for addr in sorted(present - wanted):
+            self.host.del_address(iface, addr)
+            repairs.append(f"removed {addr}/32 from {iface}")
+        return repairs
+
+    def _add_address(self, addr: IPv4Address) -> None:
+        iface = self.config.public_interface
+        self.host.add_address(iface, addr)
+        if self.config.gratuitous_arp:
+            try:
+                self.host.gratuitous_arp(iface, addr)
+            except OSError as exc:
+                log.warning("gratuitous ARP for %s on %s failed: %s", addr, iface, exc)
+
+    # -- the change pipeline ---------------------------------------------------------
+
+    def _commit(self, change: Change) -> None:
+        """Persist `change` and apply its NAT delta, all or nothing; then side effects."""
+        if change.noop:
+            return
+        before_pairs, after_pairs = change.associations()
+        removed, added = rule_delta(before_pairs, after_pairs)
+        applied = False
+        try:
+            with self.store.transaction():
+                self.store.write(change)
+                try:
+                    self.backend.update(removed, added)
+                except NatError as exc:
+                    log.warning("incremental rule change failed (%s); converging in full", exc)
+                    trial = Registry(self.registry.pool, self.registry)
+                    trial.apply(change)
+                    self.backend.sync(desired_rules(trial.associations(), self.config.private_ranges,
+                                                    sorted(trial.pool), self.config.block_public_ips))
+                applied = True
+        except Exception as exc:
+            if applied:
+                self._restore_rules()
+            if isinstance(exc, FipError):
+                raise
+            log.error("change rolled back: %s", exc)
+            raise FipError("internal_error", f"change not applied: {exc}", 500) from None
+        self.registry.apply(change)
+        self._after_commit(change)
+
+    def _restore_rules(self) -> None:
+        try:
+            self.backend.sync(self.desired())
+        except Exception as exc:  # the periodic reconcile will try again
+            log.error("could not restore the rules after a failed change: %s", exc)
+
+    def _after_commit(self, change: Change) -> None:
+        iface = self.config.public_interface
+        before = {a.public_ip for a in change.before if a.private_ip}
+        after = {a.public_ip: a.private_ip for a in change.after if a.private_ip}
+        try:
+            if self.config.conntrack_flush:
+                for addr in sorted(change.moved_addresses()):
+                    count = self.host.flush_conntrack(addr)
+                    log.info("flushed %d conntrack entries of %s", count, addr)
+            if iface:
+                for addr in sorted(set(after) - before):
+                    self._add_address(addr)
+                for addr in sorted(before - set(after)):
+                    self.host.del_address(iface, addr)
+        except hostnet.HostNetError as exc:
+            log.error("host side of %s incomplete (reconcile will retry): %s", sorted(before | set(after)), exc)
+
+    def _run(self, plan: Callable[[], tuple[Allocation, Change]], action: str) -> Allocation:
+        with self._lock:
+            alloc, change = plan()
+            self._commit(change)
+        if not change.noop:
+            log.info("%s %s -> %s (owner=%s ref=%s)", action, alloc.public_ip, alloc.private_ip,
+                     alloc.owner, alloc.ref)
+        return alloc
+
+    # -- operations ------------------------------------------------------------------
+
+    def allocate(self, public_ip: Optional[IPv4Address] = None, private_ip: Optional[IPv4Address] = None,
+                 owner: Optional[str] = None, ref: Optional[str] = None, allow_move: bool = False,
+                 operator: bool = False) -> tuple[Allocation, bool]:
+        """Take an address and optionally associate it, in one atomic change.
+
+        Returns (allocation, created): created is False when `ref` already held it.
+        """
+        with self._lock:
+            alloc, change = self.registry.plan_allocate(public_ip, owner, ref)
+            created = not change.noop
+            if private_ip is not None and alloc.private_ip != private_ip:
+                self.registry.apply(change)
+                try:
+                    alloc, assoc = self.registry.plan_associate(
+                        alloc.public_ip, private_ip, self.config.private_ranges, owner,
+                        allow_move=allow_move, operator=operator)
+                finally:
+                    self.registry.apply(change.inverse())
+                change = change.then(assoc)
+            self._commit(change)
+        if not change.noop:
+            log.info("allocated %s -> %s (owner=%s ref=%s)", alloc.public_ip, alloc.private_ip,
+                     alloc.owner, alloc.ref)
+        return alloc, created
+
+    def associate(self, public_ip: IPv4Address, private_ip: IPv4Address, owner: Optional[str] = None,
+                  allow_move: bool = False, operator: bool = False) -> Allocation:
+        return self._run(lambda: self.registry.plan_associate(
+            public_ip, private_ip, self.config.private_ranges, owner, allow_move, operator), "associated")
+
+    def disassociate(self, public_ip: IPv4Address, owner: Optional[str] = None,
+                     operator: bool = False) -> Allocation:
+        return self._run(lambda: self.registry.plan_disassociate(public_ip, owner, operator), "disassociated")
+
+    def release(self, public_ip: IPv4Address, owner: Optional[str] = None,
+                operator: bool = False) -> Allocation:
+        return self._run(lambda: self.registry.plan_release(public_ip, owner, operator), "released")
+
+    # -- queries -----------------------------------------------------------------------
+
+    def show(self, public_ip: IPv4Address) -> Allocation:
+        with self._lock:
+            return self.registry.require(public_ip)
+
+    def list(self, private_ip: Optional[IPv4Address] = None, ref: Optional[str] = None,
+             owner: Optional[str] = None) -> list[Allocation]:
+        with self._lock:
+            return [a for a in self.registry
+                    if (private_ip is None or a.private_ip == private_ip)
+                    and (ref is None or a.ref == ref)
+                    and (owner is None or a.owner == owner)]
+
+    def pool(self) -> dict:
+        with self._lock:
+            status = {a.public_ip: ("associated" if a.private_ip else "allocated") for a in self.registry}
+            addresses = [{"public_ip": str(a), "status": status.get(a, "free")}
+                         for a in sorted(self.registry.pool)]
+            return {"size": len(self.registry.pool), "free": self.registry.free_count(),
+                    "addresses": addresses}
+
+    def version(self) -> dict:
+        return {"version": __version__, "backend": self.backend.name}

@@ -1,0 +1,129 @@
+"""Durable state in SQLite: the pool and the allocations.
+
+SQLite in WAL mode with synchronous=FULL: once `commit()` returns, the change survives a
+kill -9 or a power cut. Writes go through `transaction()`, which the service holds open
+while it changes the kernel rules, so a change whose rules fail is rolled back whole.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from .model import Allocation, Change
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pool (
+    public_ip TEXT PRIMARY KEY,
+    sort_key  INTEGER NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS allocations (
+    public_ip  TEXT PRIMARY KEY,
+    owner      TEXT,
+    ref        TEXT UNIQUE,
+    private_ip TEXT UNIQUE,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+"""
+
+
+class StoreError(RuntimeError):
+    """The state file cannot be used; the message names the path."""
+
+
+def _create_private(path: Path) -> None:
+    """Create the file 0600 before SQLite opens it (it would use the umask)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+
+
+class Store:
+    """Pool and allocations; one connection, used under the service's lock."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+        try:
+            _create_private(self.path)
+            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
+                                       timeout=10.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                self._db.execute("INSERT INTO meta(key, value) VALUES('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise StoreError(f"DB: {self.path} has schema {row[0]}, newer than this daemon's {SCHEMA_VERSION}")
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"DB: cannot open {self.path}: {exc}") from None
+        for suffix in ("-wal", "-shm"):
+            side = Path(str(self.path) + suffix)
+            if side.exists():
+                os.chmod(side, 0o600)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator["Store"]:
+        """BEGIN IMMEDIATE ... COMMIT; any exception rolls the whole change back."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+
+    # -- pool --------------------------------------------------------------------------
+
+    def sync_pool(self, pool: Sequence[IPv4Address]) -> None:
+        """Record the configured pool (addresses that left the config but are still
+        allocated keep their allocation until released)."""
+        with self.transaction():
+            self._db.execute("DELETE FROM pool")
+            self._db.executemany("INSERT INTO pool(public_ip, sort_key) VALUES(?, ?)",
+                                 ((str(a), int(a)) for a in pool))
+
+    # -- allocations -----------------------------------------------------------------
+
+    def allocations(self) -> list[Allocation]:
+        rows = self._db.execute("SELECT public_ip, owner, ref, private_ip FROM allocations").fetchall()
+        return [Allocation(public_ip=IPv4Address(pub), owner=owner, ref=ref,
+                           private_ip=IPv4Address(priv) if priv else None)
+                for pub, owner, ref, priv in rows]
+
+    def write(self, change: Change) -> None:
+        """Persist a planned change; must run inside `transaction()`.
+
+        The rows of `before` go first, then those of `after` come in, so a change that
+        swaps private addresses never trips a UNIQUE index; creation times survive.
+        """
+        now = time.time()
+        created = {}
+        for alloc in change.before:
+            row = self._db.execute("SELECT created_at FROM allocations WHERE public_ip=?",
+                                   (str(alloc.public_ip),)).fetchone()
+            created[alloc.public_ip] = row[0] if row else now
+            self._db.execute("DELETE FROM allocations WHERE public_ip=?", (str(alloc.public_ip),))
+        self._db.executemany(
+            "INSERT INTO allocations(public_ip, owner, ref, private_ip, created_at, updated_at) "
+            "VALUES(?, ?, ?, ?, ?, ?)",
+            ((str(a.public_ip), a.owner, a.ref, str(a.private_ip) if a.private_ip else None,
+              created.get(a.public_ip, now), now) for a in change.after))
+
+    def replace_all(self, allocations: Iterable[Allocation]) -> None:
+        """Used by tests and imports: the whole allocation table at once."""
+        with self.transaction():
+            self._db.execute("DELETE FROM allocations")
+            self.write(Change(after=tuple(allocations)))

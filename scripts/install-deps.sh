@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs everything the lab and the tests need on a fresh Debian machine (run as root):
+# the kernel tools the daemon drives, then a virtualenv with the package and its test extras.
+# Usage: scripts/install-deps.sh [VENV_DIR] [EXTRA_PIP_SPEC...]
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+venv="${1:-$here/.venv}"
+shift || true
+
+if [ "$(id -u)" != 0 ]; then
+    echo "install-deps: must run as root (it installs apt packages and builds network namespaces)" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends \
+    iptables iproute2 conntrack iputils-arping iputils-ping nftables \
+    python3 python3-venv python3-pip ca-certificates >/dev/null
+
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install -q --upgrade pip >/dev/null
+"$venv/bin/pip" install -q -e "$here[test]" "$@"
+echo "install-deps: ready in $venv" >&2
