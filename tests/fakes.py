@@ -1,0 +1,65 @@
+"""In-memory stand-ins for the kernel side (NAT backend, host networking)."""
+
+from ipaddress import IPv4Address
+
+from one_ipfloater.nat_iptables import NatError
+
+A = IPv4Address
+
+
+class FakeBackend:
+    """Holds 'kernel' rules per chain; can be told to fail."""
+
+    name = "fake"
+
+    def __init__(self):
+        self.chains = {}
+        self.fail_update = self.fail_sync = False
+
+    def sync(self, desired):
+        if self.fail_sync:
+            raise NatError("sync refused")
+        new = {c: list(desired.ordered(c)) for c in desired.chains()}
+        repairs = [f"rewrote {c}" for c in new if self.chains.get(c) != new[c]]
+        self.chains = new
+        return repairs
+
+    def update(self, removed, added):
+        if self.fail_update:
+            raise NatError("update refused")
+        for chain, rules in removed.items():
+            self.chains[chain] = [r for r in self.chains[chain] if r not in rules]
+        for chain, rules in added.items():
+            self.chains[chain] = self.chains.get(chain, []) + sorted(rules)
+
+    def rule_count(self):
+        return sum(len(v) for v in self.chains.values())
+
+
+class FakeHost:
+    def __init__(self):
+        self.addresses = set()
+        self.flushed = []
+        self.arps = []
+
+    def interface_exists(self, iface):
+        return iface == "pub0"
+
+    def all_local_addresses(self):
+        return {A("10.77.0.1"), A("198.51.100.1")} | self.addresses
+
+    def host_addresses(self, iface):
+        return set(self.addresses)
+
+    def add_address(self, iface, addr):
+        self.addresses.add(addr)
+
+    def del_address(self, iface, addr):
+        self.addresses.discard(addr)
+
+    def gratuitous_arp(self, iface, addr):
+        self.arps.append(addr)
+
+    def flush_conntrack(self, addr):
+        self.flushed.append(addr)
+        return 0

@@ -1,0 +1,116 @@
+"""The service pipeline with an in-memory NAT backend and host: atomicity, persistence,
+side effects (no root needed)."""
+
+from ipaddress import IPv4Address
+
+import pytest
+
+from one_ipfloater.config import parse_config_text
+from one_ipfloater.model import FipError
+from one_ipfloater.service import FloatingIPService
+from one_ipfloater.store import Store
+from tests.fakes import FakeBackend, FakeHost
+
+A = IPv4Address
+
+
+CONF = """
+[IPFLOATER]
+IP_POOL = 198.51.100.10-198.51.100.12
+PRIVATE_IP_RANGES = 10.77.0.0/24
+PUBLIC_INTERFACE = pub0
+DB = {db}
+"""
+
+
+@pytest.fixture
+def make(tmp_path):
+    def factory():
+        config = parse_config_text(CONF.format(db=tmp_path / "state.db"))
+        backend, host = FakeBackend(), FakeHost()
+        svc = FloatingIPService(config, Store(config.db_path), backend, host)
+        svc.start()
+        return svc, backend, host
+    return factory
+
+
+def test_allocate_associate_persists_and_survives_restart(make):
+    svc, backend, host = make()
+    alloc, created = svc.allocate(private_ip=A("10.77.0.11"), owner="uid:1", ref="r1")
+    assert created and alloc.public_ip == A("198.51.100.10")
+    assert host.addresses == {A("198.51.100.10")} and host.arps == [A("198.51.100.10")]
+    base_rules = backend.rule_count()
+    again, created = svc.allocate(private_ip=A("10.77.0.11"), owner="uid:1", ref="r1")
+    assert not created and again == alloc and backend.rule_count() == base_rules
+    svc2, backend2, _host2 = make()  # a restart: same DB, empty kernel
+    assert list(svc2.registry) == [alloc]
+    assert backend2.chains == backend.chains
+
+
+def test_failed_nat_change_rolls_back_everything(make):
+    svc, backend, host = make()
+    kernel_before = {c: list(r) for c, r in backend.chains.items()}
+    backend.fail_update = backend.fail_sync = True
+    with pytest.raises(FipError) as err:
+        svc.allocate(private_ip=A("10.77.0.11"))
+    assert err.value.status == 500 and "not applied" in err.value.message
+    assert len(svc.registry) == 0 and svc.store.allocations() == []
+    assert backend.chains == kernel_before and host.addresses == set()
+
+
+def test_update_failure_falls_back_to_full_sync(make):
+    svc, backend, _host = make()
+    backend.fail_update = True
+    svc.allocate(private_ip=A("10.77.0.11"))
+    assert backend.chains == {c: list(svc.desired().ordered(c)) for c in svc.desired().chains()}
+
+
+def test_refused_request_changes_nothing(make):
+    svc, backend, host = make()
+    svc.allocate(private_ip=A("10.77.0.11"))
+    snapshot = (list(svc.registry), svc.store.allocations(), {c: list(r) for c, r in backend.chains.items()},
+                set(host.addresses))
+    for call in (lambda: svc.allocate(private_ip=A("10.99.0.1")),
+                 lambda: svc.allocate(private_ip=A("10.77.0.1")),
+                 lambda: svc.allocate(private_ip=A("10.77.0.11")),
+                 lambda: svc.allocate(public_ip=A("203.0.113.5")),
+                 lambda: svc.associate(A("198.51.100.10"), A("10.77.0.12")),
+                 lambda: svc.release(A("198.51.100.11"))):
+        with pytest.raises(FipError):
+            call()
+    assert snapshot == (list(svc.registry), svc.store.allocations(),
+                        {c: list(r) for c, r in backend.chains.items()}, set(host.addresses))
+
+
+def test_move_flushes_conntrack_and_release_removes_address(make):
+    svc, _backend, host = make()
+    alloc, _ = svc.allocate(private_ip=A("10.77.0.11"))
+    svc.associate(alloc.public_ip, A("10.77.0.12"), allow_move=True)
+    assert host.flushed == [alloc.public_ip]
+    svc.release(alloc.public_ip)
+    assert host.flushed == [alloc.public_ip] * 2 and host.addresses == set()
+
+
+def test_reconcile_restores_addresses_and_rules(make):
+    svc, backend, host = make()
+    svc.allocate(private_ip=A("10.77.0.11"))
+    backend.chains = {}
+    host.addresses.clear()
+    host.addresses.add(A("198.51.100.12"))  # a stray pool address
+    repairs = svc.reconcile()
+    assert any("added 198.51.100.10/32" in r for r in repairs)
+    assert any("removed 198.51.100.12/32" in r for r in repairs)
+    assert host.addresses == {A("198.51.100.10")} and backend.rule_count() > 0
+    assert svc.reconcile() == []
+
+
+def test_pool_address_on_router_is_refused_at_start(tmp_path):
+    config = parse_config_text(CONF.format(db=tmp_path / "s.db").replace("198.51.100.10-", "198.51.100.1-"))
+    svc = FloatingIPService(config, Store(config.db_path), FakeBackend(), FakeHost())
+    with pytest.raises(FipError, match="198.51.100.1 is an address of the router itself"):
+        svc.start()
+
+
+def test_state_file_is_private(make, tmp_path):
+    make()
+    assert (tmp_path / "state.db").stat().st_mode & 0o777 == 0o600
