@@ -133,7 +133,9 @@ def desired_floating_ips(vm: Vm) -> FipSpec:
                          "read it with one.vm.info or one.vmpool.infoextended")
     errors: List[str] = []
     asked: Dict[int, List[Optional[IPv4Address]]] = {}
-    nics = {n.nic_id: n for n in vm.nics}
+    nics = {}
+    for n in vm.nics:  # sorted by NIC_ID (Vm guarantees it); first wins on a duplicate
+        nics.setdefault(n.nic_id, n)
     alias_ids = {a.nic_id for a in vm.aliases}
 
     def ask(nic_id: int, value) -> None:

@@ -16,7 +16,8 @@ Design choices (documented here because callers depend on them):
   ``Vm.user_vectors`` so that every ``user_template`` value really is a ``str``.
 * Keys are upper-cased. When a key repeats, the first occurrence wins (like oned's
   ``Template::get``).
-* ``Vm.nics`` and ``Vm.aliases`` are sorted by NIC_ID, which is what "first NIC" means.
+* ``Vm.nics`` and ``Vm.aliases`` are sorted by NIC_ID (also when a Vm is built by hand),
+  which is what "first NIC" means.
 * ``Vm.reduced`` is True for the short bodies of ``one.vmpool.info`` (5.8+): there NIC_ALIAS
   entries appear as plain NICs and user attributes inside NICs are gone, so such a ``Vm`` must
   not be used to decide floating IPs (re-read with ``one.vm.info`` or ``infoextended``).
@@ -206,8 +207,9 @@ class Vm:
         if not isinstance(self.user_vectors, MappingProxyType):
             object.__setattr__(self, "user_vectors", _frozen_map(
                 {k: _frozen_map(v) for k, v in self.user_vectors.items()}))
-        object.__setattr__(self, "nics", tuple(self.nics))
-        object.__setattr__(self, "aliases", tuple(self.aliases))
+        object.__setattr__(self, "nics", tuple(sorted(self.nics, key=lambda n: n.nic_id)))
+        object.__setattr__(self, "aliases",
+                           tuple(sorted(self.aliases, key=lambda n: n.nic_id)))
 
     @property
     def state_name(self) -> str:
@@ -402,8 +404,8 @@ def _vm_from_element(vm: etree._Element, where: str = "VM") -> Vm:
         prev_state=_int(_text(vm.find("PREV_STATE")), f"{where}/PREV_STATE", required=False),
         prev_lcm_state=_int(_text(vm.find("PREV_LCM_STATE")), f"{where}/PREV_LCM_STATE",
                             required=False),
-        nics=tuple(sorted(nics, key=lambda n: n.nic_id)),
-        aliases=tuple(sorted(aliases, key=lambda n: n.nic_id)),
+        nics=tuple(nics),
+        aliases=tuple(aliases),
         user_template=MappingProxyType(flat),
         user_vectors=MappingProxyType(vectors),
         vrouter_id=vrouter_id,
