@@ -242,6 +242,14 @@ def _one_line(text: str, limit: int = 200) -> str:
 
 
 _DTD_MARKERS = (b"<!DOCTYPE", b"<!ENTITY")
+_FIRST_ELEMENT = re.compile(rb"<[A-Za-z_:\x80-\xff]")
+
+
+def _prolog(data: bytes) -> bytes:
+    """The bytes before the first start tag: the only place a DTD can be. (Scanning the
+    whole document would refuse a VM whose user wrote "<!DOCTYPE" in a CDATA value.)"""
+    m = _FIRST_ELEMENT.search(data)
+    return data[: m.start()] if m else data
 
 
 def safe_xml_root(data: Union[bytes, str], *, max_bytes: int = MAX_XML_BYTES,
@@ -259,7 +267,8 @@ def safe_xml_root(data: Union[bytes, str], *, max_bytes: int = MAX_XML_BYTES,
         raise VmXmlError(f"{what} is too large: {len(data)} bytes (limit {max_bytes})")
     if not data.strip():
         raise VmXmlError(f"{what} is empty")
-    if any(m in data for m in _DTD_MARKERS):
+    prolog = _prolog(data)
+    if any(m in prolog for m in _DTD_MARKERS):  # cheap early exit; the real check is below
         raise VmXmlError(f"{what} has a DTD or entity declaration; refused")
     parser = etree.XMLParser(
         resolve_entities=False, no_network=True, huge_tree=False, load_dtd=False,
@@ -274,7 +283,8 @@ def safe_xml_root(data: Union[bytes, str], *, max_bytes: int = MAX_XML_BYTES,
         raise VmXmlError(f"{what} has no root element")
     tree = root.getroottree()
     if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
-        # Reached only by encodings the byte scan cannot see (e.g. UTF-16).
+        # A DTD the prolog scan missed (UTF-16, or hidden after a comment holding "<A").
+        # Entities were not expanded (resolve_entities=False), so parsing it was harmless.
         raise VmXmlError(f"{what} has a DTD or entity declaration; refused")
     for el in root.iter():
         if not isinstance(el.tag, str):  # entity references left unresolved, etc.

@@ -152,6 +152,11 @@ def test_vm_payload_with_odd_states_still_gives_the_id():
     assert ev == HookEvent("state", 3, None, True, None, None)
 
 
+def test_doctype_text_inside_a_value_is_fine():
+    xml = call_info().replace("<EXTRA/>", "<EXTRA><![CDATA[<!DOCTYPE x>]]></EXTRA>")
+    assert decode_hook_payload(b64(xml)).vm_id == 7
+
+
 def test_xml_template_value_is_not_needed():
     """IN 3 may hold elements (XML template); only IN 2 is read."""
     xml = call_info().replace("<VALUE>****</VALUE>", "<VALUE>****</VALUE>").replace(

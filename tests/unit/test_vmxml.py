@@ -283,6 +283,13 @@ def test_cdata_kept_exactly():
     assert vm.user_template["W"] == "  plain  "
 
 
+def test_doctype_text_in_a_value_is_just_text():
+    """Only a real DTD is refused, not a user's value that mentions one."""
+    vm = parse_vm(doc("<USER_TEMPLATE><DESCRIPTION><![CDATA[<!DOCTYPE html><!ENTITY x \"y\">]]>"
+                      "</DESCRIPTION></USER_TEMPLATE>"))
+    assert vm.user_template["DESCRIPTION"] == '<!DOCTYPE html><!ENTITY x "y">'
+
+
 def test_keys_upper_cased_first_wins_and_vectors_apart():
     vm = parse_vm(doc("<USER_TEMPLATE><floating_ip>yes</floating_ip><FLOATING_IP>NO</FLOATING_IP>"
                       "<VEC><A>1</A><B><C>deep</C></B></VEC><VEC>flat-later</VEC>"
@@ -385,6 +392,12 @@ BAD_DOCS = [
     ("utf-16 dtd", ('<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE VM [<!ENTITY a "b">]>'
                     "<VM><ID>&a;</ID></VM>").encode("utf-16"), "DTD"),
     ("undefined entity", "<VM><ID>&a;</ID></VM>", "not well-formed"),
+    # A comment holding "<A" ends the cheap prolog scan early: the parse-time guards remain.
+    ("bomb behind comment", "<!-- <A -->" + BILLION_LAUGHS.split("?>", 1)[1], "entity"),
+    ("xxe behind comment", "<!-- <A -->" + XXE.split("?>", 1)[1], "DTD"),
+    ("xxe in attribute", '<!-- <A --><!DOCTYPE VM [<!ENTITY x SYSTEM "file:///etc/hostname">]>'
+     '<VM a="&x;"><ID>1</ID></VM>', "external entity"),
+    ("external dtd", '<!-- <A --><!DOCTYPE VM SYSTEM "http://127.0.0.1:9/x.dtd"><VM/>', "DTD"),
     ("too large", doc("<USER_TEMPLATE><X>" + "a" * MAX_XML_BYTES + "</X></USER_TEMPLATE>"),
      "too large"),
     ("long garbage value", doc(id="x" * 500), "is not an integer"),
