@@ -142,6 +142,9 @@ def desired_floating_ips(vm: Vm) -> FipSpec:
         asked.setdefault(nic_id, []).append(None if value is _ANY else value)
 
     # Top level: USER_TEMPLATE FLOATING_IP (+ FLOATING_IP_NIC).
+    for attr in (ATTR_FLOATING_IP, ATTR_FLOATING_IP_NIC):
+        if attr in vm.user_vectors:
+            errors.append(f"{attr}: is a vector attribute ({attr}=[...]); expected a value")
     try:
         top = _parse_value(vm.user_template.get(ATTR_FLOATING_IP))
     except ValueError as exc:

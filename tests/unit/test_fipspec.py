@@ -172,6 +172,12 @@ def test_vrouter_nic_floating_ip_is_opennebulas_own():
     assert reqs(top) == [(0, "10.0.0.5", None)]
 
 
+def test_vector_attribute_is_reported():
+    vm = dataclasses.replace(make_vm([N0]), user_vectors={"FLOATING_IP": {"IP": "1.2.3.4"}})
+    assert desired_floating_ips(vm) == FipSpec((), (
+        "FLOATING_IP: is a vector attribute (FLOATING_IP=[...]); expected a value",))
+
+
 def test_reduced_body_is_refused():
     vm = dataclasses.replace(make_vm([N0], {"FLOATING_IP": "YES"}), reduced=True)
     with pytest.raises(ValueError, match="reduced body"):
