@@ -201,12 +201,7 @@ class Registry:
         private address that another floating IP serves needs it too (that one is then
         disassociated). An address owned by someone else can only be moved by an operator.
         """
-        try:
-            check_private_target(private_ip, private_ranges)
-        except AddressError as exc:
-            raise FipError("private_not_allowed", str(exc), 422) from None
-        if private_ip in self.router_addresses:
-            raise FipError("private_not_allowed", f"private_ip: {private_ip} is an address of the router itself", 422)
+        self.check_target(private_ip, private_ranges)
         alloc = self.require(public_ip)
         self._check_owner(alloc, owner, operator)
         if alloc.private_ip == private_ip:
@@ -240,6 +235,15 @@ class Registry:
         alloc = self.require(public_ip)
         self._check_owner(alloc, owner, operator)
         return alloc, Change(before=(alloc,))
+
+    def check_target(self, private_ip: IPv4Address, private_ranges: Sequence[IPv4Network]) -> None:
+        """A NAT target must be in PRIVATE_IP_RANGES, a host address, and not the router."""
+        try:
+            check_private_target(private_ip, private_ranges)
+        except AddressError as exc:
+            raise FipError("private_not_allowed", str(exc), 422) from None
+        if private_ip in self.router_addresses:
+            raise FipError("private_not_allowed", f"private_ip: {private_ip} is an address of the router itself", 422)
 
     @staticmethod
     def _check_owner(alloc: Allocation, owner: Optional[str], operator: bool) -> None:

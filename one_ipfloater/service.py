@@ -167,6 +167,8 @@ class FloatingIPService:
         Returns (allocation, created): created is False when `ref` already held it.
         """
         with self._lock:
+            if private_ip is not None:
+                self.registry.check_target(private_ip, self.config.private_ranges)
             alloc, change = self.registry.plan_allocate(public_ip, owner, ref)
             created = not change.noop
             if private_ip is not None and alloc.private_ip != private_ip:

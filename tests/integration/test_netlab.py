@@ -14,10 +14,7 @@ import pytest
 from one_ipfloater.testing import netlab
 from one_ipfloater.testing.netlab import Lab, list_netns
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for ip netns"),
-]
+pytestmark = pytest.mark.netns
 
 FLOAT = "198.51.100.50"
 ROUTED_FLOAT = "203.0.113.10"
