@@ -23,6 +23,7 @@ Quick use::
 
 from __future__ import annotations
 
+import base64
 import collections
 import dataclasses
 import http.server
@@ -1177,8 +1178,7 @@ class OneSimulator:
         try:
             vm_id = self._allocate_vm(user, template_text, hold)
         except _Failure as failure:
-            raise _Failure(failure.code if failure.code == ALLOCATE else ALLOCATE,
-                           f"Error allocating a new virtual machine. {failure.message}")
+            raise _Failure(ALLOCATE, f"Error allocating a new virtual machine. {failure.message}")
         return vm_id, self._vm_xml(self._vms[vm_id])
 
     def _rpc_vm_action(self, user: _User, params: Sequence[Any]) -> int:
@@ -1218,12 +1218,13 @@ class OneSimulator:
         self._detach_nic(vm, nic_id, user)
         return vm.id
 
-    def _pool(self, user: _User, params: Sequence[Any], with_state: bool) -> List[_Vm]:
+    def _pool(self, user: _User, params: Sequence[Any]) -> List[_Vm]:
         """Filter the VM pool like oned: owner filter, ID range, state; newest first."""
         who = _p_int(params, 1)
         start = _p_int(params, 2)
         end = _p_int(params, 3)
-        state = _p_int(params, 4) if with_state else -1
+        state = _p_int(params, 4)
+        _p_opt(params, 5, _p_str, "")   # 6.x+ optional KEY=VALUE filter: accepted, ignored
         vms = sorted(self._vms.values(), key=lambda vm: vm.id, reverse=True)
         if not user.is_admin:
             vms = [vm for vm in vms if vm.owner.uid == user.uid]
@@ -1250,11 +1251,11 @@ class OneSimulator:
         return vms
 
     def _rpc_vmpool_info(self, user: _User, params: Sequence[Any]) -> str:
-        vms = self._pool(user, params, with_state=len(params) > 4)
+        vms = self._pool(user, params)
         return "<VM_POOL>" + "".join(self._vm_short_xml(vm) for vm in vms) + "</VM_POOL>"
 
     def _rpc_vmpool_infoextended(self, user: _User, params: Sequence[Any]) -> str:
-        vms = self._pool(user, params, with_state=len(params) > 4)
+        vms = self._pool(user, params)
         return "<VM_POOL>" + "".join(self._vm_xml(vm) for vm in vms) + "</VM_POOL>"
 
     def _rpc_hook_allocate(self, user: _User, params: Sequence[Any]):
@@ -1280,7 +1281,10 @@ class OneSimulator:
             raise _Failure(ACTION, f"Parse error: {exc}") from None
         merged = items if update_type == 0 else _merge_items(hook.template, items)
         merged = [(n, v) for n, v in merged if n not in ("NAME", "TYPE")]
-        self._validate_hook(hook.type, dict((n, v) for n, v in merged if isinstance(v, str)))
+        try:
+            self._validate_hook(hook.type, {n: v for n, v in merged if isinstance(v, str)})
+        except _Failure as failure:
+            raise _Failure(ACTION, failure.message) from None
         hook.template = merged
         return hook.id
 
@@ -1896,7 +1900,6 @@ class OneSimulator:
 
     @staticmethod
     def _hook_record_xml(record: _HookRecord) -> str:
-        import base64
         parts = [f"<HOOK_EXECUTION_RECORD><HOOK_ID>{record.hook_id}</HOOK_ID>"
                  f"<EXECUTION_ID>{record.execution_id}</EXECUTION_ID>"
                  f"<TIMESTAMP>{record.timestamp}</TIMESTAMP>"
