@@ -166,12 +166,13 @@ class ApiHandler(BaseHTTPRequestHandler):
             return 200, {"neighbours": entries}
         if route == ["floatingips"]:
             if method == "GET":
-                unknown = sorted(set(query) - {"private_ip", "ref", "owner"})
+                unknown = sorted(set(query) - {"private_ip", "ref", "owner", "ref_prefix"})
                 if unknown:
                     raise bad_request(f"{unknown[0]}: unknown query parameter")
                 private = _ip(query["private_ip"], "private_ip") if "private_ip" in query else None
                 items = svc.list(private_ip=private, ref=_text(query.get("ref"), "ref"),
-                                 owner=_text(query.get("owner"), "owner"))
+                                 owner=_text(query.get("owner"), "owner"),
+                                 ref_prefix=_text(query.get("ref_prefix"), "ref_prefix"))
                 return 200, {"floatingips": [self._view(a) for a in items]}
             if method == "POST":
                 body = _fields(self._json(), {"public_ip", "private_ip", "owner", "ref", "allow_move", "operator"})

@@ -206,12 +206,14 @@ class FloatingIPService:
             return self.registry.require(public_ip)
 
     def list(self, private_ip: Optional[IPv4Address] = None, ref: Optional[str] = None,
-             owner: Optional[str] = None) -> list[Allocation]:
+             owner: Optional[str] = None, ref_prefix: Optional[str] = None) -> list[Allocation]:
+        """Allocations matching every given filter (ref_prefix: e.g. all NICs of one VM)."""
         with self._lock:
             return [a for a in self.registry
                     if (private_ip is None or a.private_ip == private_ip)
                     and (ref is None or a.ref == ref)
-                    and (owner is None or a.owner == owner)]
+                    and (owner is None or a.owner == owner)
+                    and (ref_prefix is None or (a.ref or "").startswith(ref_prefix))]
 
     def pool(self) -> dict:
         with self._lock:

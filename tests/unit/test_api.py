@@ -180,3 +180,18 @@ def test_cli_without_daemon_exits_3(capsys, monkeypatch):
         port = s.getsockname()[1]
     code, _out, err = run_cli(f"http://127.0.0.1:{port}", capsys, "status")
     assert code == 3 and "unreachable" in err
+
+
+def test_list_filters(daemon):
+    url, _svc = daemon
+    call(url, "POST", "/v1/floatingips", {"private_ip": "10.77.0.11", "ref": "one:vm:1:nic:0", "owner": "one:uid:1"})
+    call(url, "POST", "/v1/floatingips", {"ref": "one:vm:12:nic:0", "owner": "one:uid:2"})
+    call(url, "POST", "/v1/floatingips", {"ref": "one:vm:1:nic:2", "owner": "one:uid:1"})
+
+    def refs(query):
+        return [f["ref"] for f in call(url, "GET", "/v1/floatingips" + query)[1]["floatingips"]]
+
+    assert refs("?ref_prefix=one:vm:1:") == ["one:vm:1:nic:0", "one:vm:1:nic:2"]
+    assert refs("?owner=one:uid:2") == ["one:vm:12:nic:0"]
+    assert refs("?ref=one:vm:1:nic:2") == ["one:vm:1:nic:2"]
+    assert refs("?private_ip=10.77.0.11&owner=one:uid:1") == ["one:vm:1:nic:0"]
