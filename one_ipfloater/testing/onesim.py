@@ -39,7 +39,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 from lxml import etree
 
 __all__ = [
-    "OneSimulator", "StateEvent", "ApiEvent", "TemplateParseError", "parse_template",
+    "OneSimulator", "StateEvent", "ApiEvent", "RetryEvent", "HookSpec", "TemplateParseError",
+    "parse_template",
     "VM_STATES", "LCM_STATES", "ERROR_CODES",
 ]
 
@@ -445,6 +446,17 @@ class ApiEvent:
     response: Tuple[Any, ...] = ()
 
 
+@dataclasses.dataclass(frozen=True)
+class RetryEvent:
+    """``onehook retry``: run a logged execution again with its stored (stale) arguments."""
+
+    seq: int
+    hook_id: int
+    execution_id: int
+    arguments: str
+    remote_host: str = ""
+
+
 # --------------------------------------------------------------------------------------
 # Internal model
 # --------------------------------------------------------------------------------------
@@ -762,6 +774,7 @@ class OneSimulator:
             "one.hook.info": self._rpc_hook_info,
             "one.hookpool.info": self._rpc_hookpool_info,
             "one.hooklog.info": self._rpc_hooklog_info,
+            "one.hook.retry": self._rpc_hook_retry,
         }
 
     # ----------------------------------------------------------------------------------
@@ -1028,6 +1041,11 @@ class OneSimulator:
             hook.next_execution_id += 1
             hook.log.append(record)
             return record.execution_id
+
+    def retry_hook(self, hook_id: int, execution_id: int) -> None:
+        """``onehook retry HOOK EXECUTION`` without an API event."""
+        with self._lock:
+            self._checked(lambda: self._retry_hook(hook_id, execution_id))
 
     # ----------------------------------------------------------------------------------
     # Wire handling and dispatch
@@ -1312,6 +1330,22 @@ class OneSimulator:
             hooks = [h for h in hooks if h.id >= start and (end < 0 or h.id <= end)]
         return "<HOOK_POOL>" + "".join(self._hook_xml(h, with_log=False)
                                        for h in hooks) + "</HOOK_POOL>"
+
+    def _rpc_hook_retry(self, user: _User, params: Sequence[Any]) -> int:
+        hook_id = _p_int(params, 1)
+        execution_id = _p_int(params, 2)
+        self._require_admin(user, f"MANAGE HOOK [{hook_id}]")
+        self._retry_hook(hook_id, execution_id)
+        return hook_id
+
+    def _retry_hook(self, hook_id: int, execution_id: int) -> None:
+        hook = self._hook(hook_id)
+        record = next((r for r in hook.log if r.execution_id == execution_id), None)
+        if record is None:
+            raise _Failure(NO_EXISTS, f"Error getting hook execution record [{execution_id}].",
+                           hook_id)
+        self._later(lambda: self._publish(lambda seq: RetryEvent(
+            seq, hook_id, execution_id, record.arguments, record.remote_host)))
 
     def _rpc_hooklog_info(self, user: _User, params: Sequence[Any]) -> str:
         """one.hooklog.info(s, min_ts, max_ts, hook_id, rc): rc 1 ok, -1 error, 0 all."""
