@@ -20,6 +20,12 @@ apt-get install -y -qq --no-install-recommends \
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
-"$venv/bin/pip" install -q --upgrade pip >/dev/null
-"$venv/bin/pip" install -q -e "$here[test]" "$@"
+log="$(mktemp)"
+if ! { "$venv/bin/pip" install -q --upgrade pip && "$venv/bin/pip" install -q -e "$here[test]" "$@"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    echo "install-deps: pip install failed" >&2
+    exit 1
+fi
+rm -f "$log"
 echo "install-deps: ready in $venv" >&2
