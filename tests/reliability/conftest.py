@@ -1,0 +1,58 @@
+"""Reliability suites: fixtures shared with the integration tests, and a figures table
+printed at the end of the run (what each suite reached)."""
+
+import json
+import re
+
+import pytest
+
+from tests.integration.conftest import _no_stale_labs, daemon, lab, servers  # noqa: F401 (fixtures)
+
+FIGURES: list[tuple[str, str, str]] = []
+
+
+@pytest.fixture
+def figures():
+    """record(suite, figure, value): printed in the summary and written to the results file."""
+    def record(suite: str, figure: str, value) -> None:
+        FIGURES.append((suite, figure, str(value)))
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not FIGURES:
+        return
+    terminalreporter.section("reliability figures")
+    width = max(len(f"{s}: {f}") for s, f, _ in FIGURES)
+    for suite, figure, value in FIGURES:
+        terminalreporter.write_line(f"{f'{suite}: {figure}'.ljust(width)}  {value}")
+
+
+def stored_associations(daemon) -> dict[str, str]:
+    return {f["public_ip"]: f["private_ip"] for f in daemon.cli_json("status")["floatingips"] if f["private_ip"]}
+
+
+def kernel_associations(lab) -> dict[str, set]:
+    """(public, private) pairs per chain of ours, read back from iptables-legacy-save."""
+    save = lab.run(lab.ns_router, ["iptables-legacy-save", "-t", "nat"]).stdout
+    chains = {"IPFLOATER-PRE": set(), "IPFLOATER-OUT": set(), "IPFLOATER-POST": set()}
+    for line in save.splitlines():
+        m = re.match(r"-A (IPFLOATER-PRE|IPFLOATER-OUT) -d ([\d.]+)/32 -j DNAT --to-destination ([\d.]+)$", line)
+        if m:
+            chains[m.group(1)].add((m.group(2), m.group(3)))
+        m = re.match(r"-A IPFLOATER-POST -s ([\d.]+)/32 -j SNAT --to-source ([\d.]+)$", line)
+        if m:
+            chains["IPFLOATER-POST"].add((m.group(2), m.group(1)))
+    return chains
+
+
+def assert_kernel_matches_state(lab, daemon) -> dict[str, str]:
+    stored = stored_associations(daemon)
+    pairs = set(stored.items())
+    for chain, found in kernel_associations(lab).items():
+        assert found == pairs, f"{chain}: kernel {sorted(found)} != stored {sorted(pairs)}"
+    return stored
+
+
+def read_json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
