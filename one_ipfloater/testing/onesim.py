@@ -265,11 +265,12 @@ class _TemplateLexer:
             chunks = []
             while end < len(self.text) and self.text[end] != '"':
                 if self.text[end] == "\\" and end + 1 < len(self.text):
-                    # oned unescapes \" only; other backslashes are kept as written
-                    if self.text[end + 1] == '"':
-                        chunks.append('"')
-                        end += 2
-                        continue
+                    # flex matches \\. as a pair; oned then unescapes \" only and keeps
+                    # any other backslash pair as written
+                    pair = self.text[end:end + 2]
+                    chunks.append('"' if pair == '\\"' else pair)
+                    end += 2
+                    continue
                 chunks.append(self.text[end])
                 end += 1
             if end >= len(self.text):
@@ -278,7 +279,7 @@ class _TemplateLexer:
             return self._token("STRING", "".join(chunks), start, end + 1 - start)
         if char == "[" and not in_vector:
             return self._token("OBRACKET", "[", start, 1)
-        stop = ',]"\n[' if in_vector else ' \t\r\n"[]'
+        stop = ',]"\n[=' if in_vector else ' \t\r\n"[]'
         end = start
         while end < len(self.text) and self.text[end] not in stop:
             end += 1
@@ -1259,13 +1260,11 @@ class OneSimulator:
             vms = [vm for vm in vms if vm.state == state]
         elif state != -2:
             raise _Failure(XML_RPC_API, "Incorrect filter_flag, state")
-        if start >= 0:
-            vms = [vm for vm in vms if vm.id >= start]
-            if end >= 0:
-                vms = [vm for vm in vms if vm.id <= end]
-        elif start < -1 or end < -1:   # pagination: offset -start, page size -end
-            offset = -start if start < -1 else 0
-            vms = vms[offset:offset + (-end if end < -1 else len(vms))]
+        if end < -1:                   # pagination (OCA info_paginated): offset, -size
+            offset = max(start, 0)
+            vms = vms[offset:offset - end]
+        elif start >= 0:               # ID range; end -1 = no upper bound
+            vms = [vm for vm in vms if vm.id >= start and (end < 0 or vm.id <= end)]
         return vms
 
     def _rpc_vmpool_info(self, user: _User, params: Sequence[Any]) -> str:
