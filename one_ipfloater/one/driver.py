@@ -1,0 +1,297 @@
+"""Converge the floating IPs of OpenNebula VMs with ipfloaterd (what every hook runs).
+
+``converge_vm`` is idempotent and trusts nothing but a VM ID: under the VM's lock it
+re-reads the VM from oned (hook payloads are stale and unescaped), asks the daemon what
+the VM holds (refs ``one:vm:<ID>:nic:<NIC_ID>``), runs the planned steps and writes
+back to USER_TEMPLATE only what changed, so the ``one.vm.update`` hook its own write
+fires ends after one no-op pass. Expected failures never raise: they end up in
+``Result.errors`` (one line each) and, when the VM can be reached, as
+FLOATING_IP_STATUS="ERROR" plus FLOATING_IP_ERROR.
+
+No half-done state: each daemon call is atomic; a failed allocation leaves nothing
+behind; a NAT that cannot follow its NIC to a new private address is disassociated
+(never left pointing at an address that may now be another VM's); the allocations of
+NICs that were served stay (they are valid, and the next run is a no-op for them).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import pyone
+
+from ..client import ApiError
+from . import rpc
+from .fipspec import FipSpec, desired_floating_ips, parse_ref, vm_phase
+from .plan import (ATTR_STATUS, Held, Step, changed_attributes, error_line, held_from_api,
+                   plan_steps, wanted_attributes)
+from .vmlock import LockError, vm_lock
+from .vmxml import Vm, VmXmlError, parse_vm, parse_vm_pool
+
+__all__ = ["Result", "SyncResult", "converge_vm", "sync_all", "read_vm", "held_by_vm"]
+
+log = logging.getLogger(__name__)
+
+#: Daemon errors after which further calls in this run are pointless.
+_FATAL = frozenset({"unreachable", "timeout", "unauthorized", "bad_response", "no_token",
+                    "internal_error"})
+
+
+@dataclass
+class Result:
+    """What one converge did. ``phase``: wait | hold | release | gone ("" if the VM could
+    not be read). ``addresses``: NIC_ID -> public address afterwards. ``written``: the
+    USER_TEMPLATE attributes sent (empty: nothing changed)."""
+
+    vm_id: int
+    phase: str = ""
+    addresses: Dict[int, str] = field(default_factory=dict)
+    steps: List[Step] = field(default_factory=list)
+    written: Dict[str, str] = field(default_factory=dict)
+    status: str = ""
+    errors: List[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def message(self) -> str:
+        """One line: the errors, or a short summary."""
+        if self.errors:
+            return f"VM {self.vm_id}: {error_line(self.errors)}"
+        if self.phase == "wait":
+            return f"VM {self.vm_id}: not deployed yet, nothing to do"
+        shown = ", ".join(f"NIC {n} {a}" for n, a in sorted(self.addresses.items()))
+        return f"VM {self.vm_id}: {shown or 'no floating IP'}" + \
+            (f" ({self.status})" if self.status else "")
+
+    def as_dict(self) -> dict:
+        return {"vm_id": self.vm_id, "phase": self.phase, "ok": self.ok,
+                "addresses": {str(k): v for k, v in sorted(self.addresses.items())},
+                "steps": [{"action": s.action, "nic_id": s.nic_id, "public_ip": s.public_ip,
+                           "private_ip": s.private_ip} for s in self.steps],
+                "written": dict(self.written), "status": self.status,
+                "errors": list(self.errors)}
+
+
+def read_vm(one: Any, vm_id: int) -> Vm:
+    """The VM as oned has it now (``one.vm.info`` through pyone, parsed by parse_vm)."""
+    return parse_vm(rpc.vm_xml(one, vm_id))
+
+
+def held_by_vm(daemon: Any, vm_id: int) -> Dict[int, Held]:
+    """The daemon's allocations for the VM's NICs, by NIC_ID."""
+    return held_from_api(daemon.list(ref_prefix=f"one:vm:{vm_id}:"), vm_id)
+
+
+def converge_vm(vm_id: int, one: Any, daemon: Any, *, lock_dir: Optional[str] = None,
+                lock_timeout: float = 60.0) -> Result:
+    """Bring the daemon and the VM's USER_TEMPLATE in line with what the VM asks for.
+
+    ``one``: a pyone client; ``daemon``: an IpfloaterClient. ``lock_dir`` None takes no
+    lock (only for callers that never run two converges at once)."""
+    result = Result(vm_id=vm_id)
+    try:
+        with vm_lock(lock_dir, vm_id, lock_timeout):
+            _converge(vm_id, one, daemon, result)
+    except LockError as exc:
+        result.errors.append(str(exc))
+    if result.errors:
+        log.info("%s", result.message)
+    return result
+
+
+def _converge(vm_id: int, one: Any, daemon: Any, result: Result) -> None:
+    try:
+        vm: Optional[Vm] = read_vm(one, vm_id)
+    except pyone.OneNoExistsException:
+        vm = None
+    except rpc.ONE_ERRORS as exc:
+        result.errors.append(rpc.describe_one_error(exc))
+        return
+    except VmXmlError as exc:  # nothing safe to compare with: do not write back
+        result.errors.append(f"cannot use the VM document: {exc}")
+        return
+    result.phase = "gone" if vm is None else vm_phase(vm)
+    if result.phase == "wait":
+        return
+    spec = FipSpec()
+    if vm is not None and result.phase == "hold":
+        spec = desired_floating_ips(vm)
+        result.errors.extend(spec.errors)
+    try:
+        held = held_by_vm(daemon, vm_id)
+    except ApiError as exc:
+        result.errors.append(_daemon_error(exc))
+        if vm is not None:
+            _write_back(one, vm, result, None)
+        return
+    steps = plan_steps(vm, result.phase, spec, held)
+    result.addresses = _execute(steps, daemon, held, result)
+    if vm is not None:
+        _write_back(one, vm, result, result.addresses)
+
+
+def _execute(steps: List[Step], daemon: Any, held: Dict[int, Held],
+             result: Result) -> Dict[int, str]:
+    addresses = {nic_id: h.public_ip for nic_id, h in held.items()}
+    releasing = {s.public_ip for s in steps if s.action == "release"}
+    failed = set()
+    for step in steps:
+        if step.nic_id in failed:
+            continue
+        try:
+            if step.action == "release":
+                if step.replacing and not _replacement_free(daemon, step, releasing, result):
+                    failed.add(step.nic_id)
+                    continue
+                _release(daemon, step)
+                addresses.pop(step.nic_id, None)
+            else:
+                got = daemon.allocate(public_ip=step.public_ip, private_ip=step.private_ip,
+                                      owner=step.owner, ref=step.ref,
+                                      allow_move=True if step.action == "move" else None)
+                addresses[step.nic_id] = got["public_ip"]
+            result.steps.append(step)
+            log.info("VM %d: %s NIC %d %s -> %s (%s)", result.vm_id, step.action, step.nic_id,
+                     addresses.get(step.nic_id, step.public_ip), step.private_ip, step.reason)
+        except ApiError as exc:
+            failed.add(step.nic_id)
+            result.errors.append(_step_error(step, exc))
+            if exc.code in _FATAL:
+                break
+            if step.action == "move":
+                _disassociate(daemon, step, result)
+    return addresses
+
+
+def _release(daemon: Any, step: Step) -> None:
+    try:
+        daemon.release(step.public_ip, owner=step.owner)
+    except ApiError as exc:
+        if exc.code != "not_allocated":  # already gone (another run got there first)
+            raise
+
+
+def _replacement_free(daemon: Any, step: Step, releasing: set, result: Result) -> bool:
+    """Before giving up the held address for another one: is the other one free?"""
+    wanted = step.replacing
+    try:
+        other = daemon.show(wanted)
+    except ApiError as exc:
+        if exc.code == "not_allocated":
+            return True
+        result.errors.append(_step_error(Step("allocate", step.nic_id, step.ref, wanted,
+                                              step.private_ip), exc))
+        return False
+    if other.get("public_ip") in releasing:
+        return True
+    result.errors.append(f"NIC {step.nic_id}: {wanted} is already allocated to another VM "
+                         f"(keeping {step.public_ip})")
+    return False
+
+
+def _disassociate(daemon: Any, step: Step, result: Result) -> None:
+    """A NAT that could not follow its NIC must not keep pointing at the old address."""
+    try:
+        daemon.disassociate(step.public_ip, owner=step.owner)
+    except ApiError as exc:
+        result.errors.append(f"NIC {step.nic_id}: could not unhook {step.public_ip} from its "
+                             f"old address: {exc.message}")
+
+
+def _daemon_error(exc: ApiError) -> str:
+    return " ".join(str(exc.message).split()) or exc.code
+
+
+def _step_error(step: Step, exc: ApiError) -> str:
+    nic, asked, code = f"NIC {step.nic_id}", step.public_ip, exc.code
+    if code in _FATAL:
+        return _daemon_error(exc)
+    if step.action == "release":
+        return f"{nic}: could not release {asked}: {_daemon_error(exc)}"
+    messages = {
+        "pool_exhausted": f"{nic}: no free address left in the floating IP pool",
+        "not_in_pool": f"{nic}: {asked} is not in the floating IP pool",
+        "address_in_use": f"{nic}: {asked} is already allocated to another VM",
+        "owner_mismatch": f"{nic}: {asked} belongs to another user",
+        "private_not_allowed": f"{nic}: the router does not NAT to {step.private_ip} "
+                               f"({_daemon_error(exc)})",
+        "private_in_use": f"{nic}: {step.private_ip} is already served by another "
+                          "floating IP",
+    }
+    return messages.get(code, f"{nic}: {step.action} failed: {_daemon_error(exc)} ({code})")
+
+
+def _write_back(one: Any, vm: Vm, result: Result,
+                addresses: Optional[Dict[int, str]]) -> None:
+    wanted = wanted_attributes(vm, result.phase, addresses, result.errors)
+    result.status = wanted.get(ATTR_STATUS, "")
+    changes = changed_attributes(vm.user_template, wanted)
+    if not changes:
+        return
+    try:
+        rpc.update_user_template(one, vm.id, changes)
+    except rpc.ONE_ERRORS as exc:
+        result.errors.append(f"cannot write to the VM: {rpc.describe_one_error(exc)}")
+        return
+    result.written = changes
+
+
+# --- all VMs ---------------------------------------------------------------------------
+
+@dataclass
+class SyncResult:
+    """``sync_all``: one Result per VM converged, plus errors that stopped the sweep."""
+
+    results: List[Result] = field(default_factory=list)
+    errors: List[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and all(r.ok for r in self.results)
+
+    @property
+    def released(self) -> List[Tuple[int, str]]:
+        return [(r.vm_id, s.public_ip) for r in self.results for s in r.steps
+                if s.action == "release"]
+
+    def as_dict(self) -> dict:
+        return {"ok": self.ok, "converged": sum(r.ok for r in self.results),
+                "released": [{"vm_id": v, "public_ip": p} for v, p in self.released],
+                "errors": list(self.errors) + [r.message for r in self.results if not r.ok],
+                "vms": [r.as_dict() for r in self.results]}
+
+
+def sync_all(one: Any, daemon: Any, *, lock_dir: Optional[str] = None,
+             lock_timeout: float = 60.0) -> SyncResult:
+    """Converge every VM but DONE ones, then every VM the daemon holds addresses for that
+    was not in that list (DONE or gone: converge_vm re-reads it, so a VM created since the
+    list was read is converged, not robbed). Refs that do not parse are left alone."""
+    out = SyncResult()
+    try:
+        vms = parse_vm_pool(rpc.vmpool_xml(one))
+    except rpc.ONE_ERRORS as exc:  # never act on a partial view of the pool
+        out.errors.append(rpc.describe_one_error(exc))
+        return out
+    except VmXmlError as exc:
+        out.errors.append(f"cannot use the VM pool document: {exc}")
+        return out
+    listed = {vm.id for vm in vms}
+    for vm_id in sorted(listed):
+        out.results.append(converge_vm(vm_id, one, daemon, lock_dir=lock_dir,
+                                       lock_timeout=lock_timeout))
+    try:
+        allocations = daemon.list()
+    except ApiError as exc:
+        out.errors.append(_daemon_error(exc))
+        return out
+    orphans = sorted({ref[0] for ref in (parse_ref(a.get("ref")) for a in allocations)
+                      if ref is not None and ref[0] not in listed})
+    for vm_id in orphans:
+        out.results.append(converge_vm(vm_id, one, daemon, lock_dir=lock_dir,
+                                       lock_timeout=lock_timeout))
+    return out
