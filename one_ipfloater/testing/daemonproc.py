@@ -34,8 +34,9 @@ class DaemonFailed(RuntimeError):
 class DaemonProcess:
     """One ipfloaterd in namespace `ns`, with its config, state and token under `workdir`."""
 
-    def __init__(self, ns: str, workdir: Path, **settings: str):
+    def __init__(self, ns: str, workdir: Path, wrapper: tuple[str, ...] = (), **settings: str):
         self.ns = ns
+        self.wrapper = list(wrapper)  # e.g. setpriv ... to drop capabilities
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.settings = {**DEFAULT_SETTINGS, "DB": str(self.workdir / "state.db"),
@@ -51,7 +52,7 @@ class DaemonProcess:
         self.config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     def argv(self, *args: str) -> list[str]:
-        return ["ip", "netns", "exec", self.ns, sys.executable, "-m", "one_ipfloater.daemon",
+        return ["ip", "netns", "exec", self.ns, *self.wrapper, sys.executable, "-m", "one_ipfloater.daemon",
                 "--config", str(self.config_path), *args]
 
     def start(self, timeout: float = 20.0) -> "DaemonProcess":
