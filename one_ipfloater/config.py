@@ -144,8 +144,9 @@ def _build(raw: dict[str, str]) -> DaemonConfig:
         values["log_level"] = level
     if "NAT_BACKEND" in raw:
         backend = raw["NAT_BACKEND"].strip().lower()
-        if backend not in ("iptables",):
-            raise ConfigError(f"NAT_BACKEND: {raw['NAT_BACKEND']!r} is not supported (iptables)")
+        if backend not in ("iptables", "nftables", "auto"):
+            raise ConfigError(f"NAT_BACKEND: {raw['NAT_BACKEND']!r} is not supported "
+                              "(iptables, nftables or auto)")
         values["nat_backend"] = backend
     return DaemonConfig(**values)
 

@@ -69,7 +69,8 @@ def take_instance_lock(config: DaemonConfig):
 
 
 def make_backend(config: DaemonConfig):
-    return IptablesBackend(lock_path=config.xtables_lock)
+    from .nat import make_backend as choose  # NAT_BACKEND: iptables | nftables | auto
+    return choose(config)
 
 
 def run(config: DaemonConfig, ready_fd: int | None = None) -> int:

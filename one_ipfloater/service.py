@@ -55,7 +55,9 @@ class FloatingIPService:
                 if alloc.public_ip not in self.registry.pool:
                     log.warning("%s is allocated but no longer in IP_POOL; it stays until released",
                                 alloc.public_ip)
-            return self.reconcile()
+            repairs = self.reconcile()
+            from .nat import remove_other_backends  # leftovers of a backend switched away from
+            return repairs + remove_other_backends(self.backend, self.config.xtables_lock)
 
     def desired(self):
         return desired_rules(self.registry.associations(), self.config.private_ranges,

@@ -1,0 +1,103 @@
+"""Choosing the NAT backend, and removing what the other backend of ours left behind.
+
+NAT_BACKEND = iptables | nftables | auto. `auto` takes nftables where the host's
+`iptables` is the nf_tables variant (Debian 11 and later: rules written through legacy
+iptables would sit beside the host's own nft rules) or where legacy iptables cannot be
+used at all, and iptables otherwise.
+
+Switching backends on a router migrates on the next start: the chosen backend's sync
+installs every association first, then `remove_other_backends` deletes the other one's
+leftovers (our IPFLOATER-* legacy chains and their jumps, or our `ip ipfloater` table).
+Both give the same NAT while they overlap, so no association is ever missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+import subprocess
+from typing import Optional
+
+from .nat_iptables import IptablesBackend, NatError
+from .nat_nftables import NftablesBackend
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("iptables", "nftables")
+DEFAULT_XTABLES_LOCK = "/run/xtables.lock"
+
+
+def iptables_variant() -> Optional[str]:
+    """"nf_tables" or "legacy" as `iptables --version` says; None without iptables."""
+    path = shutil.which("iptables") or shutil.which("iptables", path="/usr/sbin:/sbin")
+    if path is None:
+        return None
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if "(nf_tables)" in out:
+        return "nf_tables"
+    return "legacy" if out.strip() else None
+
+
+def legacy_usable() -> bool:
+    """python-iptables is installed (it drives the legacy tables through libiptc)."""
+    return importlib.util.find_spec("iptc") is not None
+
+
+def choose_backend(setting: str, variant: Optional[str], legacy_ok: bool) -> str:
+    """The backend name for a NAT_BACKEND setting (pure: the probes are arguments)."""
+    if setting in BACKENDS:
+        return setting
+    if setting != "auto":
+        raise ValueError(f"NAT_BACKEND: {setting!r}")
+    if variant == "nf_tables" or variant is None or not legacy_ok:
+        return "nftables"
+    return "iptables"
+
+
+def make_backend(config):
+    """The backend `config.nat_backend` names (`auto` decided by probing this host)."""
+    setting = getattr(config, "nat_backend", "iptables")
+    if setting == "auto":
+        name = choose_backend(setting, iptables_variant(), legacy_usable())
+        log.info("NAT_BACKEND auto: using %s", name)
+    else:
+        name = choose_backend(setting, None, True)
+    if name == "nftables":
+        return NftablesBackend()
+    return IptablesBackend(lock_path=config.xtables_lock)
+
+
+def remove_other_backends(active, xtables_lock: str = DEFAULT_XTABLES_LOCK) -> list[str]:
+    """Delete the rules a backend of ours other than `active` left; what was removed.
+
+    Acts only for our real backends (a test double gets []), never touches anything but
+    our own chains/table, and a backend this host cannot drive has nothing to remove.
+    """
+    if isinstance(active, NftablesBackend):
+        others = [("iptables", lambda: IptablesBackend(lock_path=xtables_lock))]
+    elif isinstance(active, IptablesBackend):
+        others = [("nftables", NftablesBackend)]
+    else:
+        return []
+    removed: list[str] = []
+    for name, make in others:
+        backend = make()
+        try:
+            removed += backend.flush()
+        except (ImportError, OSError) as exc:
+            log.debug("%s backend not usable here (%s): nothing of it to remove", name, exc)
+        except NatError as exc:
+            if name == "nftables" and "neither libnftables" in str(exc):
+                continue
+            raise
+        finally:
+            close = getattr(backend, "close", None)
+            if close:
+                close()
+    for line in removed:
+        log.warning("migrated to %s: %s", active.name, line)
+    return removed
