@@ -14,6 +14,7 @@ import os
 import sys
 
 from . import __version__
+from .cliutil import OneLineArgumentParser
 from .addresses import AddressError, parse_ipv4
 from .client import DEFAULT_TOKEN_FILE, ApiError, IpfloaterClient, read_token
 
@@ -38,7 +39,7 @@ def _table(rows: list[dict], columns: list[str]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="ipfloater",
         description="Client of ipfloaterd, the daemon that maps floating (public) IPs to private IPs.")
     parser.add_argument("-i", "--server-ip", default=os.environ.get("IPFLOATER_SERVER_IP", "127.0.0.1"),

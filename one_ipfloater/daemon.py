@@ -22,6 +22,7 @@ import threading
 from pathlib import Path
 
 from . import __version__, hostnet
+from .cliutil import OneLineArgumentParser
 from .config import ConfigError, DaemonConfig, load_config
 from .model import FipError
 from .nat_iptables import IptablesBackend, NatError
@@ -146,7 +147,7 @@ def flush(config: DaemonConfig) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="ipfloaterd",
         description="Floating IP daemon: 1:1 NAT from a public address pool to private VM addresses.")
     parser.add_argument("command", nargs="?", default="run", choices=("run", "flush", "check"),
