@@ -522,7 +522,7 @@ def describe_repairs(current: Optional[TableState], wanted: TableState) -> list[
             if current is not None and current.chains.get(base, (None,) * 5)[:4] != wanted.chains[base][:4]:
                 repairs.append(f"restored jump {table}/{builtin} -> {chain}")
             have, want = _chain_content(current, base), _chain_content(wanted, base)
-            if have[:2] != want[:2] and (current is not None or want[2]):
+            if have[:2] != want[:2] and (have[2] or want[2]):  # else the jump or layout line
                 repairs.append(f"rewrote {table}/{chain}: {have[2]} rules -> {want[2]}")
         elif current is not None and base in current.chains:
             repairs.append(f"removed chain {table}/{chain}")
