@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pyone
 
-from ..client import ApiError
+from ..client import ApiError, IpfloaterClient
 from . import rpc
 from .fipspec import FipSpec, desired_floating_ips, parse_ref, vm_phase
 from .plan import (ATTR_STATUS, Held, Step, changed_attributes, error_line, held_from_api,
@@ -30,7 +30,8 @@ from .plan import (ATTR_STATUS, Held, Step, changed_attributes, error_line, held
 from .vmlock import LockError, vm_lock
 from .vmxml import Vm, VmXmlError, parse_vm, parse_vm_pool
 
-__all__ = ["Result", "SyncResult", "converge_vm", "sync_all", "read_vm", "held_by_vm"]
+__all__ = ["Result", "SyncResult", "converge_vm", "sync_all", "read_vm", "held_by_vm",
+           "clients_from_config"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,13 @@ class Result:
                            "private_ip": s.private_ip} for s in self.steps],
                 "written": dict(self.written), "status": self.status,
                 "errors": list(self.errors)}
+
+
+def clients_from_config(config) -> Tuple[Any, IpfloaterClient]:
+    """A pyone client and a daemon client from a OneConfig (reads both credentials;
+    raises ConfigError)."""
+    one = rpc.connect(config.one_xmlrpc, config.session(), config.one_timeout)
+    return one, IpfloaterClient(config.ipfloater_url, config.token(), config.ipfloater_timeout)
 
 
 def read_vm(one: Any, vm_id: int) -> Vm:

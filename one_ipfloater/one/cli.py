@@ -1,0 +1,162 @@
+"""``ipfloater-one``: the OpenNebula side's admin tool (run as oneadmin on the front-end).
+
+    ipfloater-one [--config F] [--json] [-v] install-hooks [--dir DIR] [--dry-run]
+    ipfloater-one [--config F] [--json] [-v] sync
+    ipfloater-one [--config F] [--json] [-v] show VMID
+
+Human-readable output by default, ``--json`` for scripts (also accepted after the
+command). Every error is one line on stderr; exit 1 on errors, 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence, Tuple
+
+import pyone
+
+from ..client import ApiError
+from . import rpc
+from .config import ConfigError, load_one_config
+from .driver import clients_from_config, held_by_vm, read_vm, sync_all
+from .fipspec import FipSpec, desired_floating_ips, vm_phase
+from .hookinstall import TemplateError, default_hooks_dir, install_hooks, read_templates
+from .plan import owner_for, plan_steps
+
+PROG = "ipfloater-one"
+EXIT_ERROR, EXIT_USAGE = 1, 2
+
+
+class Failure(Exception):
+    """A command that could not run; one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        sys.stderr.write(f"{self.prog}: {' '.join(message.split())}\n")
+        sys.exit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="machine-readable JSON output")
+    parser = _Parser(prog=PROG, parents=[common],
+                     description="Floating IPs for OpenNebula VMs: hook registration, "
+                     "full resync and per-VM inspection.")
+    parser.add_argument("--config", help="driver config (default $IPFLOATER_ONE_CONF, else "
+                        "/etc/one/ipfloater.conf)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                parser_class=_Parser)
+    p = sub.add_parser("install-hooks", parents=[common],
+                       help="register the hook templates with oned (idempotent by NAME)")
+    p.add_argument("--dir", type=Path, default=None,
+                   help=f"directory of *.hook templates (default {default_hooks_dir()})")
+    p.add_argument("--dry-run", action="store_true", help="only say what would change")
+    sub.add_parser("sync", parents=[common],
+                   help="converge every VM and release addresses of VMs that are gone")
+    p = sub.add_parser("show", parents=[common],
+                       help="desired vs actual floating IPs of one VM (changes nothing)")
+    p.add_argument("vm_id", type=int, metavar="VMID")
+    return parser
+
+
+def _clients(args) -> Tuple[Any, Any, Any]:
+    config = load_one_config(args.config)
+    one, daemon = clients_from_config(config)
+    return config, one, daemon
+
+
+def cmd_install_hooks(args) -> Tuple[dict, str, bool]:
+    templates = read_templates(args.dir or default_hooks_dir())
+    config = load_one_config(args.config)
+    one = rpc.connect(config.one_xmlrpc, config.session(), config.one_timeout)
+    done = install_hooks(one, templates, dry_run=args.dry_run)
+    lines = [f"{d['action']:<16} {d['name']}" + (f" (ID {d['id']})" if d["id"] is not None
+                                                  else "") for d in done]
+    return {"hooks": done}, "\n".join(lines), True
+
+
+def cmd_sync(args) -> Tuple[dict, str, bool]:
+    config, one, daemon = _clients(args)
+    out = sync_all(one, daemon, lock_dir=config.lock_dir)
+    data = out.as_dict()
+    lines = [f"converged {data['converged']} VM(s), released {len(data['released'])} "
+             f"address(es), {len(data['errors'])} error(s)"]
+    lines += [f"released {r['public_ip']} (VM {r['vm_id']})" for r in data["released"]]
+    lines += [f"error: {e}" for e in data["errors"]]
+    return data, "\n".join(lines), out.ok
+
+
+def cmd_show(args) -> Tuple[dict, str, bool]:
+    config, one, daemon = _clients(args)
+    try:
+        vm = read_vm(one, args.vm_id)
+    except pyone.OneNoExistsException:
+        raise Failure(f"VM {args.vm_id} does not exist") from None
+    phase = vm_phase(vm)
+    spec = desired_floating_ips(vm) if phase == "hold" else FipSpec()
+    held = held_by_vm(daemon, vm.id)
+    steps = plan_steps(vm, phase, spec, held)
+    data = {
+        "vm_id": vm.id, "name": vm.name, "owner": owner_for(vm),
+        "state": f"{vm.state_name}/{vm.lcm_state_name}", "phase": phase,
+        "desired": [{"nic_id": r.nic_id, "private_ip": str(r.private_ip),
+                     "public_ip": str(r.public_ip) if r.public_ip else None}
+                    for r in spec.requests],
+        "actual": [{"nic_id": h.nic_id, "public_ip": h.public_ip, "private_ip": h.private_ip,
+                    "owner": h.owner} for _, h in sorted(held.items())],
+        "pending": [{"action": s.action, "nic_id": s.nic_id, "public_ip": s.public_ip,
+                     "private_ip": s.private_ip, "reason": s.reason} for s in steps],
+        "errors": list(spec.errors),
+        "user_template": {k: v for k, v in sorted(vm.user_template.items())
+                          if k.startswith("FLOATING_IP")},
+    }
+    data["in_sync"] = not steps and not spec.errors
+    lines = [f"VM {vm.id} {vm.name!r} ({data['owner']}) {data['state']}: phase {phase}"]
+    lines += ["desired: " + (", ".join(f"NIC {d['nic_id']} {d['private_ip']} -> "
+                                        f"{d['public_ip'] or 'any'}" for d in data["desired"])
+                             or "none")]
+    lines += ["actual:  " + (", ".join(f"NIC {a['nic_id']} {a['public_ip']} -> "
+                                        f"{a['private_ip'] or '(not associated)'}"
+                                        for a in data["actual"]) or "none")]
+    lines += ["pending: " + ("; ".join(f"{p['action']} NIC {p['nic_id']} ({p['reason']})"
+                                       for p in data["pending"]) or "none")]
+    lines += ["errors:  " + ("; ".join(data["errors"]) or "none")]
+    lines += ["template: " + (" ".join(f"{k}={json.dumps(v)}"
+                                       for k, v in data["user_template"].items()) or "-")]
+    return data, "\n".join(lines), True
+
+
+COMMANDS = {"install-hooks": cmd_install_hooks, "sync": cmd_sync, "show": cmd_show}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    as_json = getattr(args, "json", False)
+    logging.basicConfig(stream=sys.stderr, format=f"{PROG}: %(levelname)s %(message)s",
+                        level=logging.INFO if args.verbose else logging.WARNING)
+    try:
+        data, text, ok = COMMANDS[args.command](args)
+    except (ConfigError, TemplateError, Failure, ValueError) as exc:
+        return _fail(exc)
+    except ApiError as exc:
+        return _fail(exc.message)
+    except rpc.ONE_ERRORS as exc:
+        return _fail(rpc.describe_one_error(exc))
+    print(json.dumps(data, sort_keys=True) if as_json else text)
+    return 0 if ok else EXIT_ERROR
+
+
+def _fail(message: Any) -> int:
+    sys.stderr.write(f"{PROG}: {' '.join(str(message).split())}\n")
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
