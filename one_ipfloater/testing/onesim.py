@@ -787,7 +787,8 @@ class OneSimulator:
             server = _RpcServer(self._bind, _RpcHandler)
             server.simulator = self  # type: ignore[attr-defined]
             self._server = server
-            self._thread = threading.Thread(target=server.serve_forever,
+            # a short poll interval only makes stop() quick; requests are served at once
+            self._thread = threading.Thread(target=server.serve_forever, args=(0.05,),
                                             name="onesim-rpc", daemon=True)
             self._thread.start()
         return self
