@@ -1956,3 +1956,63 @@ class OneSimulator:
             xml += ("<HOOKLOG>" + "".join(self._hook_record_xml(r) for r in hook.log)
                     + "</HOOKLOG>")
         return xml + "</HOOK>"
+
+
+# --------------------------------------------------------------------------------------
+# Standalone use, for the lab: python -m one_ipfloater.testing.onesim --help
+# --------------------------------------------------------------------------------------
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Serve a simulator (and, with --hooks-dir, run its hooks) until SIGINT/SIGTERM.
+
+    The first line on stdout is the endpoint URL, so a lab script can read it and go.
+    """
+    import argparse
+    import signal as signal_module
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m one_ipfloater.testing.onesim",
+                                     description=main.__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=2633)
+    parser.add_argument("--user", action="append", default=[], metavar="NAME:PASSWORD",
+                        help="repeatable; oneadmin defaults to oneadmin:opennebula")
+    parser.add_argument("--network", action="append", default=[],
+                        metavar="NAME=CIDR[,FIRST_LEASE[,BRIDGE[,GATEWAY]]]",
+                        help="repeatable; CIDR 'l2' makes an L2 network")
+    parser.add_argument("--hooks-dir", help="run hooks with a HookExecutionManager whose "
+                                            "remotes_dir is this directory")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="repeatable; environment for hooks")
+    args = parser.parse_args(argv)
+
+    users = dict(user.split(":", 1) for user in args.user)
+    simulator = OneSimulator(users=users or None, host=args.host, port=args.port)
+    for spec in args.network:
+        name, _, rest = spec.partition("=")
+        cidr, first, bridge, gateway = (rest.split(",") + ["", "", "", ""])[:4]
+        simulator.add_network(name, None if cidr == "l2" else cidr, first or None,
+                              bridge=bridge or None, gateway=gateway)
+    stop = threading.Event()
+    for signum in (signal_module.SIGINT, signal_module.SIGTERM):
+        signal_module.signal(signum, lambda *_: stop.set())
+    with simulator:
+        print(simulator.url, flush=True)
+        manager = None
+        if args.hooks_dir:
+            from .hem import HookExecutionManager   # hem imports this module
+            env = dict(item.split("=", 1) for item in args.env)
+            env.setdefault("ONE_XMLRPC", simulator.url)
+            manager = HookExecutionManager(simulator, remotes_dir=args.hooks_dir,
+                                           env=env).start()
+        try:
+            stop.wait()
+        finally:
+            if manager is not None:
+                manager.stop()
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

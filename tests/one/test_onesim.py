@@ -678,3 +678,26 @@ def test_hook_api(sim, one):
         pyone.OneServer(sim.url, session="alice:apw").hook.allocate(
             'NAME=x TYPE=api CALL="one.vm.info" COMMAND=x')
     assert raw(sim, "one.hooklog.info", ADMIN, 0, 0, -1, 0) == [True, "<HOOKLOG></HOOKLOG>", 0]
+
+
+def test_standalone_simulator_for_the_lab(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "one_ipfloater.testing.onesim", "--port", "0",
+         "--user", "oneadmin:lab", "--network", "fip-net=10.77.0.0/24,10.77.0.2,br77",
+         "--network", "l2net=l2", "--hooks-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        url = process.stdout.readline().strip()      # blocks until the server is up
+        one = pyone.OneServer(url, session="oneadmin:lab")
+        vm_id = one.vm.allocate('NAME=lab NIC=[NETWORK="fip-net"] NIC=[NETWORK="l2net"]', False)
+        one.vm.deploy(vm_id, 0)
+        vm = one.vm.info(vm_id)
+        assert (vm.STATE, vm.LCM_STATE) == (3, 3)
+        assert vm.TEMPLATE["NIC"][0]["IP"] == "10.77.0.2"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
