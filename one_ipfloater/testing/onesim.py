@@ -651,8 +651,8 @@ def _wire_response(values: Sequence[Any]) -> bytes:
 def _wire_fault(code: int, message: str) -> bytes:
     lines = ['<?xml version="1.0" encoding="UTF-8"?>', "<methodResponse>", "<fault>",
              "<value><struct>",
-             f"<member><name>faultCode</name>", f"<value><i4>{code}</i4></value></member>",
-             f"<member><name>faultString</name>",
+             "<member><name>faultCode</name>", f"<value><i4>{code}</i4></value></member>",
+             "<member><name>faultString</name>",
              f"<value><string>{_esc(message)}</string></value></member>",
              "</struct></value>", "</fault>", "</methodResponse>", ""]
     return "\r\n".join(lines).encode("utf-8")
