@@ -7,7 +7,8 @@ route to 10.0.0.0/8, a router with pub0 198.51.100.1/24 and priv0 10.77.0.1/24, 
 
 import pytest
 
-from tests.integration.conftest import TCP, UDP, nat_rules
+from tests.integration.conftest import (TCP, UDP, break_hairpin, break_jump, foreign_iptables,
+                                        our_rules, wipe_nat)
 
 pytestmark = pytest.mark.netns
 
@@ -70,9 +71,7 @@ def test_hairpin_other_vm_reaches_vm_by_floating_ip(lab, daemon, servers):
     assert_reaches(lab, fip, "vm1", ns=lab.ns_router)  # the router itself (OUTPUT DNAT)
     # Negative control: without our hairpin rule the reply bypasses the router and the
     # connection fails, so the test above proves the rule, not the topology.
-    lab.run(lab.ns_router, ["iptables-legacy", "-w", "5", "-t", "nat", "-D", "IPFLOATER-POST",
-                            "-s", "10.77.0.0/24", "-d", "10.77.0.0/24", "-m", "conntrack",
-                            "--ctstate", "DNAT", "-j", "MASQUERADE"])
+    break_hairpin(lab, daemon)
     assert not lab.tcp_probe(lab.vm_ns(2), fip, TCP, timeout=1.5)["ok"]
     repairs = daemon.cli_json("reconcile")["repairs"]
     assert repairs == ["rewrote nat/IPFLOATER-POST: 2 rules -> 3"]
@@ -87,7 +86,7 @@ def test_release_cuts_inbound_and_outbound(lab, daemon, servers):
     assert_unreachable(lab, fip)
     with lab.start_server(lab.ns_client, "client", tcp_port=TCP):
         assert not lab.tcp_probe(lab.vm_ns(1), lab.client_ip, TCP, timeout=1.5)["ok"]
-    assert fip not in nat_rules(lab)
+    assert fip not in our_rules(lab, daemon)
     assert daemon.cli_json("status") == {"floatingips": []}
 
 
@@ -112,10 +111,10 @@ def test_move_cuts_established_connection_to_old_vm(lab, daemon, servers):
     assert_reaches(lab, fip, "vm2")
 
 
-def test_without_conntrack_flush_the_old_flow_survives(lab, tmp_path, servers):
+def test_without_conntrack_flush_the_old_flow_survives(lab, tmp_path, servers, nat_backend):
     """Negative control for the test above: it fails when the flush is switched off."""
     from one_ipfloater.testing.daemonproc import DaemonProcess
-    with DaemonProcess(lab.ns_router, tmp_path / "d", CONNTRACK_FLUSH="no") as daemon:
+    with DaemonProcess(lab.ns_router, tmp_path / "d", CONNTRACK_FLUSH="no", NAT_BACKEND=nat_backend) as daemon:
         fip = getip(daemon, VM1)
         with lab.tcp_session(lab.ns_client, fip, TCP) as session:
             assert session.send("before")["reply"]["name"] == "vm1"
@@ -136,26 +135,25 @@ def test_new_flows_follow_the_move(lab, daemon, servers):
 
 def test_rules_survive_daemon_stop_and_restart(lab, daemon, servers):
     fip = getip(daemon, VM1)
-    rules_before = nat_rules(lab)
+    rules_before = our_rules(lab, daemon)
     assert daemon.stop() == 0
-    assert nat_rules(lab) == rules_before  # floating IPs stay up while the daemon is down
+    assert our_rules(lab, daemon) == rules_before  # floating IPs stay up while the daemon is down
     assert_reaches(lab, fip, "vm1")
     daemon.start()
-    assert nat_rules(lab) == rules_before
+    assert our_rules(lab, daemon) == rules_before
     assert_reaches(lab, fip, "vm1")
     assert daemon.cli_json("show", fip)["private_ip"] == VM1
 
 
 def test_hand_flushed_nat_table_comes_back_on_restart(lab, daemon, servers):
     fip = getip(daemon, VM1)
-    rules_before = nat_rules(lab)
+    rules_before = our_rules(lab, daemon)
     daemon.stop()
-    lab.run(lab.ns_router, ["iptables-legacy", "-w", "5", "-t", "nat", "-F"])
-    lab.run(lab.ns_router, ["iptables-legacy", "-w", "5", "-t", "nat", "-X"])
+    wipe_nat(lab, daemon)
     lab.run(lab.ns_router, ["ip", "addr", "del", f"{fip}/32", "dev", "pub0"])
     assert_unreachable(lab, fip)
     daemon.start()
-    assert nat_rules(lab) == rules_before
+    assert our_rules(lab, daemon) == rules_before
     assert "reconcile repaired: added 198.51.100.10/32 to pub0" in daemon.log()
     assert_reaches(lab, fip, "vm1")
 
@@ -165,7 +163,7 @@ def test_router_reboot_restores_every_association(lab, daemon, servers):
     daemon.kill()
     lab.destroy_router()
     lab.rebuild_router()
-    assert nat_rules(lab) == ""
+    assert our_rules(lab, daemon) == ""
     daemon.start()
     assert_reaches(lab, fips[0], "vm1")
     assert_reaches(lab, fips[1], "vm2")
@@ -175,14 +173,15 @@ def test_flush_command_removes_everything_of_ours_and_nothing_else(lab, daemon, 
     fip = getip(daemon, VM1)
     refused = daemon.run_command("flush")
     assert refused.returncode == 1 and "in use by a running ipfloaterd" in refused.stderr
-    lab.run(lab.ns_router, ["iptables-legacy", "-w", "5", "-t", "nat", "-A", "POSTROUTING",
+    iptables, iptables_save = foreign_iptables(daemon)
+    lab.run(lab.ns_router, [iptables, "-w", "5", "-t", "nat", "-A", "POSTROUTING",
                             "-s", "10.99.0.0/16", "-o", "pub0", "-j", "MASQUERADE"])
     daemon.stop()
     done = daemon.run_command("flush")
     assert done.returncode == 0, done.stderr
-    assert nat_rules(lab) == ""
+    assert our_rules(lab, daemon) == ""
     assert "-A POSTROUTING -s 10.99.0.0/16 -o pub0 -j MASQUERADE" in \
-        lab.run(lab.ns_router, ["iptables-legacy-save", "-t", "nat"]).stdout
+        lab.run(lab.ns_router, [iptables_save, "-t", "nat"]).stdout
     assert_unreachable(lab, fip)
     daemon.start()  # the state was kept: the next start puts it back
     assert_reaches(lab, fip, "vm1")
@@ -193,11 +192,12 @@ def test_foreign_rules_survive_operations_and_reconcile(lab, daemon, servers):
                ["-t", "nat", "-I", "PREROUTING", "-d", "203.0.113.99/32", "-p", "tcp", "--dport", "22",
                 "-j", "DNAT", "--to-destination", "10.77.0.99"],
                ["-t", "filter", "-A", "FORWARD", "-s", "10.66.0.0/16", "-j", "DROP"]]
+    iptables, iptables_save = foreign_iptables(daemon)
     for rule in foreign:
-        lab.run(lab.ns_router, ["iptables-legacy", "-w", "5", *rule])
+        lab.run(lab.ns_router, [iptables, "-w", "5", *rule])
 
     def foreign_lines():
-        save = lab.run(lab.ns_router, ["iptables-legacy-save"]).stdout
+        save = lab.run(lab.ns_router, [iptables_save]).stdout
         return sorted(l for l in save.splitlines() if l.startswith("-A") and "IPFLOATER" not in l)
 
     before = foreign_lines()
@@ -206,7 +206,7 @@ def test_foreign_rules_survive_operations_and_reconcile(lab, daemon, servers):
     daemon.cli("redirect", fip, VM2)
     daemon.cli_json("reconcile")
     daemon.cli("releaseip", fip)
-    lab.run(lab.ns_router, ["iptables-legacy", "-w", "5", "-t", "nat", "-D", "PREROUTING", "-j", "IPFLOATER-PRE"])
+    break_jump(lab, daemon)
     assert "restored jump nat/PREROUTING -> IPFLOATER-PRE" in daemon.cli_json("reconcile")["repairs"]
     assert foreign_lines() == before
 
@@ -221,12 +221,13 @@ def test_arp_lookup_in_router_neighbour_table(lab, daemon, servers):
     assert missing.returncode == 1 and "not in the router's neighbour table" in missing.stderr
 
 
-def test_pool_exhaustion_and_refusals_leave_rules_untouched(lab, tmp_path, servers):
+def test_pool_exhaustion_and_refusals_leave_rules_untouched(lab, tmp_path, servers, nat_backend):
     from one_ipfloater.testing.daemonproc import DaemonProcess
-    with DaemonProcess(lab.ns_router, tmp_path / "d", IP_POOL="198.51.100.10-198.51.100.11") as daemon:
+    with DaemonProcess(lab.ns_router, tmp_path / "d", IP_POOL="198.51.100.10-198.51.100.11",
+                       NAT_BACKEND=nat_backend) as daemon:
         assert getip(daemon, VM1) == "198.51.100.10"
         assert getip(daemon, VM2) == "198.51.100.11"
-        rules = nat_rules(lab)
+        rules = our_rules(lab, daemon)
         for args, fragment in ((("getip", "10.77.0.13"), "all 2 addresses are allocated"),
                                (("getip", "10.99.0.1"), "outside PRIVATE_IP_RANGES"),
                                (("getip", "10.77.0.1"), "address of the router itself"),
@@ -235,4 +236,4 @@ def test_pool_exhaustion_and_refusals_leave_rules_untouched(lab, tmp_path, serve
             proc = daemon.cli(*args)
             assert proc.returncode == 1 and fragment in proc.stderr, (args, proc.stderr)
             assert proc.stderr.count("\n") == 1
-        assert nat_rules(lab) == rules
+        assert our_rules(lab, daemon) == rules
