@@ -1780,7 +1780,7 @@ class OneSimulator:
                          "</AUTOMATIC_NIC_REQUIREMENTS>")
         parts.append("<AUTOMATIC_REQUIREMENTS><![CDATA[(CLUSTER_ID = 0) & !(PIN_POLICY = "
                      "PINNED)]]></AUTOMATIC_REQUIREMENTS>")
-        for name in _TEMPLATE_ORDER[3:]:
+        for name in _TEMPLATE_ORDER[3:]:       # the three AUTOMATIC_* are written above
             if name == "CONTEXT":
                 if vm.context is not None:
                     parts.append(_vector_xml("CONTEXT", self._context_items(vm)))
