@@ -155,7 +155,7 @@ class FloatingIPService:
             alloc, change = plan()
             self._commit(change)
         if not change.noop:
-            log.info("%s %s -> %s (owner=%s ref=%s)", action, alloc.public_ip, alloc.private_ip,
+            log.info("%s %s (private=%s owner=%s ref=%s)", action, alloc.public_ip, alloc.private_ip,
                      alloc.owner, alloc.ref)
         return alloc
 
@@ -184,7 +184,7 @@ class FloatingIPService:
                 change = change.then(assoc)
             self._commit(change)
         if not change.noop:
-            log.info("allocated %s -> %s (owner=%s ref=%s)", alloc.public_ip, alloc.private_ip,
+            log.info("allocated %s (private=%s owner=%s ref=%s)", alloc.public_ip, alloc.private_ip,
                      alloc.owner, alloc.ref)
         return alloc, created
 
