@@ -1,0 +1,397 @@
+"""The nftables backend's pure half: the JSON batches it writes for a RuleSet and for a
+delta, how it reads our table back, the repairs it reports, and NAT_BACKEND selection."""
+
+import json
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from one_ipfloater import nat_nftables as nft
+from one_ipfloater.config import ConfigError, parse_config_text
+from one_ipfloater.nat import choose_backend, make_backend, remove_other_backends
+from one_ipfloater.nat_iptables import IptablesBackend, NatError
+from one_ipfloater.ruleset import (CHAIN_IN, CHAIN_OUT, CHAIN_POST, CHAIN_PRE, Rule, desired_rules,
+                                   rule_delta)
+
+A, N = IPv4Address, IPv4Network
+RANGES = (N("10.77.0.0/24"),)
+POOL = [A(f"198.51.100.{i}") for i in range(10, 14)]
+P1, P2, V1, V2 = A("198.51.100.10"), A("198.51.100.11"), A("10.77.0.11"), A("10.77.0.12")
+T = {"family": "ip", "table": "ipfloater"}
+DADDR = {"payload": {"protocol": "ip", "field": "daddr"}}
+SADDR = {"payload": {"protocol": "ip", "field": "saddr"}}
+PREFIX = {"prefix": {"addr": "10.77.0.0", "len": 24}}
+
+
+def cmds_of(kind, batch):
+    return [c["add"][kind] for c in batch if "add" in c and kind in c["add"]]
+
+
+# -- a RuleSet as one rebuild batch -------------------------------------------------------
+
+def test_rebuild_batch_for_a_ruleset():
+    desired = desired_rules([(P1, V1), (P2, V2)], RANGES, POOL, block_public_ips=True)
+    batch = nft.rebuild_batch(nft.desired_state(desired))
+    table = {"table": {"family": "ip", "name": "ipfloater"}}
+    assert batch[:3] == [{"add": table}, {"delete": table}, {"add": table}]  # delete cannot fail
+    assert cmds_of("map", batch) == [{**T, "name": "fip_dnat", "type": "ipv4_addr", "map": "ipv4_addr"},
+                                     {**T, "name": "fip_snat", "type": "ipv4_addr", "map": "ipv4_addr"}]
+    assert cmds_of("element", batch) == [
+        {**T, "name": "fip_dnat", "elem": [["198.51.100.10", "10.77.0.11"], ["198.51.100.11", "10.77.0.12"]]},
+        {**T, "name": "fip_snat", "elem": [["10.77.0.11", "198.51.100.10"], ["10.77.0.12", "198.51.100.11"]]}]
+    assert [(c["name"], c["type"], c["hook"], c["prio"], c["policy"]) for c in cmds_of("chain", batch)] == [
+        ("prerouting", "nat", "prerouting", -110, "accept"), ("output", "nat", "output", -110, "accept"),
+        ("postrouting", "nat", "postrouting", 90, "accept"), ("input", "filter", "input", 0, "accept")]
+    dnat_map = [{"dnat": {"addr": {"map": {"key": DADDR, "data": "@fip_dnat"}}}}]
+    assert [r["expr"] for r in cmds_of("rule", batch)] == [
+        dnat_map,
+        dnat_map,
+        [{"match": {"op": "==", "left": SADDR, "right": PREFIX}},
+         {"match": {"op": "==", "left": DADDR, "right": PREFIX}},
+         {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
+         {"masquerade": None}],
+        [{"match": {"op": "==", "left": SADDR, "right": PREFIX}},
+         {"match": {"op": "==", "left": DADDR, "right": PREFIX}},
+         {"return": None}],
+        [{"snat": {"addr": {"map": {"key": SADDR, "data": "@fip_snat"}}}}],
+        [{"match": {"op": "==", "left": DADDR, "right": {"prefix": {"addr": "198.51.100.10", "len": 31}}}},
+         {"drop": None}],
+        [{"match": {"op": "==", "left": DADDR, "right": {"prefix": {"addr": "198.51.100.12", "len": 31}}}},
+         {"drop": None}],
+    ]
+    assert [r["chain"] for r in cmds_of("rule", batch)] == \
+        ["prerouting", "output", "postrouting", "postrouting", "postrouting", "input", "input"]
+    json.loads(nft.document(batch))  # one JSON document: one libnftables call, one transaction
+
+
+def test_rule_count_does_not_grow_with_associations():
+    few = nft.rebuild_batch(nft.desired_state(desired_rules([(P1, V1)], RANGES)))
+    many = nft.rebuild_batch(nft.desired_state(desired_rules(
+        [(A(int(A("100.64.0.0")) + i), A(int(A("10.0.0.0")) + i)) for i in range(4096)], RANGES)))
+    assert len(few) == len(many)
+    assert [len(e["elem"]) for e in cmds_of("element", many)] == [4096, 4096]
+
+
+def test_no_block_public_ips_means_no_input_chain_and_empty_maps_have_no_elements():
+    batch = nft.rebuild_batch(nft.desired_state(desired_rules([], RANGES, POOL)))
+    assert [c["name"] for c in cmds_of("chain", batch)] == ["prerouting", "output", "postrouting"]
+    assert cmds_of("element", batch) == []
+    assert len(cmds_of("rule", batch)) == 5  # 2 dnat map rules, hairpin, return, snat map rule
+
+
+def test_single_host_ranges_are_plain_addresses():
+    expr = nft.rule_expr(Rule(src=N("10.1.2.3/32"), dst=N("10.0.0.0/8"), target="RETURN"))
+    assert expr[0]["match"]["right"] == "10.1.2.3"
+    assert expr[1]["match"]["right"] == {"prefix": {"addr": "10.0.0.0", "len": 8}}
+
+
+def test_pre_and_out_must_agree_because_they_share_a_map():
+    desired = desired_rules([(P1, V1)], RANGES)
+    bodies = dict(desired.bodies)
+    bodies[CHAIN_OUT] = frozenset()
+    with pytest.raises(NatError, match="share map fip_dnat"):
+        nft.desired_state(type(desired)(heads=desired.heads, bodies=bodies))
+
+
+def test_one_private_address_with_two_public_ones_keeps_iptables_order():
+    desired = desired_rules([(P1, V1), (P2, V1)], RANGES)
+    state = nft.desired_state(desired)
+    assert state.elements["fip_snat"] == {"10.77.0.11": "198.51.100.10"}  # first SNAT rule wins
+    assert state.chains["postrouting"][4][-1] == Rule(src=N("10.77.0.11/32"), target="SNAT", to=P2)
+    assert nft.canonical(state)[CHAIN_POST] == desired.ordered(CHAIN_POST)
+
+
+# -- a delta as element changes ---------------------------------------------------------------
+
+def test_associate_is_one_element_per_map():
+    removed, added = rule_delta([], [(P1, V1)])
+    assert nft.update_batch(removed, added) == [
+        {"add": {"element": {**T, "name": "fip_dnat", "elem": [["198.51.100.10", "10.77.0.11"]]}}},
+        {"add": {"element": {**T, "name": "fip_snat", "elem": [["10.77.0.11", "198.51.100.10"]]}}}]
+
+
+def test_release_is_one_element_per_map():
+    removed, added = rule_delta([(P1, V1)], [])
+    assert nft.update_batch(removed, added) == [
+        {"delete": {"element": {**T, "name": "fip_dnat", "elem": ["198.51.100.10"]}}},
+        {"delete": {"element": {**T, "name": "fip_snat", "elem": ["10.77.0.11"]}}}]
+
+
+def test_move_deletes_before_it_adds_in_one_batch():
+    removed, added = rule_delta([(P1, V1)], [(P1, V2)])
+    assert nft.update_batch(removed, added) == [
+        {"delete": {"element": {**T, "name": "fip_dnat", "elem": ["198.51.100.10"]}}},
+        {"delete": {"element": {**T, "name": "fip_snat", "elem": ["10.77.0.11"]}}},
+        {"add": {"element": {**T, "name": "fip_dnat", "elem": [["198.51.100.10", "10.77.0.12"]]}}},
+        {"add": {"element": {**T, "name": "fip_snat", "elem": [["10.77.0.12", "198.51.100.10"]]}}}]
+
+
+def test_delta_batch_is_independent_of_how_many_associations_exist():
+    live = [(A(int(A("100.64.0.0")) + i), A(int(A("10.0.0.0")) + i)) for i in range(4096)]
+    small = nft.update_batch(*rule_delta(live[:16], live[:16] + [(P1, V1)]))
+    large = nft.update_batch(*rule_delta(live, live + [(P1, V1)]))
+    assert small == large and len(large) == 2
+
+
+def test_empty_delta_is_no_batch():
+    assert nft.update_batch({}, {}) == []
+    assert nft.update_batch({CHAIN_PRE: set()}, {}) == []
+
+
+def test_a_rule_that_is_no_element_needs_a_full_sync():
+    with pytest.raises(NatError, match="needs a full sync"):
+        nft.update_batch({}, {CHAIN_POST: {Rule(src=RANGES[0], dst=RANGES[0], target="RETURN")}})
+    with pytest.raises(NatError, match="needs a full sync"):
+        nft.update_batch({}, {CHAIN_IN: {Rule(dst=N("198.51.100.10/32"), target="DROP")}})
+
+
+pairs = st.lists(st.tuples(st.integers(0, 30), st.integers(0, 30)), max_size=12).map(
+    lambda ps: sorted({(A(int(P1) + p), A(int(V1) + v)) for p, v in dict(reversed(ps)).items()}))
+
+
+def one_to_one(ps):
+    seen, out = set(), []
+    for pub, priv in ps:
+        if priv not in seen:
+            seen.add(priv)
+            out.append((pub, priv))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(pairs, pairs)
+def test_delta_batch_takes_the_maps_from_before_to_after(before, after):
+    """Applied to the maps of `before` with the kernel's rules (a deletion needs the
+    element, an addition must not find its key), the batch yields the maps of `after`."""
+    before, after = one_to_one(before), one_to_one(after)
+    maps = {k: dict(v) for k, v in nft.desired_state(desired_rules(before, RANGES)).elements.items()}
+    for cmd in nft.update_batch(*rule_delta(before, after)):
+        (verb, body), = cmd.items()
+        elems = maps[body["element"]["name"]]
+        for item in body["element"]["elem"]:
+            if verb == "delete":
+                del elems[item]
+            else:
+                assert item[0] not in elems
+                elems[item[0]] = item[1]
+    assert maps == nft.desired_state(desired_rules(after, RANGES)).elements
+
+
+# -- reading our table back -----------------------------------------------------------------
+
+def kernel_listing(state):
+    """What `nft -j list table ip ipfloater` prints for a table built from `state` (shape
+    as nftables 1.0.6 prints it: handles, metainfo, elements inside the map)."""
+    out = [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+           {"table": {"family": "ip", "name": "ipfloater", "handle": 7}}]
+    handle = iter(range(1, 1000))
+    batch = nft.table_commands(state)
+    elems = {e["name"]: e["elem"] for e in cmds_of("element", batch)}
+    for m in cmds_of("map", batch):
+        out.append({"map": {**m, "handle": next(handle), **({"elem": elems[m["name"]]} if m["name"] in elems else {})}})
+    for c in cmds_of("chain", batch):
+        out.append({"chain": {**c, "handle": next(handle)}})
+    for r in cmds_of("rule", batch):
+        out.append({"rule": {**r, "handle": next(handle)}})
+    return out
+
+
+def test_listing_round_trips_to_the_same_state_and_canonical_rules():
+    desired = desired_rules([(P1, V1), (P2, V2)], RANGES, POOL, block_public_ips=True)
+    state = nft.desired_state(desired)
+    read = nft.parse_table(kernel_listing(state))
+    assert nft.same_table(read, state)
+    assert nft.canonical(read) == {c: desired.ordered(c) for c in desired.chains()}  # = IptablesBackend.dump()
+    assert nft.describe_repairs(read, state) == ["rebuilt table ip ipfloater: layout differed"]
+
+
+def test_missing_table_reads_as_none():
+    assert nft.parse_table([{"metainfo": {}}]) is None
+    assert nft.canonical(None) == {}
+
+
+rules = st.builds(
+    Rule,
+    src=st.none() | st.builds(lambda a, p: N((a, p), strict=False), st.integers(0, 2**32 - 1), st.integers(1, 32)),
+    dst=st.none() | st.builds(lambda a, p: N((a, p), strict=False), st.integers(0, 2**32 - 1), st.integers(1, 32)),
+    ctstate_dnat=st.booleans(),
+    target=st.sampled_from(["MASQUERADE", "RETURN", "DROP"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(rules, st.integers(0, 2**32 - 1), st.sampled_from(["DNAT", "SNAT", None]))
+def test_rule_expressions_round_trip(rule, to, nat):
+    if nat:
+        rule = Rule(src=rule.src, dst=rule.dst, ctstate_dnat=rule.ctstate_dnat, target=nat, to=A(to))
+    assert nft.parse_expr(json.loads(json.dumps(nft.rule_expr(rule)))) == rule
+
+
+@pytest.mark.parametrize("expr", [
+    [{"counter": {"packets": 0, "bytes": 0}}, {"masquerade": None}],
+    [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "pub0"}}, {"masquerade": None}],
+    [{"match": {"op": "!=", "left": SADDR, "right": "10.0.0.1"}}, {"return": None}],
+    [{"masquerade": None}, {"return": None}],
+    [{"dnat": {"addr": "10.0.0.1", "port": 80}}],
+    [{"dnat": {"addr": {"map": {"key": {"payload": {"protocol": "tcp", "field": "dport"}}, "data": "@m"}}}}],
+    [{"jump": {"target": "x"}}],
+    [],
+])
+def test_shapes_we_never_write_read_as_none(expr):
+    assert nft.parse_expr(expr) is None
+
+
+def test_map_rule_is_recognised():
+    assert nft.parse_expr([{"snat": {"addr": {"map": {"key": SADDR, "data": "@fip_snat"}}}}]) == \
+        nft.MapRule("snat", "saddr", "fip_snat")
+
+
+# -- repairs, in the iptables backend's words -----------------------------------------------
+
+def drifted(state, **changes):
+    listing = kernel_listing(state)
+    return nft.parse_table(changes.get("edit", lambda x: x)(listing))
+
+
+def test_missing_hairpin_rule_reads_like_the_iptables_repair():
+    desired = desired_rules([(P1, V1)], RANGES)
+    state = nft.desired_state(desired)
+
+    def drop_masquerade(listing):
+        return [o for o in listing if not ("rule" in o and {"masquerade": None} in o["rule"]["expr"])]
+
+    current = drifted(state, edit=drop_masquerade)
+    assert not nft.same_table(current, state)
+    assert nft.describe_repairs(current, state) == ["rewrote nat/IPFLOATER-POST: 2 rules -> 3"]
+
+
+def test_missing_base_chain_is_a_restored_jump():
+    state = nft.desired_state(desired_rules([(P1, V1)], RANGES))
+
+    def drop_prerouting(listing):
+        return [o for o in listing if not ("chain" in o and o["chain"]["name"] == "prerouting")
+                and not ("rule" in o and o["rule"]["chain"] == "prerouting")]
+
+    assert nft.describe_repairs(drifted(state, edit=drop_prerouting), state) == [
+        "restored jump nat/PREROUTING -> IPFLOATER-PRE", "rewrote nat/IPFLOATER-PRE: 0 rules -> 1"]
+
+
+def test_wrong_priority_and_lost_element_and_first_creation():
+    state = nft.desired_state(desired_rules([(P1, V1)], RANGES))
+
+    def edit(listing):
+        for o in listing:
+            if "chain" in o and o["chain"]["name"] == "postrouting":
+                o["chain"]["prio"] = 100
+            if "map" in o and o["map"]["name"] == "fip_dnat":
+                o["map"].pop("elem")
+        return listing
+
+    assert nft.describe_repairs(drifted(state, edit=edit), state) == [
+        "rewrote nat/IPFLOATER-PRE: 0 rules -> 1", "rewrote nat/IPFLOATER-OUT: 0 rules -> 1",
+        "restored jump nat/POSTROUTING -> IPFLOATER-POST"]
+    assert nft.describe_repairs(None, state) == [
+        "created table ip ipfloater", "rewrote nat/IPFLOATER-PRE: 0 rules -> 1",
+        "rewrote nat/IPFLOATER-OUT: 0 rules -> 1", "rewrote nat/IPFLOATER-POST: 0 rules -> 3"]
+
+
+def test_objects_we_never_create_force_a_rebuild():
+    state = nft.desired_state(desired_rules([(P1, V1)], RANGES))
+    listing = kernel_listing(state) + [{"set": {**T, "name": "extra", "type": "ipv4_addr", "handle": 99}}]
+    current = nft.parse_table(listing)
+    assert not nft.same_table(current, state)
+    assert nft.describe_repairs(current, state) == ["rebuilt table ip ipfloater: layout differed"]
+
+
+def test_block_public_ips_switched_off_removes_the_input_chain():
+    before = nft.desired_state(desired_rules([], RANGES, POOL, block_public_ips=True))
+    after = nft.desired_state(desired_rules([], RANGES, POOL))
+    assert nft.describe_repairs(nft.parse_table(kernel_listing(before)), after) == \
+        ["removed chain filter/IPFLOATER-IN"]
+
+
+# -- the backend against a scripted runner ----------------------------------------------------
+
+class ScriptedRunner:
+    """Answers like libnftables; records each batch (one call = one transaction)."""
+
+    def __init__(self, listing=None):
+        self.listing, self.batches = listing, []
+
+    def run(self, text):
+        cmds = json.loads(text)["nftables"]
+        self.batches.append(cmds)
+        if "list" in cmds[0]:
+            if self.listing is None:
+                return 1, "", "Error: No such file or directory\n"
+            return 0, json.dumps({"nftables": self.listing}), ""
+        return 0, "", ""
+
+    def close(self):
+        pass
+
+
+def test_sync_writes_nothing_when_the_table_matches():
+    desired = desired_rules([(P1, V1)], RANGES)
+    runner = ScriptedRunner(kernel_listing(nft.desired_state(desired)))
+    assert nft.NftablesBackend(runner).sync(desired) == []
+    assert len(runner.batches) == 1  # the read
+
+
+def test_sync_rebuilds_in_one_batch_and_update_does_not_read():
+    desired = desired_rules([(P1, V1)], RANGES)
+    runner = ScriptedRunner(None)
+    backend = nft.NftablesBackend(runner)
+    assert backend.sync(desired)[0] == "created table ip ipfloater"
+    assert len(runner.batches) == 2 and runner.batches[1] == nft.rebuild_batch(nft.desired_state(desired))
+    backend.update(*rule_delta([(P1, V1)], [(P1, V2)]))
+    assert len(runner.batches) == 3 and all("element" in next(iter(c.values())) for c in runner.batches[2])
+    assert backend.flush() == [] and len(runner.batches) == 4  # no table: nothing deleted
+
+
+def test_failed_batch_raises_nat_error():
+    class Refusing(ScriptedRunner):
+        def run(self, text):
+            return 1, "", "internal:0:0-0: Error: Could not process rule: No such file or directory\n\n"
+    with pytest.raises(NatError, match="nftables update: .*No such file"):
+        nft.NftablesBackend(Refusing()).update(*rule_delta([(P1, V1)], []))
+
+
+# -- NAT_BACKEND ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("setting,variant,legacy_ok,expected", [
+    ("iptables", "nf_tables", True, "iptables"),
+    ("nftables", "legacy", True, "nftables"),
+    ("auto", "nf_tables", True, "nftables"),
+    ("auto", "legacy", True, "iptables"),
+    ("auto", "legacy", False, "nftables"),
+    ("auto", None, True, "nftables"),
+])
+def test_choose_backend(setting, variant, legacy_ok, expected):
+    assert choose_backend(setting, variant, legacy_ok) == expected
+
+
+@pytest.mark.parametrize("value", ["iptables", "nftables", "auto", " NFTables "])
+def test_config_accepts_backends(value):
+    config = parse_config_text(f"[IPFLOATER]\nIP_POOL = 198.51.100.10\nPRIVATE_IP_RANGES = 10.77.0.0/24\n"
+                               f"NAT_BACKEND = {value}\n")
+    assert config.nat_backend == value.strip().lower()
+
+
+def test_config_refuses_other_backends():
+    with pytest.raises(ConfigError, match="NAT_BACKEND: 'pf' is not supported"):
+        parse_config_text("[IPFLOATER]\nIP_POOL = 198.51.100.10\nPRIVATE_IP_RANGES = 10.77.0.0/24\n"
+                          "NAT_BACKEND = pf\n")
+
+
+def test_make_backend_by_name():
+    base = "[IPFLOATER]\nIP_POOL = 198.51.100.10\nPRIVATE_IP_RANGES = 10.77.0.0/24\n"
+    assert make_backend(parse_config_text(base + "NAT_BACKEND = nftables\n")).name == "nftables"
+    backend = make_backend(parse_config_text(base + "NAT_BACKEND = iptables\nXTABLES_LOCK = /tmp/x.lock\n"))
+    assert isinstance(backend, IptablesBackend) and backend.lock_path == "/tmp/x.lock"
+
+
+def test_remove_other_backends_ignores_test_doubles():
+    class Fake:
+        name = "fake"
+    assert remove_other_backends(Fake()) == []
