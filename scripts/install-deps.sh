@@ -14,7 +14,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
-    iptables iproute2 conntrack iputils-arping iputils-ping nftables \
+    iptables iproute2 conntrack iputils-arping iputils-ping nftables libnftables1 \
     python3 python3-venv python3-pip ca-certificates >/dev/null
 
 if [ ! -x "$venv/bin/python" ]; then
