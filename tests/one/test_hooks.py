@@ -112,7 +112,9 @@ def test_install_hooks_registers_every_template_idempotently(rig, capsys, tmp_pa
 # --- lifecycle through hooks ---------------------------------------------------------------
 
 def test_deploy_writes_the_address_back_and_the_write_back_loop_ends(rig):
-    vm = rig.env.create(YES)
+    alice = rig.env.pyone("alice:alicepw")
+    vm = alice.vm.allocate(YES)  # what `onetemplate instantiate` sends
+    rig.env.one.vm.deploy(vm, 0)  # the scheduler's (oneadmin's) deploy
     rig.settle()
     pub = rig.env.public(vm)
     ut = rig.env.ut(vm)
