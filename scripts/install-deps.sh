@@ -2,6 +2,7 @@
 # Installs everything the lab and the tests need on a fresh Debian machine (run as root):
 # the kernel tools the daemon drives, then a virtualenv with the package and its test extras.
 # Usage: scripts/install-deps.sh [VENV_DIR] [EXTRA_PIP_SPEC...]
+# SKIP_APT=1 skips the apt step (when a previous call in the same run already did it).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${1:-$here/.venv}"
@@ -11,11 +12,13 @@ if [ "$(id -u)" != 0 ]; then
     echo "install-deps: must run as root (it installs apt packages and builds network namespaces)" >&2
     exit 1
 fi
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends \
-    iptables iproute2 conntrack iputils-arping iputils-ping nftables libnftables1 \
-    python3 python3-venv python3-pip ca-certificates >/dev/null
+if [ "${SKIP_APT:-0}" != 1 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends \
+        iptables iproute2 conntrack iputils-arping iputils-ping nftables libnftables1 util-linux \
+        python3 python3-venv python3-pip ca-certificates >/dev/null
+fi
 
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"

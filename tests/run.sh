@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian machine, as root: installs what it needs
-# (apt packages, a virtualenv with the package), then runs pytest.
-# Extra arguments go to pytest, e.g.: bash tests/run.sh -k hairpin
+# (apt packages, a virtualenv with the package), then runs pytest. The OpenNebula-side
+# tests run a second time against pyone 6.10 (OpenNebula 6.10 LTS) in .venv-pyone6.
+# Extra arguments go to pytest instead (one run, current pyone): bash tests/run.sh -k hairpin
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
-bash "$here/scripts/install-deps.sh" "$here/.venv"
 cd "$here"
-exec "$here/.venv/bin/python" -m pytest -q "$@"
+bash scripts/install-deps.sh "$here/.venv"
+if [ "$#" -gt 0 ]; then
+    exec "$here/.venv/bin/python" -m pytest -q "$@"
+fi
+SKIP_APT=1 bash scripts/install-deps.sh "$here/.venv-pyone6" 'pyone==6.10.5'
+echo "== OpenNebula side with pyone $("$here/.venv-pyone6/bin/python" -c 'import importlib.metadata as m; print(m.version("pyone"))')"
+"$here/.venv-pyone6/bin/python" -m pytest -q -p no:cacheprovider tests/one
+echo "== everything with pyone $("$here/.venv/bin/python" -c 'import importlib.metadata as m; print(m.version("pyone"))')"
+exec "$here/.venv/bin/python" -m pytest -q
