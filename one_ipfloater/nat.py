@@ -78,6 +78,8 @@ def remove_other_backends(active, xtables_lock: str = DEFAULT_XTABLES_LOCK) -> l
     our own chains/table, and a backend this host cannot drive has nothing to remove.
     """
     if isinstance(active, NftablesBackend):
+        if not legacy_usable():
+            return []  # no python-iptables: we cannot have written legacy rules
         others = [("iptables", lambda: IptablesBackend(lock_path=xtables_lock))]
     elif isinstance(active, IptablesBackend):
         others = [("nftables", NftablesBackend)]

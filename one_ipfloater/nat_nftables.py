@@ -171,15 +171,6 @@ def open_runner():
     return NftCommand(nft)
 
 
-def available() -> bool:
-    """True if this host can drive nftables at all (library or binary)."""
-    try:
-        open_runner().close()
-        return True
-    except NatError:
-        return False
-
-
 # -- the table as data -----------------------------------------------------------------
 
 @dataclass(frozen=True)
