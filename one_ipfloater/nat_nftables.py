@@ -21,8 +21,10 @@ per chain name as the iptables backend, and `sync()` reports repairs in the same
 ("rewrote nat/IPFLOATER-POST: 2 rules -> 3", "restored jump nat/PREROUTING -> IPFLOATER-PRE").
 The NAT chains sit 10 below the standard dstnat/srcnat priorities: the kernel asks NAT
 chains in priority order and the first that binds a connection wins, so our mappings take
-precedence over a catch-all MASQUERADE in another table, as the iptables backend's jump at
-the top of the built-in chain does.
+precedence over a catch-all MASQUERADE in another table (iptables-nft's `ip nat`, say), as
+the iptables backend's jump at the top of the built-in chain does. At equal priority the
+table that hooked in last would go first, and a host MASQUERADE loaded after us would send
+VMs out with the router's address (tests/integration/test_nftables_backend.py shows it).
 
 Associating or releasing an address is one element per map, added or deleted in one
 batch (one kernel transaction: all of it or none of it), without reading the table: its
@@ -50,10 +52,9 @@ element in each map:
     sync() at 4096 when nothing differs: 55 ms (25 ms of it reading the table back).
 
 All are constant in the map size. A separate `nft` process costs 30 times the change
-itself (and a deletion waits about 15 ms more when its netlink socket closes), while the
-change runs under the service's lock inside an open DB transaction. Raw netlink would save
-only the JSON step (hundredths of a millisecond) at the price of encoding nf_tables
-expressions by hand. `nft -j -f -` with the same JSON is the fallback when
+itself (a deletion through a new process even 200 times), and the change runs under the
+service's lock inside an open DB transaction. Raw netlink would save only the JSON step
+(hundredths of a millisecond) at the price of encoding nf_tables expressions by hand. `nft -j -f -` with the same JSON is the fallback when
 libnftables.so.1 cannot be loaded.
 """
 

@@ -222,14 +222,16 @@ def test_auto_backend_follows_the_hosts_iptables(lab, tmp_path):
         assert f"NAT_BACKEND auto: using {expected}" in daemon.log()
 
 
-def test_our_snat_wins_over_a_catch_all_masquerade_loaded_first(lab, tmp_path, servers):
+def test_our_snat_wins_over_a_catch_all_masquerade(lab, tmp_path, servers):
     """Our NAT chains run before other tables' NAT chains (priority 10 lower), so a VM with
-    a floating IP leaves with it even when the host masquerades everything else."""
+    a floating IP leaves with it even when the host masquerades everything else. At equal
+    priority the table that hooked in last would win: here iptables-nft's, created after
+    ours (the negative control: with `srcnat` instead of `srcnat - 10` this test fails)."""
     iptables, _save = foreign_iptables("nftables")
-    lab.run(lab.ns_router, [iptables, "-w", "5", "-t", "nat", "-A", "POSTROUTING", "-o", "pub0",
-                            "-j", "MASQUERADE"])
     with DaemonProcess(lab.ns_router, tmp_path / "d", NAT_BACKEND="nftables") as daemon:
         fip = getip(daemon, VM1)
+        lab.run(lab.ns_router, [iptables, "-w", "5", "-t", "nat", "-A", "POSTROUTING", "-o", "pub0",
+                                "-j", "MASQUERADE"])
         with lab.start_server(lab.ns_client, "client", tcp_port=TCP):
             assert lab.tcp_probe(lab.vm_ns(1), lab.client_ip, TCP)["reply"]["peer"] == fip
             assert lab.tcp_probe(lab.vm_ns(2), lab.client_ip, TCP)["reply"]["peer"] == lab.router_pub_ip
