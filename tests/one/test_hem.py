@@ -16,10 +16,10 @@ import pyone
 import pytest
 from lxml import etree
 
+from tests.paths import SAMPLES
 from one_ipfloater.testing.hem import HookExecutionManager, HookIdleTimeout
 from one_ipfloater.testing.onesim import ApiEvent, OneSimulator
 
-SAMPLES = Path("/work/shared/opennebula/samples")
 ADMIN = "oneadmin:pw"
 
 FIP_VM = """NAME="fip-vm-01"

@@ -18,6 +18,7 @@ import pyone
 import pytest
 
 from one_ipfloater.one import cli
+from tests.paths import SAMPLES
 from one_ipfloater.testing.hem import HookExecutionManager
 from tests.one.fipenv import POOL, TOKEN, FipEnv, env  # noqa: F401 (env: fixture)
 
@@ -26,7 +27,6 @@ HOOKS_DIR = REPO / "hooks"
 REMOTES = REPO / "remotes" / "hooks"
 HOOK = REMOTES / "ipfloater" / "ipfloater-hook"
 YES = 'NAME="a" NIC=[NETWORK="priv"] FLOATING_IP="YES"'
-SAMPLES = Path("/work/shared/opennebula/samples")
 IDLE = 120
 
 

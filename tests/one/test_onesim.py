@@ -1,15 +1,16 @@
 """The oned simulator against the real pyone client (7.x in .venv, 6.10 in .venv-pyone6).
 
-Each expectation comes from /work/shared/opennebula/NOTES.md or
+Each expectation comes from shared/opennebula/NOTES.md or
 samples/oned-7.4-behaviour.md; the section is named where it helps.
 """
 
 import threading
 import xmlrpc.client
-from pathlib import Path
 
 import pyone
 import pytest
+
+from tests.paths import SAMPLES, XSD
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,7 +20,6 @@ from one_ipfloater.testing.onesim import (
     ApiEvent, OneSimulator, StateEvent, TemplateParseError, parse_template,
 )
 
-SHARED = Path("/work/shared/opennebula")
 NS = "http://opennebula.org/XMLSchema"
 ADMIN = "oneadmin:pw"
 
@@ -78,12 +78,12 @@ def with_ns(xml):
 
 @pytest.fixture(scope="module")
 def vm_schema():
-    return etree.XMLSchema(etree.parse(str(SHARED / "xsd" / "vm.xsd")))
+    return etree.XMLSchema(etree.parse(str(XSD / "vm.xsd")))
 
 
 @pytest.fixture(scope="module")
 def pool_schema():
-    return etree.XMLSchema(etree.parse(str(SHARED / "xsd" / "vm_pool.xsd")))
+    return etree.XMLSchema(etree.parse(str(XSD / "vm_pool.xsd")))
 
 
 def user_template_xml(sim, vm_id):
@@ -645,7 +645,7 @@ def test_never_deployed_vm_lacks_tm_mad_system_like_real_oned(sim, vm_schema):
 
 
 def test_real_samples_validate_with_the_same_helper(vm_schema):
-    sample = (SHARED / "samples" / "vm-7.4-running-1nic-usertemplate-snapshot.xml").read_text()
+    sample = (SAMPLES / "vm-7.4-running-1nic-usertemplate-snapshot.xml").read_text()
     vm_schema.assertValid(with_ns(sample))
 
 

@@ -1,9 +1,7 @@
 """one_ipfloater.one.fipspec: what floating IPs a VM asks for, refs, lifecycle policy."""
 
 import dataclasses
-import os
 from ipaddress import IPv4Address
-from pathlib import Path
 
 import pytest
 from hypothesis import assume, given, settings
@@ -15,13 +13,7 @@ from one_ipfloater.one.fipspec import (
 from one_ipfloater.one.vmxml import Nic, NicAlias, Vm, parse_vm, parse_vm_pool
 
 
-def _shared_dir() -> Path:
-    env = os.environ.get("IPFLOATER_SHARED_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared"
-
-
-SAMPLES = _shared_dir() / "opennebula" / "samples"
-needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"no samples at {SAMPLES}")
+from tests.paths import SAMPLES
 
 
 def sample(name: str) -> Vm:
@@ -186,7 +178,6 @@ def test_reduced_body_is_refused():
 
 # --- the samples -------------------------------------------------------------------------------
 
-@needs_samples
 def test_sample_with_floating_ip_yes():
     vm = sample("hookarg-7.4-done-fip-usertemplate.xml")
     assert desired_floating_ips(vm) == FipSpec(
@@ -194,20 +185,17 @@ def test_sample_with_floating_ip_yes():
     assert vm_phase(vm) == "release" and status_for(vm) == "DOWN"
 
 
-@needs_samples
 def test_sample_with_floating_ip_no():
     assert desired_floating_ips(sample("hookarg-7.4-done.xml")) == FipSpec()
     assert desired_floating_ips(sample("hookarg-7.4-running-after-attachnic.xml")) == FipSpec()
 
 
-@needs_samples
 def test_sample_vrouter_asks_nothing():
     vm = sample("vm-5.2-vrouter-2nic-done.xml")
     assert vm.nic(0).attrs["FLOATING_IP"] == "YES"
     assert desired_floating_ips(vm) == FipSpec()
 
 
-@needs_samples
 @pytest.mark.parametrize("ut,want,err", [
     ({"FLOATING_IP": "YES"}, [(0, "192.168.150.103", None)], None),
     ({"FLOATING_IP": "YES", "FLOATING_IP_NIC": "2"}, [(2, "10.20.0.11", None)], None),
@@ -226,7 +214,6 @@ def test_sample_multi_nic(ut, want, err):
         assert err in spec.errors[0]
 
 
-@needs_samples
 def test_sample_ipv6_only():
     vm = dataclasses.replace(sample("vm-7.4-running-ipv6only.xml"),
                              user_template={"FLOATING_IP": "YES"})
@@ -234,7 +221,6 @@ def test_sample_ipv6_only():
         "FLOATING_IP: 'YES' but no NIC has an IPv4 address",)
 
 
-@needs_samples
 def test_every_sample_vm_gives_a_spec():
     for path in sorted(SAMPLES.glob("*.xml")):
         if path.name.startswith(("vm-", "hookarg-")):
@@ -316,7 +302,6 @@ def test_phase_and_status(state, lcm, phase, status):
     assert status_for(vm) == status
 
 
-@needs_samples
 @pytest.mark.parametrize("name,phase", [
     ("vm-7.4-hold-never-deployed.xml", "wait"), ("vm-5.8-pending-minimal.xml", "wait"),
     ("vm-7.4-poweroff-1nic.xml", "hold"), ("vm-5.4-undeployed-1nic-13history.xml", "hold"),

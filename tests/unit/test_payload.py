@@ -1,8 +1,6 @@
 """one_ipfloater.one.payload: real hook payloads from oned 7.4.1 and hostile input."""
 
 import base64
-import os
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -13,13 +11,8 @@ from one_ipfloater.one.payload import (
 from one_ipfloater.one.vmxml import parse_vm
 
 
-def _shared_dir() -> Path:
-    env = os.environ.get("IPFLOATER_SHARED_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared"
-
-
-SAMPLES = _shared_dir() / "opennebula" / "samples"
-ALL_XML = sorted(p.name for p in SAMPLES.glob("*.xml")) if SAMPLES.is_dir() else []
+from tests.paths import SAMPLES
+ALL_XML = sorted(p.name for p in SAMPLES.glob("*.xml"))
 API_FILES = [n for n in ALL_XML if n.startswith("api-")]
 HOOKARG_FILES = [n for n in ALL_XML if n.startswith("hookarg-") or "-hookarg-" in n]
 VM_FILES = [n for n in ALL_XML if n.startswith(("vm-", "hookarg-"))]
@@ -60,7 +53,6 @@ STATE_FACTS = {
 }
 
 
-@pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"no samples at {SAMPLES}")
 def test_every_payload_sample_has_facts():
     assert set(API_FILES) == set(API_FACTS)
     assert set(HOOKARG_FILES) == set(STATE_FACTS)
@@ -104,8 +96,6 @@ def test_transport_variants(name):
 
 def test_ltamp_payload_is_damaged_but_the_id_survives():
     """oned does not escape: the template text arrives damaged; only the VM ID is used."""
-    if not SAMPLES.is_dir():
-        pytest.skip("no samples")
     text = (SAMPLES / "api-7.4-one.vm.update-ltamp-ok.xml").read_text()
     assert 'FLOATING_IP_ERROR="a  b  c &gt; d"' in text
     assert decode_hook_payload(b64(text)).vm_id == 1

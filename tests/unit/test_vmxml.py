@@ -1,10 +1,8 @@
 """one_ipfloater.one.vmxml against every real OpenNebula sample and hostile input."""
 
 import dataclasses
-import os
 import re
 from ipaddress import IPv4Address
-from pathlib import Path
 
 import pytest
 
@@ -14,16 +12,10 @@ from one_ipfloater.one.vmxml import (
     state_name)
 
 
-def _shared_dir() -> Path:
-    env = os.environ.get("IPFLOATER_SHARED_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared"
-
-
-SAMPLES = _shared_dir() / "opennebula" / "samples"
-ALL_XML = sorted(p.name for p in SAMPLES.glob("*.xml")) if SAMPLES.is_dir() else []
+from tests.paths import SAMPLES
+ALL_XML = sorted(p.name for p in SAMPLES.glob("*.xml"))
 VM_FILES = [n for n in ALL_XML if n.startswith(("vm-", "hookarg-"))]
 POOL_FILES = [n for n in ALL_XML if n.startswith("vmpool-")]
-needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"no samples at {SAMPLES}")
 
 
 def load(name: str) -> bytes:
@@ -130,7 +122,6 @@ POOL_FACTS = {
 }
 
 
-@needs_samples
 def test_every_sample_has_facts():
     """A new sample must get facts here, and no fact may point at a vanished file."""
     assert set(VM_FILES) == set(VM_FACTS)
@@ -202,8 +193,6 @@ def test_vm_sample_variants_parse_the_same(name):
 
 
 def test_specific_sample_details():
-    if not SAMPLES.is_dir():
-        pytest.skip("no samples")
     multi = parse_vm(load("vm-7.4-running-5nic-2alias-ipv6.xml"))
     v6 = multi.nic(1)
     assert v6.ip is None and v6.ip6 == "2001:db8:10::101" and v6.network == "v6only"
@@ -245,8 +234,6 @@ def test_pool_samples(name):
 
 def test_pool_reduced_vs_extended_aliases():
     """The reduced pool body lists NIC_ALIAS entries as plain NICs: hence Vm.reduced."""
-    if not SAMPLES.is_dir():
-        pytest.skip("no samples")
     reduced = {vm.id: vm for vm in parse_vm_pool(load("vmpool-7.4-info-reduced.xml"))}
     full = {vm.id: vm for vm in parse_vm_pool(load("vmpool-7.4-infoextended.xml"))}
     assert [n.nic_id for n in reduced[2].nics] == [0, 1, 2, 3, 4, 5, 6]
