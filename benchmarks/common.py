@@ -1,0 +1,289 @@
+"""Shared pieces of the scale benchmarks (issue 6): namespaces, the pre-filled state file,
+the daemon under test, rule counting, the machine description and small statistics.
+
+Everything runs in network namespaces made here (`ip netns add bench-<hex>-<n>`) and
+deleted afterwards; the root namespace's firewall and addresses are never touched.
+Commands are argument lists, never a shell.
+
+Addresses (see RESULTS.md): the public pool is shared address space (RFC 6598,
+100.64.0.0/10, never routed on the internet): the 4,096 stored associations take
+100.64.0.0/20 (100.64.0.0 - 100.64.15.255) and 100.64.16.0/28 holds 16 free addresses for
+the changes the benchmarks make. Private side: 10.80.0.0/16.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import platform
+import secrets
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Optional
+
+from one_ipfloater import store as store_module
+from one_ipfloater.ruleset import desired_rules
+from one_ipfloater.testing.daemonproc import DaemonProcess
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+SCALE = 4096            # associations "at scale"
+SMALL = 16              # associations of the baseline daemon
+FIRST_PUBLIC = IPv4Address("100.64.0.0")      # 100.64.0.0/20: the stored associations
+FREE_PUBLIC = IPv4Network("100.64.16.0/28")   # 16 free addresses for the changes
+POOL_SPEC = f"{FIRST_PUBLIC}-{FREE_PUBLIC.broadcast_address}"   # 4,112 addresses
+PRIVATE_RANGE = IPv4Network("10.80.0.0/16")
+FIRST_PRIVATE = IPv4Address("10.80.0.1")      # association i: 10.80.0.1 + i
+FREE_PRIVATE = IPv4Address("10.80.128.1")     # targets of the changes: 10.80.128.1 + k
+HOOK_NETWORK = "10.80.200.0/24"               # the simulated OpenNebula network of the hook VMs
+PUBLIC_IF = "pub0"
+TOKEN = "bench-" + "t" * 26
+
+
+def association(i: int) -> tuple[IPv4Address, IPv4Address]:
+    """(public, private) of stored association number i (0-based)."""
+    return FIRST_PUBLIC + i, FIRST_PRIVATE + i
+
+
+def free_public(k: int) -> IPv4Address:
+    return FREE_PUBLIC.network_address + k
+
+
+def free_private(k: int) -> IPv4Address:
+    return FREE_PRIVATE + k
+
+
+# -- commands and namespaces -------------------------------------------------------------
+
+def run(argv: list[str], timeout: float = 120.0, check: bool = True,
+        input: Optional[str] = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:8])}...: exit {proc.returncode}: {proc.stderr.strip()[-400:]}")
+    return proc
+
+
+_RUN_ID = secrets.token_hex(3)
+_counter = 0
+_live: list["Namespace"] = []
+
+
+class Namespace:
+    """A bare network namespace `bench-<run>-<n>` with lo up and, optionally, a veth
+    pair (both ends inside it) whose `pub0` end stands for the public interface (this
+    kernel has no dummy interfaces). Deleted by close() (and at exit)."""
+
+    def __init__(self, public_if: bool = True):
+        global _counter
+        _counter += 1
+        self.name = f"bench-{_RUN_ID}-{_counter}"
+        run(["ip", "netns", "add", self.name])
+        _live.append(self)
+        self.exec(["ip", "link", "set", "lo", "up"])
+        self.public_if = PUBLIC_IF if public_if else None
+        if public_if:
+            self.exec(["ip", "link", "add", PUBLIC_IF, "type", "veth", "peer", "name", "pub0-peer"])
+            self.exec(["ip", "link", "set", "pub0-peer", "up"])
+            self.exec(["ip", "link", "set", PUBLIC_IF, "up"])
+
+    def argv(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def exec(self, argv: list[str], **kw) -> subprocess.CompletedProcess:
+        return run(self.argv(argv), **kw)
+
+    def close(self) -> None:
+        if self in _live:
+            run(["ip", "netns", "del", self.name], check=False)
+            _live.remove(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@atexit.register
+def _delete_leftover_namespaces() -> None:
+    for ns in list(_live):
+        ns.close()
+
+
+def timed(argv: list[str], timeout: float = 120.0) -> float:
+    """Wall-clock seconds of one command (which must succeed)."""
+    start = time.perf_counter()
+    run(argv, timeout=timeout)
+    return time.perf_counter() - start
+
+
+# -- the state file --------------------------------------------------------------------------
+
+def prefill_state(path: Path, live: int) -> None:
+    """A state file holding `live` associations, written directly with store.py's schema
+    (the daemon's Store is not used, so nothing of the daemon is timed here)."""
+    if path.exists():
+        path.unlink()
+    db = sqlite3.connect(str(path))
+    try:
+        db.executescript(store_module.SCHEMA)
+        db.execute("INSERT INTO meta(key, value) VALUES('schema', ?)", (str(store_module.SCHEMA_VERSION),))
+        now = time.time()
+        db.executemany(
+            "INSERT INTO allocations(public_ip, owner, ref, private_ip, created_at, updated_at) "
+            "VALUES(?, ?, ?, ?, ?, ?)",
+            ((str(pub), "bench", f"bench:{i}", str(priv), now, now)
+             for i, (pub, priv) in (((i, association(i)) for i in range(live)))))
+        db.commit()
+    finally:
+        db.close()
+    os.chmod(path, 0o600)
+
+
+def desired(live: int):
+    """The RuleSet the daemon builds for `live` stored associations (for the baselines)."""
+    return desired_rules([association(i) for i in range(live)], [PRIVATE_RANGE])
+
+
+# -- the daemon under test -----------------------------------------------------------------
+
+@dataclass
+class Daemon:
+    ns: Namespace
+    proc: DaemonProcess
+    start_seconds: float
+    pid: int = 0
+
+    @property
+    def port(self) -> int:
+        return self.proc.port
+
+    @property
+    def token_file(self) -> Path:
+        return self.proc.workdir / "token"
+
+    def vm_hwm_kib(self) -> int:
+        """Peak resident set (VmHWM) of the daemon so far, KiB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmHWM")
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+class _WhatIfDaemonProcess(DaemonProcess):
+    """The daemon started through benchmarks.whatif_daemon with diagnostic flags."""
+
+    def __init__(self, *args, whatif: tuple[str, ...] = (), **kw):
+        super().__init__(*args, **kw)
+        self.whatif = list(whatif)
+
+    def argv(self, *args: str) -> list[str]:
+        return ["ip", "netns", "exec", self.ns, sys.executable, "-m", "benchmarks.whatif_daemon",
+                *self.whatif, "--config", str(self.config_path), *args]
+
+
+def start_daemon(ns: Namespace, workdir: Path, backend: str, live: int,
+                 whatif: tuple[str, ...] = (), **extra: str) -> Daemon:
+    """Pre-fill the state with `live` associations, start ipfloaterd in `ns` and time
+    from the process start to its ready line (all rules and addresses in place by then)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    prefill_state(workdir / "state.db", live)
+    token = workdir / "token"
+    token.write_text(TOKEN + "\n")
+    os.chmod(token, 0o600)
+    settings = {
+        "IP_POOL": POOL_SPEC, "PRIVATE_IP_RANGES": str(PRIVATE_RANGE), "NAT_BACKEND": backend,
+        "LOG_LEVEL": "INFO", "RECONCILE_INTERVAL": "0", "PUBLIC_INTERFACE": ns.public_if or "",
+        **extra,
+    }
+    proc = (_WhatIfDaemonProcess(ns.name, workdir, whatif=whatif, **settings) if whatif
+            else DaemonProcess(ns.name, workdir, **settings))
+    start = time.perf_counter()
+    proc.start(timeout=300)
+    seconds = time.perf_counter() - start
+    # `ip netns exec` execs the daemon in place, so the Popen pid is the daemon's
+    return Daemon(ns, proc, seconds, proc.proc.pid)
+
+
+# -- what is in the kernel ------------------------------------------------------------------
+
+def count_rules(ns: Namespace, backend: str) -> dict:
+    """Association rules / map elements and /32 addresses actually in namespace `ns`."""
+    out: dict = {}
+    if backend == "iptables":
+        save = ns.exec(["iptables-legacy-save", "-t", "nat"]).stdout.splitlines()
+        out["dnat_pre"] = sum(1 for l in save if l.startswith("-A IPFLOATER-PRE ") and "-j DNAT" in l)
+        out["dnat_out"] = sum(1 for l in save if l.startswith("-A IPFLOATER-OUT ") and "-j DNAT" in l)
+        out["snat"] = sum(1 for l in save if l.startswith("-A IPFLOATER-POST ") and "-j SNAT" in l)
+    else:
+        for name, key in (("fip_dnat", "dnat"), ("fip_snat", "snat")):
+            doc = json.loads(ns.exec(["nft", "-j", "list", "map", "ip", "ipfloater", name]).stdout)
+            elems = [o["map"].get("elem", []) for o in doc["nftables"] if "map" in o]
+            out[key] = sum(len(e) for e in elems)
+    if ns.public_if:
+        links = json.loads(ns.exec(["ip", "-j", "-4", "addr", "show", "dev", ns.public_if]).stdout or "[]")
+        out["addresses"] = sum(1 for l in links for a in l.get("addr_info", []) if a.get("prefixlen") == 32)
+    return out
+
+
+def expected_counts(backend: str, live: int, public_if: bool) -> dict:
+    out = ({"dnat_pre": live, "dnat_out": live, "snat": live} if backend == "iptables"
+           else {"dnat": live, "snat": live})
+    if public_if:
+        out["addresses"] = live
+    return out
+
+
+# -- the machine and statistics --------------------------------------------------------------
+
+def _first_line(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        return (out.stdout or out.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "not available"
+
+
+def machine() -> dict:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "arch": platform.machine(), "cores": os.cpu_count(), "cpu": model,
+        "kernel": platform.release(), "python": platform.python_version(),
+        "iptables": _first_line([shutil.which("iptables-legacy") or "iptables", "--version"]),
+        "nft": _first_line(["nft", "--version"]),
+        "iproute2": _first_line(["ip", "-V"]),
+    }
+
+
+@dataclass
+class Series:
+    """Values of one measured quantity, one per repetition."""
+
+    values: list = field(default_factory=list)
+
+    def add(self, value: float) -> None:
+        self.values.append(value)
+
+    def summary(self) -> Optional[tuple[float, float, float]]:
+        if not self.values:
+            return None
+        return min(self.values), statistics.median(self.values), max(self.values)

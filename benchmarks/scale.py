@@ -1,0 +1,153 @@
+"""Scale benchmarks for issue 6 ("Scale: thousands of floating IPs"):
+`python -m benchmarks.scale [--reps N] [--quick]` (run.sh is the one command).
+
+For each backend and each repetition, in fresh namespaces:
+  - the stock tool loads the equivalent rules (figure 1's baseline);
+  - a daemon with 16 stored associations: one change, throughput (baselines of 2 and 3);
+  - a daemon with 4,096 stored associations: its start (figure 1; rule and address
+    counts verified), one change (2), throughput (3), the hook (4), then its VmHWM (5).
+That is done with PUBLIC_INTERFACE set (the main figures) and again without it.
+A last, single-repetition pass ("where the time goes") restarts the daemons with
+one cost removed at a time: CONNTRACK_FLUSH=no, GRATUITOUS_ARP=no, and TCP_NODELAY
+on the API sockets (a what-if applied at run time by benchmarks/whatif_daemon.py).
+
+Results: benchmarks/results.json (raw) and benchmarks/RESULTS.md (report.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import figures, report
+from .common import SCALE, SMALL, Namespace, count_rules, expected_counts, machine, start_daemon
+
+HERE = Path(__file__).resolve().parent
+BACKENDS = ("iptables", "nftables")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class Settings:
+    def __init__(self, args):
+        self.reps = args.reps
+        self.change_cycles = 12 if args.quick else 60
+        self.clients = 10
+        self.cycles_per_client = 5 if args.quick else 15
+        self.hook_runs = 3 if args.quick else 10
+        self.breakdown = not args.no_breakdown
+
+
+def daemon_run(backend: str, live: int, public_if: bool, cfg: Settings, work: Path,
+               hook: bool = False, whatif: tuple = (), **extra: str) -> dict:
+    """One daemon in a fresh namespace: start, verify, one change, throughput, hook, memory."""
+    out: dict = {"backend": backend, "live": live, "public_if": public_if}
+    with Namespace(public_if=public_if) as ns:
+        daemon = start_daemon(ns, work / f"{backend}-{live}-{int(public_if)}", backend, live,
+                              whatif=whatif, **extra)
+        try:
+            out["start_seconds"] = daemon.start_seconds
+            counts = count_rules(ns, backend)
+            want = expected_counts(backend, live, public_if)
+            if counts != want:
+                raise RuntimeError(f"{backend} at {live}: kernel holds {counts}, expected {want}")
+            out["counts"] = counts
+            out["hwm_after_start_kib"] = daemon.vm_hwm_kib()
+            out["change"] = figures.one_change(daemon, cfg.change_cycles)
+            out["throughput"] = figures.throughput(daemon, cfg.clients, cfg.cycles_per_client)
+            if hook:
+                out["hook"] = figures.hook_latency(daemon, backend, cfg.hook_runs)
+            out["hwm_kib"] = daemon.vm_hwm_kib()
+        finally:
+            daemon.stop()
+            shutil.rmtree(work / f"{backend}-{live}-{int(public_if)}", ignore_errors=True)
+    return out
+
+
+def repetition(backend: str, public_if: bool, cfg: Settings, work: Path) -> dict:
+    tag = f"{backend}, PUBLIC_INTERFACE {'set' if public_if else 'unset'}"
+    log(f"{tag}: stock-tool baseline ({SCALE} associations)")
+    base = figures.bulk_load_baseline(backend, SCALE, work / "baseline", public_if)
+    if base["counts"] != expected_counts(backend, SCALE, public_if):
+        raise RuntimeError(f"baseline load of {backend}: {base['counts']}")
+    log(f"{tag}: daemon with {SMALL} associations")
+    small = daemon_run(backend, SMALL, public_if, cfg, work)
+    log(f"{tag}: daemon with {SCALE} associations")
+    large = daemon_run(backend, SCALE, public_if, cfg, work,
+                       hook=public_if and figures.hook_available())
+    log(f"{tag}: start {large['start_seconds']:.2f}s vs {base['rules_seconds']:.3f}s; change "
+        f"{large['change']['median_seconds'] * 1000:.1f} vs {small['change']['median_seconds'] * 1000:.1f} ms; "
+        f"{large['throughput']['calls_per_second']:.0f} calls/s")
+    return {"baseline": base, "small": small, "large": large}
+
+
+def breakdown(cfg: Settings, work: Path) -> list[dict]:
+    """Single runs with one cost removed at a time (the change and throughput figures)."""
+    variants = [
+        ("as shipped", False, (), {}),
+        ("CONNTRACK_FLUSH=no", False, (), {"CONNTRACK_FLUSH": "no"}),
+        ("TCP_NODELAY (what-if)", False, ("--nodelay",), {}),
+        ("TCP_NODELAY + CONNTRACK_FLUSH=no", False, ("--nodelay",), {"CONNTRACK_FLUSH": "no"}),
+        ("PUBLIC_INTERFACE, GRATUITOUS_ARP=no", True, (), {"GRATUITOUS_ARP": "no"}),
+        ("PUBLIC_INTERFACE, TCP_NODELAY + GRATUITOUS_ARP=no + CONNTRACK_FLUSH=no", True, ("--nodelay",),
+         {"GRATUITOUS_ARP": "no", "CONNTRACK_FLUSH": "no"}),
+    ]
+    rows = []
+    for backend in BACKENDS:
+        for label, public_if, whatif, extra in variants:
+            row = {"backend": backend, "variant": label}
+            for live in (SMALL, SCALE):
+                log(f"breakdown {backend} {label} at {live}")
+                r = daemon_run(backend, live, public_if, cfg, work, whatif=whatif, **extra)
+                row[str(live)] = {"start_seconds": r["start_seconds"],
+                                  "change_ms": r["change"]["median_seconds"] * 1000,
+                                  "calls_per_second": r["throughput"]["calls_per_second"]}
+            rows.append(row)
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scale")
+    parser.add_argument("--reps", type=int, default=5, help="repetitions with PUBLIC_INTERFACE (default 5)")
+    parser.add_argument("--reps-without", type=int, default=3,
+                        help="repetitions without PUBLIC_INTERFACE (default 3)")
+    parser.add_argument("--quick", action="store_true", help="fewer cycles per measurement (smoke run)")
+    parser.add_argument("--no-breakdown", action="store_true", help="skip the 'where the time goes' pass")
+    parser.add_argument("--results", default=str(HERE / "results.json"))
+    parser.add_argument("--markdown", default=str(HERE / "RESULTS.md"))
+    args = parser.parse_args(argv)
+    cfg = Settings(args)
+    started = time.time()
+    data: dict = {"machine": machine(), "settings": vars(args) | {
+        "change_cycles": cfg.change_cycles, "clients": cfg.clients,
+        "cycles_per_client": cfg.cycles_per_client, "hook_runs": cfg.hook_runs},
+        "hook_available": figures.hook_available(), "runs": []}
+    work = Path(tempfile.mkdtemp(prefix="ipfloater-bench-"))
+    try:
+        for public_if, reps in ((True, args.reps), (False, args.reps_without)):
+            for rep in range(reps):
+                for backend in BACKENDS:  # interleaved, so drift hits both backends alike
+                    log(f"repetition {rep + 1}/{reps}")
+                    result = repetition(backend, public_if, cfg, work)
+                    data["runs"].append({"backend": backend, "public_if": public_if, "rep": rep, **result})
+        if cfg.breakdown:
+            data["breakdown"] = breakdown(cfg, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    data["elapsed_seconds"] = time.time() - started
+    Path(args.results).write_text(json.dumps(data, indent=1) + "\n")
+    markdown = report.render(data)
+    Path(args.markdown).write_text(markdown)
+    print(report.table(data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
