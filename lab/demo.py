@@ -1,8 +1,11 @@
 """The one-ipfloater lab: a scripted walk-through on a throw-away network.
 
-Builds an internet client, a router and two VMs in network namespaces, starts the real
-ipfloaterd in the router namespace and drives it with the real `ipfloater` CLI, showing
-real traffic at every step. Everything is removed at the end, also on failure or Ctrl-C.
+Builds an internet client, a router and two VMs in network namespaces and starts the real
+ipfloaterd in the router namespace. Part 1 starts from OpenNebula: a simulated oned with
+the Hook Execution Manager emulation runs the REAL hooks (registered with the real
+`ipfloater-one install-hooks`) when VMs are created with FLOATING_IP="YES", updated and
+terminated. Part 2 drives the daemon by hand with the real `ipfloater` CLI. Every step is
+proven with real traffic. Everything is removed at the end, also on failure or Ctrl-C.
 Run as root: `bash lab/run` (installs what it needs first).
 """
 
@@ -14,19 +17,23 @@ import tempfile
 from pathlib import Path
 
 from one_ipfloater.testing.daemonproc import DaemonProcess
+from one_ipfloater.testing.frontend import Frontend
 from one_ipfloater.testing.netlab import Lab
+from one_ipfloater.testing.nsforward import PortForward
 
 TCP, UDP = 8080, 8081
 TOPOLOGY = """
   internet client                router (ipfloaterd)                 hypervisor bridge      VMs
   198.51.100.2/24 ---- pub0 198.51.100.1/24   priv0 10.77.0.1/24 ---- br0 ---------------- vm1 10.77.0.11
   (no route to 10/8)    floating pool 198.51.100.10-40                                 \\--- vm2 10.77.0.12
+
+  OpenNebula front-end (simulated oned + onehem running the real hooks) -> ipfloaterd REST API
 """
 
 
 class Walkthrough:
-    def __init__(self, lab: Lab, daemon: DaemonProcess):
-        self.lab, self.daemon = lab, daemon
+    def __init__(self, lab: Lab, daemon: DaemonProcess, workdir: Path):
+        self.lab, self.daemon, self.workdir = lab, daemon, workdir
         self.failures = 0
 
     def step(self, title: str) -> None:
@@ -54,9 +61,53 @@ class Walkthrough:
         got = tcp["reply"]["name"] if tcp["ok"] else None
         self.expect(f"answered by {expect_name}" if expect_name else "no answer", got == expect_name)
 
+    def opennebula(self, fe: Frontend) -> None:
+        """Part 1: everything starts from OpenNebula; hooks do the work."""
+        lab = self.lab
+        self.step("OpenNebula: hooks registered with `ipfloater-one install-hooks`")
+        for hook in fe.sim.hooks():
+            on = hook.template.get("ON") or hook.template.get("CALL")
+            print(f"  {hook.name:<24} {hook.type:<6} {on}")
+        template = 'NAME="web" MEMORY="512" CPU="1" NIC=[NETWORK="priv"] FLOATING_IP="YES"'
+        self.step(f"alice instantiates a VM: {template}")
+        vm = fe.instantiate(template)
+        fe.settle()
+        ut = fe.user_template(vm)
+        fip = ut.get("FLOATING_IP_ADDRESS")
+        print(f"  onevm show {vm}: FLOATING_IP_ADDRESS={fip} FLOATING_IP_STATUS={ut.get('FLOATING_IP_STATUS')}")
+        self.expect("the hooks wrote the address back", bool(fip))
+        self.probe("client", lab.ns_client, fip, "vm1")
+        self.cli("status")
+
+        self.step(f"alice removes the attribute (onevm update {vm}, replace)")
+        fe.pyone("alice").vm.update(vm, 'DESCRIPTION="internal only"', 0)
+        fe.settle()
+        print(f"  FLOATING_IP_ADDRESS={fe.user_template(vm).get('FLOATING_IP_ADDRESS')!r}")
+        self.probe("client", lab.ns_client, fip, None)
+
+        self.step(f"alice adds it back (onevm update {vm} --append FLOATING_IP=YES)")
+        fe.pyone("alice").vm.update(vm, 'FLOATING_IP="YES"', 1)
+        fe.settle()
+        fip = fe.address(vm)
+        print(f"  FLOATING_IP_ADDRESS={fip}")
+        self.probe("client", lab.ns_client, fip, "vm1")
+
+        self.step(f"alice terminates VM {vm}: the address goes back to the pool")
+        fe.pyone("alice").vm.action("terminate-hard", vm)
+        fe.settle()
+        self.probe("client", lab.ns_client, fip, None)
+        self.cli("status")
+        runs = fe.hem.executions()
+        print(f"  hook runs: {len(runs)}, failed: {len(fe.failed_hooks())}")
+        self.expect("every hook run succeeded", not fe.failed_hooks())
+
     def run(self) -> int:
         lab = self.lab
         print(TOPOLOGY)
+        with PortForward(lab.ns_router, self.daemon.port) as forward, \
+                Frontend(self.workdir / "frontend", f"http://127.0.0.1:{forward.port}", self.daemon.token) as fe:
+            self.opennebula(fe)
+        print("\n# Part 2: the router daemon by hand, with the ipfloater CLI")
         self.step("The daemon is up; the pool is free")
         self.cli("version")
         self.cli("--json", "health")
@@ -102,9 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="ipfloater-lab-") as workdir, Lab(vms=2) as lab:
         servers = [lab.start_server(lab.vm_ns(i), f"vm{i}", tcp_port=TCP, udp_port=UDP) for i in (1, 2)]
-        daemon = DaemonProcess(lab.ns_router, Path(workdir), LOG_LEVEL="INFO")
+        daemon = DaemonProcess(lab.ns_router, Path(workdir) / "daemon", LOG_LEVEL="INFO")
         with daemon:
-            code = Walkthrough(lab, daemon).run()
+            code = Walkthrough(lab, daemon, Path(workdir)).run()
         for server in servers:
             server.stop()
         if args.keep_log or code:
