@@ -118,7 +118,7 @@ def _converge(vm_id: int, one: Any, daemon: Any, result: Result) -> None:
     except pyone.OneNoExistsException:
         vm = None
     except rpc.ONE_ERRORS as exc:
-        result.errors.append(rpc.describe_one_error(exc))
+        result.errors.append(rpc.describe_one_error(exc, one))
         return
     except VmXmlError as exc:  # nothing safe to compare with: do not write back
         result.errors.append(f"cannot use the VM document: {exc}")
@@ -244,7 +244,7 @@ def _write_back(one: Any, vm: Vm, result: Result,
     try:
         rpc.update_user_template(one, vm.id, changes)
     except rpc.ONE_ERRORS as exc:
-        result.errors.append(f"cannot write to the VM: {rpc.describe_one_error(exc)}")
+        result.errors.append(f"cannot write to the VM: {rpc.describe_one_error(exc, one)}")
         return
     result.written = changes
 
@@ -283,7 +283,7 @@ def sync_all(one: Any, daemon: Any, *, lock_dir: Optional[str] = None,
     try:
         vms = parse_vm_pool(rpc.vmpool_xml(one))
     except rpc.ONE_ERRORS as exc:  # never act on a partial view of the pool
-        out.errors.append(rpc.describe_one_error(exc))
+        out.errors.append(rpc.describe_one_error(exc, one))
         return out
     except VmXmlError as exc:
         out.errors.append(f"cannot use the VM pool document: {exc}")

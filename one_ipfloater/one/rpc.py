@@ -24,7 +24,7 @@ from xml.parsers.expat import ExpatError
 import pyone
 
 __all__ = ["connect", "call_raw", "vm_xml", "vmpool_xml", "hookpool_xml",
-           "update_user_template", "describe_one_error", "ONE_ERRORS"]
+           "update_user_template", "describe_one_error", "endpoint", "ONE_ERRORS"]
 
 #: Exceptions a call to oned can end with (pyone's, transport, malformed answers).
 ONE_ERRORS = (pyone.OneException, OSError, xmlrpc.client.Error, ExpatError, ValueError)
@@ -39,9 +39,44 @@ _BY_CODE = {
 }
 
 
+_TIMED_TRANSPORTS: dict = {}
+
+
+def _timed_transport(base: type) -> type:
+    """pyone's RequestsTransport calls ``requests.post`` without a timeout (its own
+    ``timeout`` only sets socket.setdefaulttimeout, which requests overrides), so a hung
+    oned would hold a hook until onehem kills it. This subclass adds the timeout."""
+    if base not in _TIMED_TRANSPORTS:
+        class TimedTransport(base):
+            timeout: float = 10.0
+
+            def request(self, host, handler, request_body, verbose=False):
+                import requests
+                url = self._build_url(host, handler)
+                headers = getattr(self, "headers", None) or {
+                    "User-Agent": getattr(self, "user_agent", "pyone"), "Content-Type": "text/xml",
+                    "Accept": "*/*"}
+                resp = requests.post(url, data=request_body, headers=headers,
+                                     verify=getattr(self, "https_verify", True), timeout=self.timeout)
+                try:
+                    resp.raise_for_status()
+                except requests.RequestException as exc:
+                    raise xmlrpc.client.ProtocolError(url, resp.status_code, str(exc), resp.headers)
+                return self.parse_response(resp)
+
+        _TIMED_TRANSPORTS[base] = TimedTransport
+    return _TIMED_TRANSPORTS[base]
+
+
 def connect(url: str, session: str, timeout: float):
-    """A pyone XML-RPC client (``OneServer`` picks XML-RPC for an http(s) URL in 7.x)."""
-    return pyone.OneServer(url, session=session, timeout=timeout)
+    """A pyone XML-RPC client (``OneServer`` picks XML-RPC for an http(s) URL in 7.x)
+    whose every request, connect and read, is bounded by `timeout` seconds."""
+    one = pyone.OneServer(url, session=session, timeout=timeout)
+    transport = getattr(one, "_ServerProxy__transport", None)
+    if transport is not None and hasattr(transport, "_build_url") and hasattr(transport, "parse_response"):
+        transport.__class__ = _timed_transport(type(transport))
+        transport.timeout = timeout
+    return one
 
 
 def call_raw(one: Any, method: str, *params: Any) -> Any:
@@ -99,8 +134,15 @@ def _one_line(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def describe_one_error(exc: BaseException, url: str = "") -> str:
-    """One line for an exception of a call to oned."""
+def endpoint(one: Any) -> str:
+    """The oned URL a pyone client talks to (both pyone 6.10 and 7 are ServerProxies)."""
+    host = getattr(one, "_ServerProxy__host", "")
+    return f"http://{host}{getattr(one, '_ServerProxy__handler', '')}" if host else ""
+
+
+def describe_one_error(exc: BaseException, one: Any = None) -> str:
+    """One line for an exception of a call to oned, naming the endpoint when known."""
+    url = endpoint(one) if one is not None else ""
     where = f" at {url}" if url else ""
     if isinstance(exc, pyone.OneAuthenticationException):
         return f"OpenNebula{where} refused the credentials: {_one_line(exc)}"

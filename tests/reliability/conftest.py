@@ -3,6 +3,7 @@ printed at the end of the run (what each suite reached)."""
 
 import json
 import re
+import sqlite3
 
 import pytest
 
@@ -56,3 +57,15 @@ def assert_kernel_matches_state(lab, daemon) -> dict[str, str]:
 
 def read_json_lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def snapshot(lab, daemon):
+    """Everything a bad request must not change."""
+    db = sqlite3.connect(f"file:{daemon.workdir / 'state.db'}?mode=ro", uri=True)
+    rows = list(db.iterdump())
+    db.close()
+    rules = lab.run(lab.ns_router, ["iptables-legacy-save"]).stdout
+    rules = [l for l in rules.splitlines() if not l.startswith("#") and not l.startswith(":")]
+    nft = lab.run(lab.ns_router, ["nft", "list", "ruleset"]).stdout
+    addrs = lab.run(lab.ns_router, ["ip", "-4", "-o", "addr", "show", "dev", "pub0"]).stdout
+    return rows, rules, nft, addrs

@@ -6,13 +6,13 @@ The OpenNebula side (hook payloads, VM attributes) has its own table in tests/on
 """
 
 import json
-import sqlite3
 import sys
 
 import pytest
 
 from one_ipfloater.testing.daemonproc import DaemonProcess
 from one_ipfloater.testing.netlab import Lab
+from tests.reliability.conftest import snapshot
 
 pytestmark = pytest.mark.netns
 
@@ -101,17 +101,6 @@ def world(tmp_path_factory):
         assert daemon.cli("getip", lab.vm_ip(1), "--owner", "one:uid:1").returncode == 0
         yield lab, daemon
         daemon.stop()
-
-
-def snapshot(lab, daemon):
-    """Everything a bad request must not change."""
-    db = sqlite3.connect(f"file:{daemon.workdir / 'state.db'}?mode=ro", uri=True)
-    rows = list(db.iterdump())
-    db.close()
-    rules = lab.run(lab.ns_router, ["iptables-legacy-save"]).stdout
-    rules = [l for l in rules.splitlines() if not l.startswith("#") and not l.startswith(":")]
-    addrs = lab.run(lab.ns_router, ["ip", "-4", "-o", "addr", "show", "dev", "pub0"]).stdout
-    return rows, rules, addrs
 
 
 def test_bad_rest_requests(world, figures):
