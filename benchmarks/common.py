@@ -195,7 +195,7 @@ class _WhatIfDaemonProcess(DaemonProcess):
 
 
 def start_daemon(ns: Namespace, workdir: Path, backend: str, live: int,
-                 whatif: tuple[str, ...] = (), **extra: str) -> Daemon:
+                 whatif: tuple[str, ...] = (), factory=None, **extra: str) -> Daemon:
     """Pre-fill the state with `live` associations, start ipfloaterd in `ns` and time
     from the process start to its ready line (all rules and addresses in place by then)."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -208,8 +208,10 @@ def start_daemon(ns: Namespace, workdir: Path, backend: str, live: int,
         "LOG_LEVEL": "INFO", "RECONCILE_INTERVAL": "0", "PUBLIC_INTERFACE": ns.public_if or "",
         **extra,
     }
-    proc = (_WhatIfDaemonProcess(ns.name, workdir, whatif=whatif, **settings) if whatif
-            else DaemonProcess(ns.name, workdir, **settings))
+    if factory is None:  # factory: a DaemonProcess subclass that runs the daemon differently
+        factory = _WhatIfDaemonProcess if whatif else DaemonProcess
+    proc = (factory(ns.name, workdir, whatif=whatif, **settings) if whatif
+            else factory(ns.name, workdir, **settings))
     start = time.perf_counter()
     proc.start(timeout=300)
     seconds = time.perf_counter() - start

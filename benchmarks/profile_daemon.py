@@ -1,0 +1,142 @@
+"""Where the daemon's time goes at 4,096 associations (the hot spots named in RESULTS.md):
+
+    python -m benchmarks.profile_daemon start    --backend B [--public-if]
+    python -m benchmarks.profile_daemon requests --backend B [--public-if] [--py-spy PATH]
+
+`start`: the real daemon under cProfile (`python -m cProfile -o FILE -m one_ipfloater.daemon`)
+in a fresh namespace, stopped with SIGTERM once ready, so the profile is the start-up
+(config, state, full reconcile, listen). Prints the top functions by own and by cumulative
+time, as shares of the whole start.
+
+`requests`: py-spy (`pip install py-spy`; not a project dependency) samples the daemon,
+idle threads included, while the 10-client throughput load runs. Each sample is one
+thread's stack; the samples whose stack holds `FloatingIPService._commit` are the work
+done under the service lock, which serialises every change, so their breakdown is where
+the per-change time goes. Prints the share of those samples per leaf function and per
+frame (inclusive).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import pstats
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import figures
+from .common import SCALE, Namespace, start_daemon, timed
+from one_ipfloater.testing.daemonproc import DaemonProcess
+
+
+class _ProfiledDaemon(DaemonProcess):
+    def __init__(self, *args, profile_out: str, **kw):
+        super().__init__(*args, **kw)
+        self.profile_out = profile_out
+
+    def argv(self, *args: str) -> list[str]:
+        return ["ip", "netns", "exec", self.ns, sys.executable, "-m", "cProfile", "-o", self.profile_out,
+                "-m", "one_ipfloater.daemon", "--config", str(self.config_path), *args]
+
+
+def profile_start(backend: str, public_if: bool, top: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-profile-"))
+    out = str(work / "start.pstats")
+    with Namespace(public_if=public_if) as ns:
+        daemon = start_daemon(ns, work / "d", backend, SCALE,
+                              factory=lambda *a, **kw: _ProfiledDaemon(*a, profile_out=out, **kw))
+        print(f"start -> ready {daemon.start_seconds:.2f} s under cProfile (adds overhead)")
+        daemon.stop()
+        for label, code in (("interpreter start (python -c pass)", "pass"),
+                            ("+ the daemon's imports", "import one_ipfloater.daemon, one_ipfloater.api, "
+                             "one_ipfloater.service, one_ipfloater.nat, iptc")):
+            runs = sorted(timed(ns.argv([sys.executable, "-c", code])) for _ in range(5))
+            print(f"{label}: {runs[2] * 1000:.0f} ms (median of 5)")
+    stats = pstats.Stats(out)
+    # the time after the ready line (serving, idle until SIGTERM) is not start-up
+    serving = {"serve_forever", "select", "<method 'poll' of 'select.poll' objects>", "shutdown"}
+    idle = sum(ct for (_f, _l, func), (_cc, _nc, _tt, ct, _c) in stats.stats.items() if func == "serve_forever")
+    total = stats.total_tt - idle
+    rows = [(key, tt, ct, nc) for key, (cc, nc, tt, ct, _callers) in stats.stats.items()
+            if key[2] not in serving]
+    for title, index in (("own time", 1), ("cumulative time", 2)):
+        print(f"\ntop {top} by {title} (share of {total:.2f} s of start-up profiled):")
+        def share(row) -> float:  # callers of serve_forever: minus the time spent serving
+            t = row[1] if index == 1 else row[2] - (idle if row[2] > total else 0)
+            return 100 * min(t, total) / total
+
+        for row in sorted(rows, key=lambda r: -share(r))[:top]:
+            (file, line, func), _tt, _ct, nc = row
+            where = f"{Path(file).parent.name}/{Path(file).name}:{line}" if file != "~" else "builtin"
+            print(f"  {share(row):5.1f}%  {func:40} {where:48} calls={nc}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def profile_requests(backend: str, public_if: bool, py_spy: str, top: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-profile-"))
+    raw = work / "requests.txt"
+    with Namespace(public_if=public_if) as ns:
+        daemon = start_daemon(ns, work / "d", backend, SCALE)
+        spy = subprocess.Popen([py_spy, "record", "--idle", "--format", "raw", "--rate", "200",
+                                "--output", str(raw), "--pid", str(daemon.pid)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(1.0)  # let py-spy attach before the load starts
+        result = figures.throughput(daemon, 10, 15)
+        spy.send_signal(2)  # SIGINT: py-spy writes its output and exits
+        spy.wait(60)
+        daemon.stop()
+    if not raw.exists() or not raw.read_text().strip():
+        raise SystemExit(f"py-spy wrote nothing: {spy.stderr.read().decode()[-500:]}")
+    print(f"throughput while sampled: {result['calls_per_second']:.0f} calls/s ({result['calls']} calls)")
+    leaf, inclusive = collections.Counter(), collections.Counter()
+    locked = 0
+    waiting = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        if frames[-1].startswith(("FloatingIPService.allocate ", "FloatingIPService._run ")):
+            waiting += int(count)  # a request thread blocked on `with self._lock`
+        if not any(f.startswith("FloatingIPService._commit ") for f in frames):
+            continue
+        n = int(count)
+        locked += n
+        leaf[_short(frames[-1])] += n
+        for f in set(_short(f) for f in frames):
+            if not f.split(" (")[-1].startswith(("threading.py", "socketserver.py", "server.py", "api.py")):
+                inclusive[f] += n  # the request-thread plumbing above the service is left out
+    print(f"\n{locked} samples inside FloatingIPService._commit (the service lock held); "
+          f"{waiting} samples of request threads waiting for that lock")
+    for title, counter in (("leaf function", leaf), ("inclusive, per frame", inclusive)):
+        print(f"\ntop {top} by {title}:")
+        for name, n in counter.most_common(top):
+            print(f"  {100 * n / max(locked, 1):5.1f}%  {name}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _short(frame: str) -> str:
+    """'func (path/to/file.py:123)' -> 'func (file.py:123)'."""
+    func, _, where = frame.partition(" (")
+    return f"{func} ({Path(where.rstrip(')')).name})" if where else func
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.profile_daemon")
+    parser.add_argument("what", choices=("start", "requests"))
+    parser.add_argument("--backend", choices=("iptables", "nftables"), default="nftables")
+    parser.add_argument("--public-if", action="store_true")
+    parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
+    parser.add_argument("--top", type=int, default=18)
+    args = parser.parse_args()
+    if args.what == "start":
+        profile_start(args.backend, args.public_if, args.top)
+    else:
+        profile_requests(args.backend, args.public_if, args.py_spy, args.top)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
