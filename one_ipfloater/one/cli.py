@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence, Tuple
 
 import pyone
 
+from ..cliutil import OneLineArgumentParser
 from ..client import ApiError
 from . import rpc
 from .config import ConfigError, load_one_config
@@ -28,31 +29,25 @@ from .hookinstall import TemplateError, default_hooks_dir, install_hooks, read_t
 from .plan import owner_for, plan_steps
 
 PROG = "ipfloater-one"
-EXIT_ERROR, EXIT_USAGE = 1, 2
+EXIT_ERROR = 1  # bad arguments exit 2 (OneLineArgumentParser)
 
 
 class Failure(Exception):
     """A command that could not run; one line."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        sys.stderr.write(f"{self.prog}: {' '.join(message.split())}\n")
-        sys.exit(EXIT_USAGE)
-
-
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="machine-readable JSON output")
-    parser = _Parser(prog=PROG, parents=[common],
+    parser = OneLineArgumentParser(prog=PROG, parents=[common],
                      description="Floating IPs for OpenNebula VMs: hook registration, "
                      "full resync and per-VM inspection.")
     parser.add_argument("--config", help="driver config (default $IPFLOATER_ONE_CONF, else "
                         "/etc/one/ipfloater.conf)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
-                                parser_class=_Parser)
+                                parser_class=OneLineArgumentParser)
     p = sub.add_parser("install-hooks", parents=[common],
                        help="register the hook templates with oned (idempotent by NAME)")
     p.add_argument("--dir", type=Path, default=None,
