@@ -68,6 +68,9 @@ class ApiHandler(BaseHTTPRequestHandler):
 
     server_version = "ipfloaterd"
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle's algorithm the body would wait
+    # for the client's delayed ACK (~40 ms per request on a kept-alive connection).
+    disable_nagle_algorithm = True
 
     # -- plumbing --------------------------------------------------------------------
 
