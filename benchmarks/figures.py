@@ -92,8 +92,9 @@ def one_change(daemon: Daemon, count: int, warmup: int = 5) -> dict:
                            "--token-file", str(daemon.token_file), "--public", str(free_public(0)),
                            "--private", str(free_private(0)), "--count", str(count),
                            "--warmup", str(warmup), "--max-seconds", "240"])
-    cycles = json.loads(run(argv, timeout=600).stdout)["cycles"]
-    return {"median_seconds": statistics.median(cycles), "cycles": len(cycles)}
+    cycles = sorted(json.loads(run(argv, timeout=600).stdout)["cycles"])
+    return {"median_seconds": statistics.median(cycles), "cycles": len(cycles),
+            "p10_seconds": cycles[len(cycles) // 10], "p90_seconds": cycles[len(cycles) * 9 // 10]}
 
 
 # -- 3. throughput ---------------------------------------------------------------------------

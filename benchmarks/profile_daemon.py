@@ -76,28 +76,43 @@ def profile_start(backend: str, public_if: bool, top: int) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
-def profile_requests(backend: str, public_if: bool, py_spy: str, top: int) -> None:
+def profile_requests(backend: str, public_if: bool, py_spy: str, top: int, live: int = SCALE,
+                     sequential: bool = False) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-profile-"))
     raw = work / "requests.txt"
     with Namespace(public_if=public_if) as ns:
-        daemon = start_daemon(ns, work / "d", backend, SCALE)
+        daemon = start_daemon(ns, work / "d", backend, live)
         spy = subprocess.Popen([py_spy, "record", "--idle", "--format", "raw", "--rate", "200",
                                 "--output", str(raw), "--pid", str(daemon.pid)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(1.0)  # let py-spy attach before the load starts
-        result = figures.throughput(daemon, 10, 15)
+        started = time.perf_counter()
+        if sequential:
+            result = figures.one_change(daemon, 60)
+        else:
+            result = figures.throughput(daemon, 10, 15)
+        wall = time.perf_counter() - started
         spy.send_signal(2)  # SIGINT: py-spy writes its output and exits
         spy.wait(60)
         daemon.stop()
     if not raw.exists() or not raw.read_text().strip():
         raise SystemExit(f"py-spy wrote nothing: {spy.stderr.read().decode()[-500:]}")
-    print(f"throughput while sampled: {result['calls_per_second']:.0f} calls/s ({result['calls']} calls)")
+    if sequential:
+        print(f"one client, sequential: associate+release {result['median_seconds'] * 1000:.1f} ms (median) "
+              f"at {live} live; {wall:.1f} s sampled")
+    else:
+        print(f"throughput while sampled: {result['calls_per_second']:.0f} calls/s ({result['calls']} calls)")
     leaf, inclusive = collections.Counter(), collections.Counter()
     locked = 0
-    waiting = 0
+    waiting = reading = other = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         frames = stack.split(";")
+        if "process_request_thread" in stack and "FloatingIPService._commit " not in stack:
+            if frames[-1].startswith("SocketIO.readinto "):
+                reading += int(count)
+            else:
+                other += int(count)
         if frames[-1].startswith(("FloatingIPService.allocate ", "FloatingIPService._run ")):
             waiting += int(count)  # a request thread blocked on `with self._lock`
         if not any(f.startswith("FloatingIPService._commit ") for f in frames):
@@ -110,6 +125,11 @@ def profile_requests(backend: str, public_if: bool, py_spy: str, top: int) -> No
                 inclusive[f] += n  # the request-thread plumbing above the service is left out
     print(f"\n{locked} samples inside FloatingIPService._commit (the service lock held); "
           f"{waiting} samples of request threads waiting for that lock")
+    if sequential:  # one connection, one thread: its samples cover the whole wall time
+        print(f"the request thread: {100 * locked / max(1, reading + locked + other):.1f}% of its samples "
+              f"in _commit, {100 * other / max(1, reading + locked + other):.1f}% elsewhere in a request, "
+              f"{100 * reading / max(1, reading + locked + other):.1f}% waiting for the next request "
+              f"(the client has not sent it: includes the time the response spends in TCP)")
     for title, counter in (("leaf function", leaf), ("inclusive, per frame", inclusive)):
         print(f"\ntop {top} by {title}:")
         for name, n in counter.most_common(top):
@@ -130,11 +150,14 @@ def main() -> int:
     parser.add_argument("--public-if", action="store_true")
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
     parser.add_argument("--top", type=int, default=18)
+    parser.add_argument("--live", type=int, default=SCALE, help="stored associations (requests only)")
+    parser.add_argument("--sequential", action="store_true",
+                        help="requests: one client's sequential associate+release instead of 10 clients")
     args = parser.parse_args()
     if args.what == "start":
         profile_start(args.backend, args.public_if, args.top)
     else:
-        profile_requests(args.backend, args.public_if, args.py_spy, args.top)
+        profile_requests(args.backend, args.public_if, args.py_spy, args.top, args.live, args.sequential)
     return 0
 
 

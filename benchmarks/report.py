@@ -93,7 +93,9 @@ def figures(data: dict, backend: str, public_if: bool) -> list[dict]:
         "target": "<= 1.5x" if backend == "nftables" else "(report)",
         "ok": (change and change[1] <= 1.5) if backend == "nftables" else None,
         "detail": f"associate+release {med(lambda r: r['large']['change']['median_seconds']) * 1000:.1f} ms "
-                  f"vs {med(lambda r: r['small']['change']['median_seconds']) * 1000:.1f} ms"})
+                  f"vs {med(lambda r: r['small']['change']['median_seconds']) * 1000:.1f} ms; per repetition at "
+                  f"4,096: " + ", ".join(f"{r['large']['change']['median_seconds'] * 1000:.0f}" for r in runs)
+                  + " ms"})
     tput = _mmm(collect(_tput))
     rows.append({
         "figure": "3. API throughput at 4,096, 10 clients", "value": _fmt(tput, ".0f") + " calls/s",
@@ -152,14 +154,16 @@ def _md_breakdown(data: dict) -> list[str]:
     rows = data.get("breakdown")
     if not rows:
         return []
-    out = ["| backend | daemon variant | one change, 16 live | one change, 4,096 live | ratio | "
-           "calls/s, 16 live | calls/s, 4,096 live | start at 4,096 |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    out = ["| backend | daemon variant | one change, 16 live | one change, 4,096 live (p10-p90) | ratio | "
+           "calls/s, 16 live | calls/s, 4,096 live | start at 4,096 | VmHWM at 4,096 |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         s, l = r["16"], r["4096"]
-        out.append(f"| {r['backend']} | {r['variant']} | {s['change_ms']:.1f} ms | {l['change_ms']:.1f} ms | "
+        spread = f" ({l['change_p10_ms']:.0f}-{l['change_p90_ms']:.0f})" if "change_p10_ms" in l else ""
+        hwm = f"{l['hwm_mb']:.0f} MB" if "hwm_mb" in l else ""
+        out.append(f"| {r['backend']} | {r['variant']} | {s['change_ms']:.1f} ms | {l['change_ms']:.1f} ms{spread} | "
                    f"{l['change_ms'] / s['change_ms']:.2f} x | {s['calls_per_second']:.0f} | "
-                   f"{l['calls_per_second']:.0f} | {l['start_seconds']:.2f} s |")
+                   f"{l['calls_per_second']:.0f} | {l['start_seconds']:.2f} s | {hwm} |")
     return out
 
 

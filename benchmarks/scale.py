@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -46,12 +47,22 @@ class Settings:
 
 
 def daemon_run(backend: str, live: int, public_if: bool, cfg: Settings, work: Path,
-               hook: bool = False, whatif: tuple = (), **extra: str) -> dict:
-    """One daemon in a fresh namespace: start, verify, one change, throughput, hook, memory."""
+               hook: bool = False, whatif: tuple = (), env: dict = None, **extra: str) -> dict:
+    """One daemon in a fresh namespace: start, verify, one change, throughput, hook, memory.
+    `env`: environment variables the daemon process gets on top of ours."""
     out: dict = {"backend": backend, "live": live, "public_if": public_if}
     with Namespace(public_if=public_if) as ns:
-        daemon = start_daemon(ns, work / f"{backend}-{live}-{int(public_if)}", backend, live,
-                              whatif=whatif, **extra)
+        saved = {k: os.environ.get(k) for k in (env or {})}
+        os.environ.update(env or {})  # DaemonProcess passes our environment on
+        try:
+            daemon = start_daemon(ns, work / f"{backend}-{live}-{int(public_if)}", backend, live,
+                                  whatif=whatif, **extra)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         try:
             out["start_seconds"] = daemon.start_seconds
             counts = count_rules(ns, backend)
@@ -90,25 +101,31 @@ def repetition(backend: str, public_if: bool, cfg: Settings, work: Path) -> dict
 
 def breakdown(cfg: Settings, work: Path) -> list[dict]:
     """Single runs with one cost removed at a time (the change and throughput figures)."""
-    variants = [
-        ("as shipped", False, (), {}),
-        ("CONNTRACK_FLUSH=no", False, (), {"CONNTRACK_FLUSH": "no"}),
-        ("TCP_NODELAY (what-if)", False, ("--nodelay",), {}),
-        ("TCP_NODELAY + CONNTRACK_FLUSH=no", False, ("--nodelay",), {"CONNTRACK_FLUSH": "no"}),
-        ("PUBLIC_INTERFACE, GRATUITOUS_ARP=no", True, (), {"GRATUITOUS_ARP": "no"}),
-        ("PUBLIC_INTERFACE, TCP_NODELAY + GRATUITOUS_ARP=no + CONNTRACK_FLUSH=no", True, ("--nodelay",),
+    arena = {"MALLOC_ARENA_MAX": "2"}
+    variants = [  # (label, PUBLIC_INTERFACE, what-if flags, daemon environment, config)
+        ("as shipped", False, (), {}, {}),
+        ("CONNTRACK_FLUSH=no", False, (), {}, {"CONNTRACK_FLUSH": "no"}),
+        ("TCP_NODELAY (what-if)", False, ("--nodelay",), {}, {}),
+        ("TCP_NODELAY + CONNTRACK_FLUSH=no", False, ("--nodelay",), {}, {"CONNTRACK_FLUSH": "no"}),
+        ("MALLOC_ARENA_MAX=2 in the daemon's environment", False, (), arena, {}),
+        ("PUBLIC_INTERFACE, GRATUITOUS_ARP=no", True, (), {}, {"GRATUITOUS_ARP": "no"}),
+        ("PUBLIC_INTERFACE, TCP_NODELAY + GRATUITOUS_ARP=no", True, ("--nodelay",), {}, {"GRATUITOUS_ARP": "no"}),
+        ("PUBLIC_INTERFACE, TCP_NODELAY + GRATUITOUS_ARP=no + CONNTRACK_FLUSH=no", True, ("--nodelay",), {},
          {"GRATUITOUS_ARP": "no", "CONNTRACK_FLUSH": "no"}),
     ]
     rows = []
     for backend in BACKENDS:
-        for label, public_if, whatif, extra in variants:
+        for label, public_if, whatif, env, extra in variants:
             row = {"backend": backend, "variant": label}
             for live in (SMALL, SCALE):
                 log(f"breakdown {backend} {label} at {live}")
-                r = daemon_run(backend, live, public_if, cfg, work, whatif=whatif, **extra)
+                r = daemon_run(backend, live, public_if, cfg, work, whatif=whatif, env=env, **extra)
                 row[str(live)] = {"start_seconds": r["start_seconds"],
                                   "change_ms": r["change"]["median_seconds"] * 1000,
-                                  "calls_per_second": r["throughput"]["calls_per_second"]}
+                                  "change_p10_ms": r["change"]["p10_seconds"] * 1000,
+                                  "change_p90_ms": r["change"]["p90_seconds"] * 1000,
+                                  "calls_per_second": r["throughput"]["calls_per_second"],
+                                  "hwm_mb": r["hwm_kib"] / 1024}
             rows.append(row)
     return rows
 
