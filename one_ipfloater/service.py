@@ -78,23 +78,26 @@ class FloatingIPService:
             return []
         wanted = {pub for pub, _priv in self.registry.associations()}
         present = self.host.host_addresses(iface) & (self.registry.pool | wanted)
-        repairs = []
-        for addr in sorted(wanted - present):
-            self._add_address(addr)
-            repairs.append(f"added {addr}/32 to {iface}")
+        missing = sorted(wanted - present)
+        self._add_addresses(missing)
+        repairs = [f"added {addr}/32 to {iface}" for addr in missing]
         for addr in sorted(present - wanted):
             self.host.del_address(iface, addr)
             repairs.append(f"removed {addr}/32 from {iface}")
         return repairs
 
-    def _add_address(self, addr: IPv4Address) -> None:
+    def _add_addresses(self, addrs: list[IPv4Address]) -> None:
+        """Put floating addresses on the public interface and announce them."""
+        if not addrs:
+            return
         iface = self.config.public_interface
-        self.host.add_address(iface, addr)
+        self.host.add_addresses(iface, addrs)
         if self.config.gratuitous_arp:
-            try:
-                self.host.gratuitous_arp(iface, addr)
-            except OSError as exc:
-                log.warning("gratuitous ARP for %s on %s failed: %s", addr, iface, exc)
+            for addr in addrs:
+                try:
+                    self.host.gratuitous_arp(iface, addr)
+                except OSError as exc:
+                    log.warning("gratuitous ARP for %s on %s failed: %s", addr, iface, exc)
 
     # -- the change pipeline ---------------------------------------------------------
 
@@ -143,8 +146,7 @@ class FloatingIPService:
                     count = self.host.flush_conntrack(addr)
                     log.info("flushed %d conntrack entries of %s", count, addr)
             if iface:
-                for addr in sorted(set(after) - before):
-                    self._add_address(addr)
+                self._add_addresses(sorted(set(after) - before))
                 for addr in sorted(before - set(after)):
                     self.host.del_address(iface, addr)
         except hostnet.HostNetError as exc:

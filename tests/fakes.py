@@ -51,8 +51,8 @@ class FakeHost:
     def host_addresses(self, iface):
         return set(self.addresses)
 
-    def add_address(self, iface, addr):
-        self.addresses.add(addr)
+    def add_addresses(self, iface, addrs):
+        self.addresses.update(addrs)
 
     def del_address(self, iface, addr):
         self.addresses.discard(addr)
