@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import subprocess
 import threading
 from ipaddress import IPv4Address
 from typing import Iterable
@@ -21,6 +22,7 @@ from typing import Iterable
 log = logging.getLogger(__name__)
 
 ETH_P_ARP = 0x0806
+BATCH_THRESHOLD = 64
 _lock = threading.Lock()  # pyroute2 sockets are not thread-safe
 _handles: dict = {}
 
@@ -80,7 +82,16 @@ def all_local_addresses() -> set[IPv4Address]:
 
 
 def add_addresses(iface: str, addrs: Iterable[IPv4Address]) -> None:
-    """Add (or keep) each address as /32 on `iface`."""
+    """Add (or keep) each address as /32 on `iface`.
+
+    Many at once (a start after a reboot) go through one `ip -batch -` process: pyroute2
+    spends ~0.2 ms of Python per message, `ip` ~0.05 ms, which is 0.8 s against 0.2 s
+    for 4,096 addresses.
+    """
+    addrs = list(addrs)
+    if len(addrs) > BATCH_THRESHOLD:
+        _ip_batch([f"address replace {addr}/32 dev {iface}" for addr in addrs])
+        return
     NetlinkError = _netlink_error()
     with _lock:
         index = _index(iface)
@@ -89,6 +100,19 @@ def add_addresses(iface: str, addrs: Iterable[IPv4Address]) -> None:
                 _ipr().addr("replace", index=index, address=str(addr), prefixlen=32)
             except NetlinkError as exc:
                 raise HostNetError(f"adding {addr}/32 to {iface}: {exc.args[-1]}") from None
+
+
+def _ip_batch(commands: list[str]) -> None:
+    """Run `ip -batch -` with one command per line on stdin (an argument list, no shell;
+    the lines are built from validated addresses and the configured interface name)."""
+    try:
+        proc = subprocess.run(["ip", "-batch", "-"], input="\n".join(commands) + "\n", capture_output=True,
+                              text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise HostNetError(f"ip -batch: {exc}") from None
+    if proc.returncode != 0:
+        reason = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[0]
+        raise HostNetError(f"ip -batch ({len(commands)} commands): {reason}")
 
 
 def del_address(iface: str, addr: IPv4Address) -> None:

@@ -80,7 +80,10 @@ class FloatingIPService:
         present = self.host.host_addresses(iface) & (self.registry.pool | wanted)
         missing = sorted(wanted - present)
         self._add_addresses(missing)
-        repairs = [f"added {addr}/32 to {iface}" for addr in missing]
+        if len(missing) > 10:  # e.g. after a reboot: one line, not thousands
+            repairs = [f"added {len(missing)} addresses to {iface} ({missing[0]} ... {missing[-1]})"]
+        else:
+            repairs = [f"added {addr}/32 to {iface}" for addr in missing]
         for addr in sorted(present - wanted):
             self.host.del_address(iface, addr)
             repairs.append(f"removed {addr}/32 from {iface}")
