@@ -123,6 +123,12 @@ def hook_latency(daemon: Daemon, backend: str, count: int) -> dict:
             "runs": len(result["hook"])}
 
 
+def package_path() -> str:
+    """Where the measured one_ipfloater comes from (run.sh: a `git archive` of HEAD)."""
+    import one_ipfloater
+    return str(Path(one_ipfloater.__file__).resolve().parent)
+
+
 def hook_available() -> bool:
     """Figure 4 needs the hook module, the simulator and the hook template."""
     root = Path(__file__).resolve().parents[1]

@@ -185,6 +185,8 @@ def render(data: dict, analysis: str = "") -> str:
         "",
         f"- `uname -m`: {m['arch']}, {m['cores']} cores ({m['cpu']}), kernel {m['kernel']}",
         f"- Python {m['python']}; {m['iptables']}; {m['nft']}; {m['iproute2']}",
+        f"- code measured: commit {data.get('code', {}).get('commit', 'unknown')} (exported with `git archive`, "
+        "so edits in progress in the work tree are not part of it)",
         f"- run took {data['elapsed_seconds'] / 60:.1f} min; {st['reps']} repetitions with "
         f"PUBLIC_INTERFACE, {st['reps_without']} without; {st['change_cycles']} sequential cycles per "
         f"one-change figure; {st['clients']} clients x {st['cycles_per_client']} cycles for throughput; "

@@ -145,7 +145,8 @@ def main(argv=None) -> int:
     data: dict = {"machine": machine(), "settings": vars(args) | {
         "change_cycles": cfg.change_cycles, "clients": cfg.clients,
         "cycles_per_client": cfg.cycles_per_client, "hook_runs": cfg.hook_runs},
-        "hook_available": figures.hook_available(), "runs": []}
+        "hook_available": figures.hook_available(), "runs": [],
+        "code": {"commit": os.environ.get("BENCH_COMMIT", "unknown"), "package": figures.package_path()}}
     work = Path(tempfile.mkdtemp(prefix="ipfloater-bench-"))
     try:
         for public_if, reps in ((True, args.reps), (False, args.reps_without)):
