@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from ipaddress import IPv4Address
 from typing import Callable, Optional
 
 from . import __version__, hostnet
 from .config import DaemonConfig
 from .model import Allocation, Change, FipError, Registry
+from .nat import remove_other_backends
 from .nat_iptables import NatError
 from .ruleset import desired_rules, rule_delta
 from .store import Store
@@ -55,8 +57,11 @@ class FloatingIPService:
                 if alloc.public_ip not in self.registry.pool:
                     log.warning("%s is allocated but no longer in IP_POOL; it stays until released",
                                 alloc.public_ip)
+            started = time.perf_counter()
             repairs = self.reconcile()
-            from .nat import remove_other_backends  # leftovers of a backend switched away from
+            log.info("rules and addresses of %d associations in place after %.3f s",
+                     len(self.registry.associations()), time.perf_counter() - started)
+            # leftovers of a backend switched away from, once ours are in place
             return repairs + remove_other_backends(self.backend, self.config.xtables_lock)
 
     def desired(self):
