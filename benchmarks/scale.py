@@ -153,7 +153,12 @@ def main(argv=None) -> int:
             for rep in range(reps):
                 for backend in BACKENDS:  # interleaved, so drift hits both backends alike
                     log(f"repetition {rep + 1}/{reps}")
-                    result = repetition(backend, public_if, cfg, work)
+                    try:
+                        result = repetition(backend, public_if, cfg, work)
+                    except RuntimeError as exc:  # e.g. a namespace removed under us: once more
+                        log(f"repetition failed ({exc}); repeating it once")
+                        data.setdefault("retried", []).append(str(exc)[-300:])
+                        result = repetition(backend, public_if, cfg, work)
                     data["runs"].append({"backend": backend, "public_if": public_if, "rep": rep, **result})
         if cfg.breakdown:
             data["breakdown"] = breakdown(cfg, work)
