@@ -145,25 +145,41 @@ class FloatingIPService:
             log.error("could not restore the rules after a failed change: %s", exc)
 
     def _after_commit(self, change: Change) -> None:
+        """Floating addresses follow the change (under the lock: they must not reorder)."""
         iface = self.config.public_interface
+        if not iface:
+            return
         before = {a.public_ip for a in change.before if a.private_ip}
-        after = {a.public_ip: a.private_ip for a in change.after if a.private_ip}
+        after = {a.public_ip for a in change.after if a.private_ip}
         try:
-            if self.config.conntrack_flush:
-                for addr in sorted(change.moved_addresses()):
-                    count = self.host.flush_conntrack(addr)
-                    log.info("flushed %d conntrack entries of %s", count, addr)
-            if iface:
-                self._add_addresses(sorted(set(after) - before))
-                for addr in sorted(before - set(after)):
-                    self.host.del_address(iface, addr)
+            self._add_addresses(sorted(after - before))
+            for addr in sorted(before - after):
+                self.host.del_address(iface, addr)
         except hostnet.HostNetError as exc:
-            log.error("host side of %s incomplete (reconcile will retry): %s", sorted(before | set(after)), exc)
+            log.error("addresses of %s not updated (reconcile will retry): %s", sorted(before | after), exc)
+
+    def _flush_conntrack(self, change: Change) -> None:
+        """Cut the flows of moved or released addresses before the caller gets its answer.
+
+        Runs outside the service lock: a conntrack dump walks the kernel's whole hash
+        table (~5 ms here, however few flows there are), and other changes need not wait
+        for it. Should the address be associated again meanwhile, a flow of the new
+        association deleted here is picked up again at its next packet with the new NAT.
+        """
+        if not self.config.conntrack_flush:
+            return
+        for addr in sorted(change.moved_addresses()):
+            try:
+                count = self.host.flush_conntrack(addr)
+                log.info("flushed %d conntrack entries of %s", count, addr)
+            except hostnet.HostNetError as exc:
+                log.error("conntrack of %s not flushed: %s", addr, exc)
 
     def _run(self, plan: Callable[[], tuple[Allocation, Change]], action: str) -> Allocation:
         with self._lock:
             alloc, change = plan()
             self._commit(change)
+        self._flush_conntrack(change)
         if not change.noop:
             log.info("%s %s (private=%s owner=%s ref=%s)", action, alloc.public_ip, alloc.private_ip,
                      alloc.owner, alloc.ref)
@@ -193,6 +209,7 @@ class FloatingIPService:
                     self.registry.apply(change.inverse())
                 change = change.then(assoc)
             self._commit(change)
+        self._flush_conntrack(change)
         if not change.noop:
             log.info("allocated %s (private=%s owner=%s ref=%s)", alloc.public_ip, alloc.private_ip,
                      alloc.owner, alloc.ref)
