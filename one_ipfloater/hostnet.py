@@ -35,8 +35,10 @@ NUD_STATES = {0x01: "INCOMPLETE", 0x02: "REACHABLE", 0x04: "STALE", 0x08: "DELAY
               0x20: "FAILED", 0x40: "NOARP", 0x80: "PERMANENT"}
 BATCH = 256  # address messages per write (their ACKs must fit the receive buffer)
 
-_lock = threading.Lock()  # the sockets below are shared by the API and reconcile threads
 _handles: dict = {}
+_locks = {NETLINK_ROUTE: threading.Lock(), NETLINK_NETFILTER: threading.Lock(), "arp": threading.Lock()}
+# one lock per socket (shared by the API and reconcile threads): a slow conntrack dump
+# must not hold up an address change
 
 
 class HostNetError(RuntimeError):
@@ -73,7 +75,7 @@ def _ifaddrmsg(prefixlen: int, index: int) -> bytes:
 def _addresses() -> list[tuple[int, IPv4Address, int]]:
     """(interface index, address, prefix length) of every IPv4 address."""
     found = []
-    with _lock:
+    with _locks[NETLINK_ROUTE]:
         for _kind, payload in _socket(NETLINK_ROUTE).dump(RTM_GETADDR, _ifaddrmsg(0, 0)):
             _family, prefixlen, _flags, _scope, index = struct.unpack_from("=BBBBI", payload)
             values = {kind: value for kind, value, _raw in attrs(payload, 8)}
@@ -96,7 +98,7 @@ def all_local_addresses() -> set[IPv4Address]:
 
 def _change_addresses(kind: int, flags: int, iface: str, addrs: list[IPv4Address], ignore=()) -> None:
     index = _index(iface)
-    with _lock:
+    with _locks[NETLINK_ROUTE]:
         for start in range(0, len(addrs), BATCH):
             chunk = addrs[start:start + BATCH]
             try:
@@ -139,7 +141,7 @@ def _arp_socket(iface: str) -> tuple[socket.socket, bytes]:
 def gratuitous_arp(iface: str, addr: IPv4Address) -> None:
     """Announce `addr` on `iface` (like `arping -U`), so that neighbours that cached a
     failed lookup, or the address's previous owner, switch to us at once."""
-    with _lock:
+    with _locks["arp"]:
         try:
             sock, mac = _arp_socket(iface)
             frame = b"\xff" * 6 + mac + struct.pack("!H", ETH_P_ARP)
@@ -170,7 +172,7 @@ def flush_conntrack(addr: IPv4Address) -> int:
     keep using a NAT binding that was removed or moved. Each flow is deleted by the
     original tuple exactly as the kernel reported it."""
     nfgenmsg = struct.pack("=BBH", socket.AF_INET, 0, 0)
-    with _lock:
+    with _locks[NETLINK_NETFILTER]:
         ct = _socket(NETLINK_NETFILTER)
         try:
             doomed = []
@@ -190,7 +192,7 @@ def flush_conntrack(addr: IPv4Address) -> int:
 def neighbours() -> list[dict]:
     """The kernel's IPv4 neighbour (ARP) table: [{ip, mac, dev, state}]."""
     entries = []
-    with _lock:
+    with _locks[NETLINK_ROUTE]:
         replies = list(_socket(NETLINK_ROUTE).dump(RTM_GETNEIGH, struct.pack("=BxxxiHBB", socket.AF_INET, 0, 0, 0, 0)))
     for _kind, payload in replies:
         _family, index, state, _flags, _type = struct.unpack_from("=BxxxiHBB", payload)
