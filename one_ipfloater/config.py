@@ -26,7 +26,7 @@ KNOWN_KEYS = {
     "IP_POOL", "PRIVATE_IP_RANGES", "REST_IP", "REST_PORT", "DB", "BLOCK_PUBLIC_IPS",
     "PUBLIC_INTERFACE", "TOKEN_FILE", "RECONCILE_INTERVAL", "CONNTRACK_FLUSH",
     "GRATUITOUS_ARP", "XTABLES_LOCK", "LOG_LEVEL", "NAT_BACKEND", "MAX_BODY_BYTES",
-    "REQUEST_TIMEOUT",
+    "REQUEST_TIMEOUT", "DB_SYNC",
 }
 # Keys the original daemon had that mean nothing here; accepted so old files load.
 IGNORED_LEGACY_KEYS = {"IPTABLES_CMD", "MAX_REDIRECTIONS", "LISTEN_IP", "PID_FILE", "LOG_FILE"}
@@ -56,6 +56,7 @@ class DaemonConfig:
     nat_backend: str = "iptables"
     max_body_bytes: int = 65536
     request_timeout: float = 10.0
+    db_sync: str = "full"
 
 
 def _bool(key: str, value: str) -> bool:
@@ -142,6 +143,11 @@ def _build(raw: dict[str, str]) -> DaemonConfig:
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"LOG_LEVEL: {raw['LOG_LEVEL']!r} is not DEBUG, INFO, WARNING or ERROR")
         values["log_level"] = level
+    if "DB_SYNC" in raw:
+        sync = raw["DB_SYNC"].strip().lower()
+        if sync not in ("full", "normal"):
+            raise ConfigError(f"DB_SYNC: {raw['DB_SYNC']!r} is not full or normal")
+        values["db_sync"] = sync
     if "NAT_BACKEND" in raw:
         backend = raw["NAT_BACKEND"].strip().lower()
         if backend not in ("iptables", "nftables", "auto"):

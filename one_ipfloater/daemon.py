@@ -81,7 +81,7 @@ def run(config: DaemonConfig, ready_fd: int | None = None) -> int:
 
     lock_fd = take_instance_lock(config)
     token = load_or_create_token(config.token_file)
-    store = Store(config.db_path)
+    store = Store(config.db_path, config.db_sync)
     service = FloatingIPService(config, store, make_backend(config))
     try:
         repairs = service.start()

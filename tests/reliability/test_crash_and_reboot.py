@@ -57,10 +57,11 @@ def big_lab():
             server.stop()
 
 
-def test_kill_9_during_bursts(big_lab, tmp_path, figures):
+@pytest.mark.parametrize("db_sync", ["full", "normal"])
+def test_kill_9_during_bursts(big_lab, tmp_path, figures, db_sync):
     lab = big_lab
     vm_by_ip = {lab.vm_ip(i): f"vm{i}" for i in range(1, lab.vm_count + 1)}
-    daemon = DaemonProcess(lab.ns_router, tmp_path / "d", LOG_LEVEL="INFO").start()
+    daemon = DaemonProcess(lab.ns_router, tmp_path / "d", LOG_LEVEL="INFO", DB_SYNC=db_sync).start()
     rng = random.Random(20261125)
     expected: dict = {}
     acked_total = inflight_total = inflight_applied = 0
@@ -103,11 +104,11 @@ def test_kill_9_during_bursts(big_lab, tmp_path, figures):
             expected = stored
     finally:
         daemon.stop()
-    figures("crash", "rounds of kill -9 during a 500-call burst", ROUNDS)
-    figures("crash", "acknowledged calls, all found after restart", acked_total)
-    figures("crash", "calls in flight at the kill (applied / not applied)",
+    figures(f"crash DB_SYNC={db_sync}", "rounds of kill -9 during a 500-call burst", ROUNDS)
+    figures(f"crash DB_SYNC={db_sync}", "acknowledged calls, all found after restart", acked_total)
+    figures(f"crash DB_SYNC={db_sync}", "calls in flight at the kill (applied / not applied)",
             f"{inflight_applied} / {inflight_total - inflight_applied}")
-    figures("crash", "restart to ready, median / max (s)",
+    figures(f"crash DB_SYNC={db_sync}", "restart to ready, median / max (s)",
             f"{sorted(recoveries)[len(recoveries) // 2]:.2f} / {max(recoveries):.2f}")
 
 

@@ -108,6 +108,7 @@ def test_config_legacy_keys_still_load():
     ("NAT_BACKEND = pf\n", "NAT_BACKEND"),
     ("SURPRISE = 1\n", "SURPRISE: unknown key"),
     ("LOG_LEVEL = LOUD\n", "LOG_LEVEL"),
+    ("DB_SYNC = off\n", "DB_SYNC: 'off' is not full or normal"),
 ])
 def test_config_errors_name_key_and_value(extra, fragment):
     with pytest.raises(ConfigError) as err:
