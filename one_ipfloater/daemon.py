@@ -25,7 +25,7 @@ from . import __version__, hostnet
 from .cliutil import OneLineArgumentParser
 from .config import ConfigError, DaemonConfig, load_config
 from .model import FipError
-from .nat_iptables import IptablesBackend, NatError
+from .nat_iptables import NatError
 from .store import Store, StoreError
 
 log = logging.getLogger("ipfloaterd")

@@ -8,7 +8,6 @@ IPFLOATER-* and the jump rules to them are ever modified.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import os

@@ -64,9 +64,11 @@ class FloatingIPService:
             # leftovers of a backend switched away from, once ours are in place
             return repairs + remove_other_backends(self.backend, self.config.xtables_lock)
 
-    def desired(self):
-        return desired_rules(self.registry.associations(), self.config.private_ranges,
-                             sorted(self.registry.pool), self.config.block_public_ips)
+    def desired(self, registry: Optional[Registry] = None):
+        """The rule set the kernel should hold for `registry` (default: the current one)."""
+        registry = registry or self.registry
+        return desired_rules(registry.associations(), self.config.private_ranges,
+                             sorted(registry.pool), self.config.block_public_ips)
 
     def reconcile(self) -> list[str]:
         """Repair drift: our chains, jumps and floating addresses back to the stored state."""
@@ -125,8 +127,7 @@ class FloatingIPService:
                     log.warning("incremental rule change failed (%s); converging in full", exc)
                     trial = Registry(self.registry.pool, self.registry)
                     trial.apply(change)
-                    self.backend.sync(desired_rules(trial.associations(), self.config.private_ranges,
-                                                    sorted(trial.pool), self.config.block_public_ips))
+                    self.backend.sync(self.desired(trial))
                 applied = True
         except Exception as exc:
             if applied:
