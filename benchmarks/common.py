@@ -182,20 +182,8 @@ class Daemon:
         self.proc.stop()
 
 
-class _WhatIfDaemonProcess(DaemonProcess):
-    """The daemon started through benchmarks.whatif_daemon with diagnostic flags."""
-
-    def __init__(self, *args, whatif: tuple[str, ...] = (), **kw):
-        super().__init__(*args, **kw)
-        self.whatif = list(whatif)
-
-    def argv(self, *args: str) -> list[str]:
-        return ["ip", "netns", "exec", self.ns, sys.executable, "-m", "benchmarks.whatif_daemon",
-                *self.whatif, "--config", str(self.config_path), *args]
-
-
 def start_daemon(ns: Namespace, workdir: Path, backend: str, live: int,
-                 whatif: tuple[str, ...] = (), factory=None, **extra: str) -> Daemon:
+                 factory=None, **extra: str) -> Daemon:
     """Pre-fill the state with `live` associations, start ipfloaterd in `ns` and time
     from the process start to its ready line (all rules and addresses in place by then)."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -208,10 +196,8 @@ def start_daemon(ns: Namespace, workdir: Path, backend: str, live: int,
         "LOG_LEVEL": "INFO", "RECONCILE_INTERVAL": "0", "PUBLIC_INTERFACE": ns.public_if or "",
         **extra,
     }
-    if factory is None:  # factory: a DaemonProcess subclass that runs the daemon differently
-        factory = _WhatIfDaemonProcess if whatif else DaemonProcess
-    proc = (factory(ns.name, workdir, whatif=whatif, **settings) if whatif
-            else factory(ns.name, workdir, **settings))
+    factory = factory or DaemonProcess  # e.g. a subclass that runs it under cProfile
+    proc = factory(ns.name, workdir, **settings)
     start = time.perf_counter()
     proc.start(timeout=300)
     seconds = time.perf_counter() - start

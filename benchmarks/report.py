@@ -203,7 +203,7 @@ def render(data: dict, analysis: str = "") -> str:
         "- The state file is pre-filled directly with store.py's schema; the daemon (real "
         "`ipfloaterd`, `--ready-fd`) starts in a fresh namespace per run; start = process start "
         "to the ready line, after which the rule count (and address count) is verified.",
-        "- Daemon settings: defaults (CONNTRACK_FLUSH and GRATUITOUS_ARP on) except LOG_LEVEL=INFO "
+        "- Daemon settings: defaults (CONNTRACK_FLUSH and GRATUITOUS_ARP on, DB_SYNC full) except LOG_LEVEL=INFO "
         "and RECONCILE_INTERVAL=0 (no periodic reconcile during the measurements). "
         "PUBLIC_INTERFACE is `pub0`, one end of a veth pair inside the namespace.",
         "- One change = `POST /v1/floatingips {public_ip, private_ip}` (allocate + associate) then "
@@ -227,10 +227,9 @@ def render(data: dict, analysis: str = "") -> str:
     bd = _md_breakdown(data)
     if bd:
         lines += ["## Where the time goes: one cost removed at a time (single runs)", "",
-                  "Same measurements, one repetition each; PUBLIC_INTERFACE unset unless named. "
-                  "`TCP_NODELAY (what-if)` runs the unmodified daemon with "
-                  "`ApiHandler.disable_nagle_algorithm = True` set at run time "
-                  "(benchmarks/whatif_daemon.py): it shows what that one-line change would save.", "",
+                  "Same measurements, one repetition each, the daemon unmodified with one setting "
+                  "changed (its config, or its environment for MALLOC_ARENA_MAX); PUBLIC_INTERFACE "
+                  "unset unless named.", "",
                   *bd, ""]
     if analysis:
         lines += [analysis.rstrip(), ""]

@@ -8,8 +8,8 @@ For each backend and each repetition, in fresh namespaces:
     counts verified), one change (2), throughput (3), the hook (4), then its VmHWM (5).
 That is done with PUBLIC_INTERFACE set (the main figures) and again without it.
 A last, single-repetition pass ("where the time goes") restarts the daemons with
-one cost removed at a time: CONNTRACK_FLUSH=no, GRATUITOUS_ARP=no, and TCP_NODELAY
-on the API sockets (a what-if applied at run time by benchmarks/whatif_daemon.py).
+one cost removed at a time through its config (CONNTRACK_FLUSH=no, GRATUITOUS_ARP=no,
+DB_SYNC=normal) or environment (MALLOC_ARENA_MAX=2).
 
 Results: benchmarks/results.json (raw) and benchmarks/RESULTS.md (report.py).
 """
@@ -47,7 +47,7 @@ class Settings:
 
 
 def daemon_run(backend: str, live: int, public_if: bool, cfg: Settings, work: Path,
-               hook: bool = False, whatif: tuple = (), env: dict = None, **extra: str) -> dict:
+               hook: bool = False, env: dict = None, **extra: str) -> dict:
     """One daemon in a fresh namespace: start, verify, one change, throughput, hook, memory.
     `env`: environment variables the daemon process gets on top of ours."""
     out: dict = {"backend": backend, "live": live, "public_if": public_if}
@@ -55,8 +55,7 @@ def daemon_run(backend: str, live: int, public_if: bool, cfg: Settings, work: Pa
         saved = {k: os.environ.get(k) for k in (env or {})}
         os.environ.update(env or {})  # DaemonProcess passes our environment on
         try:
-            daemon = start_daemon(ns, work / f"{backend}-{live}-{int(public_if)}", backend, live,
-                                  whatif=whatif, **extra)
+            daemon = start_daemon(ns, work / f"{backend}-{live}-{int(public_if)}", backend, live, **extra)
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -102,24 +101,23 @@ def repetition(backend: str, public_if: bool, cfg: Settings, work: Path) -> dict
 def breakdown(cfg: Settings, work: Path) -> list[dict]:
     """Single runs with one cost removed at a time (the change and throughput figures)."""
     arena = {"MALLOC_ARENA_MAX": "2"}
-    variants = [  # (label, PUBLIC_INTERFACE, what-if flags, daemon environment, config)
-        ("as shipped", False, (), {}, {}),
-        ("CONNTRACK_FLUSH=no", False, (), {}, {"CONNTRACK_FLUSH": "no"}),
-        ("TCP_NODELAY (what-if)", False, ("--nodelay",), {}, {}),
-        ("TCP_NODELAY + CONNTRACK_FLUSH=no", False, ("--nodelay",), {}, {"CONNTRACK_FLUSH": "no"}),
-        ("MALLOC_ARENA_MAX=2 in the daemon's environment", False, (), arena, {}),
-        ("PUBLIC_INTERFACE, GRATUITOUS_ARP=no", True, (), {}, {"GRATUITOUS_ARP": "no"}),
-        ("PUBLIC_INTERFACE, TCP_NODELAY + GRATUITOUS_ARP=no", True, ("--nodelay",), {}, {"GRATUITOUS_ARP": "no"}),
-        ("PUBLIC_INTERFACE, TCP_NODELAY + GRATUITOUS_ARP=no + CONNTRACK_FLUSH=no", True, ("--nodelay",), {},
+    variants = [  # (label, PUBLIC_INTERFACE, daemon environment, config)
+        ("as shipped", False, {}, {}),
+        ("CONNTRACK_FLUSH=no", False, {}, {"CONNTRACK_FLUSH": "no"}),
+        ("DB_SYNC=normal", False, {}, {"DB_SYNC": "normal"}),
+        ("CONNTRACK_FLUSH=no + DB_SYNC=normal", False, {}, {"CONNTRACK_FLUSH": "no", "DB_SYNC": "normal"}),
+        ("MALLOC_ARENA_MAX=2 in the daemon's environment", False, arena, {}),
+        ("PUBLIC_INTERFACE, GRATUITOUS_ARP=no", True, {}, {"GRATUITOUS_ARP": "no"}),
+        ("PUBLIC_INTERFACE, GRATUITOUS_ARP=no + CONNTRACK_FLUSH=no", True, {},
          {"GRATUITOUS_ARP": "no", "CONNTRACK_FLUSH": "no"}),
     ]
     rows = []
     for backend in BACKENDS:
-        for label, public_if, whatif, env, extra in variants:
+        for label, public_if, env, extra in variants:
             row = {"backend": backend, "variant": label}
             for live in (SMALL, SCALE):
                 log(f"breakdown {backend} {label} at {live}")
-                r = daemon_run(backend, live, public_if, cfg, work, whatif=whatif, env=env, **extra)
+                r = daemon_run(backend, live, public_if, cfg, work, env=env, **extra)
                 row[str(live)] = {"start_seconds": r["start_seconds"],
                                   "change_ms": r["change"]["median_seconds"] * 1000,
                                   "change_p10_ms": r["change"]["p10_seconds"] * 1000,
