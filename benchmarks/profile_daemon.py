@@ -53,7 +53,8 @@ def profile_start(backend: str, public_if: bool, top: int) -> None:
         daemon.stop()
         for label, code in (("interpreter start (python -c pass)", "pass"),
                             ("+ the daemon's imports", "import one_ipfloater.daemon, one_ipfloater.api, "
-                             "one_ipfloater.service, one_ipfloater.nat, iptc")):
+                             "one_ipfloater.service, one_ipfloater.nat"),
+                            ("+ iptc (iptables backend, at its first change)", "import iptc")):
             runs = sorted(timed(ns.argv([sys.executable, "-c", code])) for _ in range(5))
             print(f"{label}: {runs[2] * 1000:.0f} ms (median of 5)")
     stats = pstats.Stats(out)
@@ -102,38 +103,46 @@ def profile_requests(backend: str, public_if: bool, py_spy: str, top: int, live:
               f"at {live} live; {wall:.1f} s sampled")
     else:
         print(f"throughput while sampled: {result['calls_per_second']:.0f} calls/s ({result['calls']} calls)")
-    leaf, inclusive = collections.Counter(), collections.Counter()
-    locked = 0
+    # serialised sections: the service lock, and the conntrack netlink socket's lock
+    sections = {"FloatingIPService._commit ": "FloatingIPService._commit (service lock held)",
+                "flush_conntrack ": "hostnet.flush_conntrack (outside the service lock; one socket lock)"}
+    leaf = {k: collections.Counter() for k in sections}
+    inclusive = {k: collections.Counter() for k in sections}
+    held = dict.fromkeys(sections, 0)
     waiting = reading = other = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         frames = stack.split(";")
-        if "process_request_thread" in stack and "FloatingIPService._commit " not in stack:
-            if frames[-1].startswith("SocketIO.readinto "):
-                reading += int(count)
-            else:
-                other += int(count)
-        if frames[-1].startswith(("FloatingIPService.allocate ", "FloatingIPService._run ")):
-            waiting += int(count)  # a request thread blocked on `with self._lock`
-        if not any(f.startswith("FloatingIPService._commit ") for f in frames):
-            continue
         n = int(count)
-        locked += n
-        leaf[_short(frames[-1])] += n
+        if frames[-1].startswith(("FloatingIPService.allocate ", "FloatingIPService._run ")):
+            waiting += n  # a request thread blocked on `with self._lock`
+        section = next((k for k in sections if any(f.startswith(k) for f in frames)), None)
+        if "process_request_thread" in stack and section is None:
+            if frames[-1].startswith("SocketIO.readinto "):
+                reading += n
+            else:
+                other += n
+        if section is None:
+            continue
+        held[section] += n
+        leaf[section][_short(frames[-1])] += n
         for f in set(_short(f) for f in frames):
             if not f.split(" (")[-1].startswith(("threading.py", "socketserver.py", "server.py", "api.py")):
-                inclusive[f] += n  # the request-thread plumbing above the service is left out
-    print(f"\n{locked} samples inside FloatingIPService._commit (the service lock held); "
-          f"{waiting} samples of request threads waiting for that lock")
+                inclusive[section][f] += n  # the request-thread plumbing above the service is left out
+    locked = held["FloatingIPService._commit "]
+    print(f"\n{waiting} samples of request threads waiting for the service lock")
     if sequential:  # one connection, one thread: its samples cover the whole wall time
-        print(f"the request thread: {100 * locked / max(1, reading + locked + other):.1f}% of its samples "
-              f"in _commit, {100 * other / max(1, reading + locked + other):.1f}% elsewhere in a request, "
-              f"{100 * reading / max(1, reading + locked + other):.1f}% waiting for the next request "
+        busy = reading + sum(held.values()) + other
+        print(f"the request thread: {100 * locked / max(1, busy):.1f}% of its samples in _commit, "
+              f"{100 * (busy - locked - reading) / max(1, busy):.1f}% elsewhere in a request, "
+              f"{100 * reading / max(1, busy):.1f}% waiting for the next request "
               f"(the client has not sent it: includes the time the response spends in TCP)")
-    for title, counter in (("leaf function", leaf), ("inclusive, per frame", inclusive)):
-        print(f"\ntop {top} by {title}:")
-        for name, n in counter.most_common(top):
-            print(f"  {100 * n / max(locked, 1):5.1f}%  {name}")
+    for key, title in sections.items():
+        print(f"\n== {title}: {held[key]} samples")
+        for what, counter in (("leaf function", leaf[key]), ("inclusive, per frame", inclusive[key])):
+            print(f"top {top} by {what}:")
+            for name, n in counter.most_common(top):
+                print(f"  {100 * n / max(held[key], 1):5.1f}%  {name}")
     shutil.rmtree(work, ignore_errors=True)
 
 

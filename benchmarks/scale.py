@@ -39,9 +39,9 @@ def log(message: str) -> None:
 class Settings:
     def __init__(self, args):
         self.reps = args.reps
-        self.change_cycles = 12 if args.quick else 60
+        self.change_cycles = 12 if args.quick else 100
         self.clients = 10
-        self.cycles_per_client = 5 if args.quick else 15
+        self.cycles_per_client = 5 if args.quick else 50
         self.hook_runs = 3 if args.quick else 10
         self.breakdown = not args.no_breakdown
 
