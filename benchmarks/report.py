@@ -101,7 +101,7 @@ def figures(data: dict, backend: str, public_if: bool) -> list[dict]:
         "figure": "3. API throughput at 4,096, 10 clients", "value": _fmt(tput, ".0f") + " calls/s",
         "target": ">= 300/s" if backend == "nftables" else "(report)",
         "ok": (tput and tput[1] >= 300) if backend == "nftables" else None,
-        "detail": (f"= {tput[1] / 2:.0f} associate+release cycles/s (the target counts REST calls); "
+        "detail": (f"= {tput[1] / 2:.0f} associate+release cycles/s (the target is read here as REST calls); "
                    if tput else "") +
                   f"vs 16 live: {_fmt(_mmm(collect(_tput_ratio)), '.2f')} x "
                   f"({med(lambda r: r['small']['throughput']['calls_per_second']):.0f} calls/s at 16)"})
