@@ -63,7 +63,8 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=10)
     args = parser.parse_args()
     token = Path(args.token_file).read_text(encoding="utf-8").strip()
-    work = Path(tempfile.mkdtemp(prefix="bench-hook-"))
+    tmp = tempfile.TemporaryDirectory(prefix="bench-hook-")
+    work = Path(tmp.name)
     auth = work / "one_auth"
     auth.write_text(f"oneadmin:{ADMIN_PASSWORD}\n")
     conf = work / "ipfloater.conf"
@@ -103,6 +104,7 @@ def main() -> int:
                 checks.append(public)
         finally:
             hem.stop()
+            tmp.cleanup()
     json.dump({"hook": hooks, "baseline": base, "addresses": checks}, sys.stdout)
     sys.stdout.write("\n")
     return 0
