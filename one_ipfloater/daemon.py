@@ -11,6 +11,7 @@ and upgrades; the next start reconciles them with the stored state.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import fcntl
 import json
 import logging
@@ -74,10 +75,23 @@ def make_backend(config: DaemonConfig):
     return choose(config)
 
 
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas. The API serves each request on a new thread, and every
+    thread may get an arena of its own that keeps the memory it freed: with the iptables
+    backend (each change copies the whole nat table through libiptc) that grew the daemon
+    from 37 to 137 MB at 4,096 associations; with 2 arenas it stays near 69 MB."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc: nothing to cap
+        pass
+
+
 def run(config: DaemonConfig, ready_fd: int | None = None) -> int:
     """Serve until SIGTERM/SIGINT; rules stay in place when we stop."""
     from .api import ApiServer
     from .service import FloatingIPService
+
+    limit_malloc_arenas()
 
     lock_fd = take_instance_lock(config)
     token = load_or_create_token(config.token_file)
