@@ -21,6 +21,17 @@ from one_ipfloater.testing.onesim import ApiEvent, OneSimulator
 from tests.fakes import FakeBackend, FakeHost
 
 TOKEN = "f" * 32
+# What the real 7.4 sample VM "fip-vm-01" was built from (see hookarg-7.4-*.xml).
+FIP_VM = """NAME="fip-vm-01"
+CPU="0.1"
+MEMORY="64"
+VCPU="1"
+CONTEXT=[NETWORK="YES"]
+NIC=[NETWORK="fip-net"]
+OS=[MACHINE="q35"]
+TEMPLATE_ID="0"
+"""
+
 ADMIN = ("oneadmin", "adminpw")
 USERS = {"oneadmin": ADMIN[1], "alice": "alicepw", "bob": "bobpw"}
 POOL_FIRST, POOL_LAST = 10, 40          # 198.51.100.10 - 198.51.100.40 (31 addresses)

@@ -16,21 +16,13 @@ import pyone
 import pytest
 from lxml import etree
 
+from tests.one.fipenv import FIP_VM
 from tests.paths import SAMPLES
 from one_ipfloater.testing.hem import HookExecutionManager, HookIdleTimeout
 from one_ipfloater.testing.onesim import ApiEvent, OneSimulator
 
 ADMIN = "oneadmin:pw"
 
-FIP_VM = """NAME="fip-vm-01"
-CPU="0.1"
-MEMORY="64"
-VCPU="1"
-CONTEXT=[NETWORK="YES"]
-NIC=[NETWORK="fip-net"]
-OS=[MACHINE="q35"]
-TEMPLATE_ID="0"
-"""
 
 # Copies what the hook received: stdin to <pid>.stdin, argc and argv next to it.
 CAPTURE = """#!/bin/sh

@@ -10,6 +10,7 @@ import xmlrpc.client
 import pyone
 import pytest
 
+from tests.one.fipenv import FIP_VM
 from tests.paths import SAMPLES, XSD
 import requests
 from hypothesis import HealthCheck, given, settings
@@ -23,16 +24,6 @@ from one_ipfloater.testing.onesim import (
 NS = "http://opennebula.org/XMLSchema"
 ADMIN = "oneadmin:pw"
 
-# What the real 7.4 sample VM "fip-vm-01" was built from (see hookarg-7.4-*.xml).
-FIP_VM = """NAME="fip-vm-01"
-CPU="0.1"
-MEMORY="64"
-VCPU="1"
-CONTEXT=[NETWORK="YES"]
-NIC=[NETWORK="fip-net"]
-OS=[MACHINE="q35"]
-TEMPLATE_ID="0"
-"""
 
 
 @pytest.fixture
