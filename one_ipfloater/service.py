@@ -66,7 +66,8 @@ class FloatingIPService:
 
     def desired(self, registry: Optional[Registry] = None):
         """The rule set the kernel should hold for `registry` (default: the current one)."""
-        registry = registry or self.registry
+        if registry is None:  # (not `or`: an empty Registry is falsy)
+            registry = self.registry
         return desired_rules(registry.associations(), self.config.private_ranges,
                              sorted(registry.pool), self.config.block_public_ips)
 

@@ -114,3 +114,13 @@ def test_pool_address_on_router_is_refused_at_start(tmp_path):
 def test_state_file_is_private(make, tmp_path):
     make()
     assert (tmp_path / "state.db").stat().st_mode & 0o777 == 0o600
+
+
+def test_full_sync_fallback_when_the_last_address_goes(make):
+    """The fallback converges to the registry AFTER the change, also when it is empty."""
+    svc, backend, host = make()
+    alloc, _ = svc.allocate(private_ip=A("10.77.0.11"))
+    backend.fail_update = True
+    svc.release(alloc.public_ip)
+    assert backend.chains == {c: list(svc.desired().ordered(c)) for c in svc.desired().chains()}
+    assert not any(r.target in ("DNAT", "SNAT") for rules in backend.chains.values() for r in rules)
