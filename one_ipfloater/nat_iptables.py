@@ -16,8 +16,7 @@ import subprocess
 import threading
 import time
 from contextlib import contextmanager
-from ipaddress import IPv4Address, IPv4Network
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable
 
 from .ruleset import ALL_CHAINS, Rule, RuleSet, table_of
 
@@ -56,39 +55,6 @@ def xtables_lock(path: str, timeout: float = 10.0):
         yield
     finally:
         os.close(fd)
-
-
-def _net(text: str) -> Optional[IPv4Network]:
-    addr, _, mask = text.partition("/")
-    net = IPv4Network(f"{addr}/{mask}" if mask else addr)
-    return None if net.prefixlen == 0 else net
-
-
-def rule_from_iptc(rule) -> Optional[Rule]:
-    """Canonical form of a rule read from the kernel; None for shapes we never write."""
-    if rule.protocol not in ("ip", "0", "", None) or rule.in_interface or rule.out_interface:
-        return None
-    ctstate_dnat = False
-    for match in rule.matches:
-        params = match.get_all_parameters()
-        if match.name == "conntrack" and params == {"ctstate": ["DNAT"]}:
-            ctstate_dnat = True
-        else:
-            return None
-    target = rule.target.name if rule.target else ""
-    params = rule.target.get_all_parameters() if rule.target else {}
-    to = None
-    if target == "DNAT":
-        to = params.get("to-destination", [None])[0]
-    elif target == "SNAT":
-        to = params.get("to-source", [None])[0]
-    elif target not in ("MASQUERADE", "RETURN", "DROP") or params:
-        return None
-    try:
-        return Rule(src=_net(rule.src), dst=_net(rule.dst), ctstate_dnat=ctstate_dnat,
-                    target=target, to=IPv4Address(to) if to else None)
-    except ValueError:
-        return None
 
 
 def rule_line(chain: str, rule: Rule) -> str:
@@ -207,11 +173,11 @@ class IptablesBackend:
         libiptc's Python binding, and reading them back is faster still.
         """
         repairs: list[str] = []
-        wanted = set(desired.chains())
-        tables = {table_of(c) for c in wanted} | self._present_tables()
+        present = self._present_tables()
+        tables = {table_of(c) for c in desired.chains()} | present
         with self._mutex:
             for table in sorted(tables):
-                current = parse_save(self._save(table)) if table in self._present_tables() else {}
+                current = parse_save(self._save(table)) if table in present else {}
                 script, table_repairs = plan_restore(table, current, desired)
                 if script:
                     self._restore(script)
@@ -277,17 +243,3 @@ class IptablesBackend:
     def flush(self) -> list[str]:
         """Remove every chain and jump of ours (on purpose: `ipfloaterd flush`)."""
         return self.sync(RuleSet(heads={}, bodies={}))
-
-    def dump(self) -> dict[str, list[Rule]]:
-        """Our chains as they are in the kernel (None for foreign rule shapes)."""
-        iptc = _iptc()
-        out: dict[str, list[Rule]] = {}
-        with self._mutex:
-            for table_name, chain, _builtin in ALL_CHAINS:
-                if table_name not in self._present_tables():
-                    continue
-                table = iptc.Table(table_name)
-                table.refresh()
-                if table.is_chain(chain):
-                    out[chain] = [rule_from_iptc(r) for r in iptc.Chain(table, chain).rules]
-        return out

@@ -16,8 +16,8 @@ Layout (everything lives in `table ip ipfloater`; no other table is ever read or
                         ip daddr POOLNET drop }                              with BLOCK_PUBLIC_IPS
 
 Each base chain stands for one of ruleset.py's chains (its hook is the "jump"), and each
-map element for one association rule, so `dump()` returns the same canonical `Rule` lists
-per chain name as the iptables backend, and `sync()` reports repairs in the same words
+map element for one association rule, so `dump()` returns canonical `Rule` lists per
+chain name (ruleset.py's chains), and `sync()` reports repairs in the iptables backend's words
 ("rewrote nat/IPFLOATER-POST: 2 rules -> 3", "restored jump nat/PREROUTING -> IPFLOATER-PRE").
 The NAT chains sit 10 below the standard dstnat/srcnat priorities: the kernel asks NAT
 chains in priority order and the first that binds a connection wins, so our mappings take
@@ -265,7 +265,7 @@ def desired_state(desired: RuleSet) -> TableState:
 
 
 def canonical(state: Optional[TableState]) -> dict[str, list[Optional[Rule]]]:
-    """Our chains as canonical Rule lists (the shape `IptablesBackend.dump()` returns)."""
+    """Our chains as canonical Rule lists (canonical `Rule` lists per chain, as ruleset.py defines them)."""
     out: dict[str, list[Optional[Rule]]] = {}
     if state is None:
         return out

@@ -104,7 +104,7 @@ def test_sync_update_flush_are_idempotent(router):
                          {"op": "dump"}, {"op": "flush"}, {"op": "flush"}, {"op": "dump"}])
     assert res[0]["ok"][0] == "created table ip ipfloater"
     assert res[1] == {"ok": []}
-    assert res[2] == {"ok": expected_dump(a, block=True)}  # the shape IptablesBackend.dump() has
+    assert res[2] == {"ok": expected_dump(a, block=True)}  # canonical Rule lists per chain
     assert res[3] == {"ok": None}
     assert res[4] == {"ok": []}  # the update left exactly what a full sync wants
     assert res[5] == {"ok": expected_dump(b, block=True)}

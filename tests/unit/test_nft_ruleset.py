@@ -202,7 +202,7 @@ def test_listing_round_trips_to_the_same_state_and_canonical_rules():
     state = nft.desired_state(desired)
     read = nft.parse_table(kernel_listing(state))
     assert nft.same_table(read, state)
-    assert nft.canonical(read) == {c: desired.ordered(c) for c in desired.chains()}  # = IptablesBackend.dump()
+    assert nft.canonical(read) == {c: desired.ordered(c) for c in desired.chains()}  # canonical Rule lists per chain
     assert nft.describe_repairs(read, state) == ["rebuilt table ip ipfloater: layout differed"]
 
 
