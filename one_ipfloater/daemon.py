@@ -16,8 +16,8 @@ import fcntl
 import json
 import logging
 import os
-import secrets
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -43,6 +43,7 @@ def load_or_create_token(path: str) -> str:
     try:
         token = token_path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
+        import secrets  # only here: it loads OpenSSL, which the start does not otherwise need
         token_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         token = secrets.token_urlsafe(32)
         fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -87,23 +88,62 @@ def limit_malloc_arenas(arenas: int = 1) -> None:
         pass
 
 
+class Supervisor:
+    """Tells whoever started us how far the start got: systemd (`Type=notify`, through
+    $NOTIFY_SOCKET) and, with `--ready-fd`, the test rigs, lab and benchmarks (one JSON
+    line per event on an inherited pipe: "rules" once every rule is in place, "ready"
+    once the API listens), so nobody polls or sleeps."""
+
+    def __init__(self, ready_fd: int | None):
+        self.ready_fd = ready_fd
+        self.notify_socket = os.environ.pop("NOTIFY_SOCKET", None)  # not for our children
+
+    def _sd_notify(self, message: str) -> None:
+        if not self.notify_socket:
+            return
+        address = self.notify_socket
+        if address.startswith("@"):  # abstract namespace
+            address = "\0" + address[1:]
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.sendto(message.encode(), address)
+        except OSError as exc:
+            log.warning("cannot notify systemd at %s: %s", self.notify_socket, exc)
+
+    def _event(self, event: dict, last: bool = False) -> None:
+        if self.ready_fd is None:
+            return
+        os.write(self.ready_fd, json.dumps({**event, "pid": os.getpid()}).encode() + b"\n")
+        if last:
+            os.close(self.ready_fd)
+            self.ready_fd = None
+
+    def rules_in_place(self, count: int) -> None:
+        self._event({"event": "rules", "associations": count})
+        self._sd_notify(f"STATUS=NAT rules of {count} associations in place")
+
+    def ready(self, host: str, port: int, count: int) -> None:
+        self._event({"event": "ready", "host": host, "port": port}, last=True)
+        self._sd_notify(f"READY=1\nSTATUS=serving API v1 on {host}:{port}, {count} associations")
+
+
 def run(config: DaemonConfig, ready_fd: int | None = None) -> int:
     """Serve until SIGTERM/SIGINT; rules stay in place when we stop."""
-    from .api import ApiServer
     from .service import FloatingIPService
 
     limit_malloc_arenas()
-
+    supervisor = Supervisor(ready_fd)
     lock_fd = take_instance_lock(config)
     token = load_or_create_token(config.token_file)
     store = Store(config.db_path, config.db_sync)
     service = FloatingIPService(config, store, make_backend(config))
     try:
-        repairs = service.start()
+        repairs = service.start(supervisor.rules_in_place)
     except (FipError, NatError, hostnet.HostNetError) as exc:
         raise DaemonError(str(exc)) from None
     log.info("started: %d addresses in the pool, %d allocated, %d repairs", len(config.pool),
              len(service.registry), len(repairs))
+    from .api import ApiServer  # the HTTP stack is imported once the rules are in place
     try:
         server = ApiServer((config.rest_ip, config.rest_port), service, token,
                            max_body=config.max_body_bytes, timeout=config.request_timeout)
@@ -131,9 +171,7 @@ def run(config: DaemonConfig, ready_fd: int | None = None) -> int:
         threading.Thread(target=reconcile_loop, name="reconcile", daemon=True).start()
     host, port = server.server_address[:2]
     log.info("listening on %s:%d (API v1)", host, port)
-    if ready_fd is not None:  # tell a supervisor (tests, the lab) where we listen
-        os.write(ready_fd, json.dumps({"host": host, "port": port, "pid": os.getpid()}).encode() + b"\n")
-        os.close(ready_fd)
+    supervisor.ready(host, port, len(service.registry))
     server.serve_forever()
     server.server_close()
     store.close()

@@ -40,10 +40,13 @@ class FloatingIPService:
 
     # -- start-up and reconcile ------------------------------------------------------
 
-    def start(self) -> list[str]:
-        """Record the pool, check the host and converge the kernel to the stored state."""
+    def start(self, rules_in_place: Optional[Callable[[int], None]] = None) -> list[str]:
+        """Check the host, converge the kernel to the stored state, record the pool.
+
+        The rules go in first (with the pool checks that must precede them), then the
+        addresses: after a reboot NAT is back as soon as possible. `rules_in_place(n)`
+        is called in between (the daemon tells its supervisor)."""
         with self._lock:
-            self.store.sync_pool(self.config.pool)
             iface = self.config.public_interface
             if iface and not self.host.interface_exists(iface):
                 raise FipError("bad_config", f"PUBLIC_INTERFACE: {iface!r} does not exist", 500)
@@ -53,14 +56,22 @@ class FloatingIPService:
             if clash:
                 raise FipError("bad_config", f"IP_POOL: {clash[0]} is an address of the router itself", 500)
             self.registry.router_addresses = frozenset(router - self.registry.pool)
+            started = time.perf_counter()
+
+            def rules_done() -> None:
+                count = len(self.registry.associations())
+                log.info("rules of %d associations in place after %.3f s", count, time.perf_counter() - started)
+                if rules_in_place is not None:
+                    rules_in_place(count)
+
+            repairs = self.reconcile(rules_done)
+            if iface:
+                log.info("addresses on %s in place after %.3f s", iface, time.perf_counter() - started)
+            self.store.sync_pool(self.config.pool)
             for alloc in self.registry:
                 if alloc.public_ip not in self.registry.pool:
                     log.warning("%s is allocated but no longer in IP_POOL; it stays until released",
                                 alloc.public_ip)
-            started = time.perf_counter()
-            repairs = self.reconcile()
-            log.info("rules and addresses of %d associations in place after %.3f s",
-                     len(self.registry.associations()), time.perf_counter() - started)
             # leftovers of a backend switched away from, once ours are in place
             return repairs + remove_other_backends(self.backend, self.config.xtables_lock)
 
@@ -71,10 +82,13 @@ class FloatingIPService:
         return desired_rules(registry.associations(), self.config.private_ranges,
                              sorted(registry.pool), self.config.block_public_ips)
 
-    def reconcile(self) -> list[str]:
-        """Repair drift: our chains, jumps and floating addresses back to the stored state."""
+    def reconcile(self, rules_done: Optional[Callable[[], None]] = None) -> list[str]:
+        """Repair drift: our chains, jumps and floating addresses back to the stored state
+        (`rules_done` runs once the rules are, before the addresses)."""
         with self._lock:
             repairs = self.backend.sync(self.desired())
+            if rules_done is not None:
+                rules_done()
             repairs += self._sync_addresses()
         for line in repairs:
             log.warning("reconcile repaired: %s", line)

@@ -1,8 +1,8 @@
 """Run a real `ipfloaterd` inside a lab namespace and drive it with the real `ipfloater`
 CLI (for the integration tests and the lab demo).
 
-The daemon reports readiness by writing one JSON line to an inherited pipe
-(`--ready-fd`), so nobody has to poll or sleep to know it listens.
+The daemon reports its start on an inherited pipe (`--ready-fd`): one JSON line when
+its rules are in place, one when it listens, so nobody has to poll or sleep.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -46,6 +47,7 @@ class DaemonProcess:
         self.log_path = self.workdir / "ipfloaterd.log"
         self.proc: Optional[subprocess.Popen] = None
         self.port: Optional[int] = None
+        self.started_at = self.rules_at = self.ready_at = None  # perf_counter, set by start()
 
     def write_config(self) -> None:
         lines = ["[IPFLOATER]"] + [f"{k} = {v}" for k, v in self.settings.items()]
@@ -56,24 +58,44 @@ class DaemonProcess:
                 "--config", str(self.config_path), *args]
 
     def start(self, timeout: float = 20.0) -> "DaemonProcess":
+        """Start and wait for the "ready" line. `started_at`, `rules_at` and `ready_at`
+        (time.perf_counter) tell when the process was started, when the daemon said its
+        rules were in place and when it said it listened."""
         self.write_config()
         read_fd, write_fd = os.pipe()
         log = open(self.log_path, "ab")
+        self.started_at = time.perf_counter()
+        self.rules_at = self.ready_at = None
         try:
             self.proc = subprocess.Popen(self.argv("--ready-fd", str(write_fd)), stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=log, pass_fds=(write_fd,))
         finally:
             os.close(write_fd)
             log.close()
+        ready = None
         try:
-            ready, _, _ = select.select([read_fd], [], [], timeout)
-            line = os.read(read_fd, 4096) if ready else b""
+            deadline = self.started_at + timeout
+            pending = b""
+            while ready is None:
+                readable, _, _ = select.select([read_fd], [], [], max(0.0, deadline - time.perf_counter()))
+                chunk = os.read(read_fd, 4096) if readable else b""
+                if not chunk:
+                    break  # timed out, or the daemon exited (the pipe closed)
+                now = time.perf_counter()
+                pending += chunk
+                while b"\n" in pending:
+                    line, pending = pending.split(b"\n", 1)
+                    event = json.loads(line)
+                    if event.get("event") == "rules":
+                        self.rules_at = now
+                    elif event.get("event") == "ready":
+                        self.ready_at, ready = now, event
         finally:
             os.close(read_fd)
-        if not line:
+        if ready is None:
             self.kill()
             raise DaemonFailed(f"ipfloaterd did not become ready:\n{self.log()}")
-        self.port = json.loads(line)["port"]
+        self.port = ready["port"]
         return self
 
     @property
