@@ -158,9 +158,14 @@ def desired(live: int):
 
 @dataclass
 class Daemon:
+    """A started daemon. `rules_seconds`: process start -> its "rules" line (every NAT
+    rule in place: figure 1); `ready_seconds`: -> its "ready" line (the floating addresses
+    added as well, and the API listening)."""
+
     ns: Namespace
     proc: DaemonProcess
-    start_seconds: float
+    rules_seconds: float
+    ready_seconds: float
     pid: int = 0
 
     @property
@@ -185,7 +190,7 @@ class Daemon:
 def start_daemon(ns: Namespace, workdir: Path, backend: str, live: int,
                  factory=None, **extra: str) -> Daemon:
     """Pre-fill the state with `live` associations, start ipfloaterd in `ns` and time
-    from the process start to its ready line (all rules and addresses in place by then)."""
+    from the process start (just before Popen) to its "rules" and "ready" lines."""
     workdir.mkdir(parents=True, exist_ok=True)
     prefill_state(workdir / "state.db", live)
     token = workdir / "token"
@@ -198,11 +203,12 @@ def start_daemon(ns: Namespace, workdir: Path, backend: str, live: int,
     }
     factory = factory or DaemonProcess  # e.g. a subclass that runs it under cProfile
     proc = factory(ns.name, workdir, **settings)
-    start = time.perf_counter()
     proc.start(timeout=300)
-    seconds = time.perf_counter() - start
+    if proc.rules_at is None:
+        proc.stop()
+        raise RuntimeError("the daemon became ready without reporting its rules (no \"rules\" line)")
     # `ip netns exec` execs the daemon in place, so the Popen pid is the daemon's
-    return Daemon(ns, proc, seconds, proc.proc.pid)
+    return Daemon(ns, proc, proc.rules_at - proc.started_at, proc.ready_at - proc.started_at, proc.proc.pid)
 
 
 # -- what is in the kernel ------------------------------------------------------------------

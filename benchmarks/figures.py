@@ -5,7 +5,8 @@ namespace; scale.py repeats them and report.py summarises them.
 
 1. bulk_load_baseline(): the equivalent rules loaded by the stock tool
    (`iptables-legacy-restore -n`, resp. `nft -f`), and the /32 addresses by `ip -batch`;
-   the daemon's side is the start of the 4,096-association daemon (common.start_daemon).
+   the daemon's side is the 4,096-association daemon's start until its "rules" line
+   (common.start_daemon; its "ready" line, addresses added too, against rules + `ip -batch`).
 2. one_change(): the REST round trip of one associate + release, sequentially.
 3. throughput(): 10 concurrent clients doing associate + release.
 4. hook_latency(): benchmarks/hookbench.py (the real hook against the oned simulator).

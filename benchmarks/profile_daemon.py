@@ -49,7 +49,8 @@ def profile_start(backend: str, public_if: bool, top: int) -> None:
     with Namespace(public_if=public_if) as ns:
         daemon = start_daemon(ns, work / "d", backend, SCALE,
                               factory=lambda *a, **kw: _ProfiledDaemon(*a, profile_out=out, **kw))
-        print(f"start -> ready {daemon.start_seconds:.2f} s under cProfile (adds overhead)")
+        print(f"start -> rules {daemon.rules_seconds:.2f} s, -> ready {daemon.ready_seconds:.2f} s "
+              "under cProfile (adds overhead)")
         daemon.stop()
         for label, code in (("interpreter start (python -c pass)", "pass"),
                             ("+ the daemon's imports", "import one_ipfloater.daemon, one_ipfloater.api, "

@@ -1,28 +1,44 @@
 #!/usr/bin/env bash
 # Scale benchmarks of issue 6 (thousands of floating IPs), as root:
 #   bash benchmarks/run.sh [--reps N] [--reps-without N] [--quick] [--no-breakdown]
-# Prints a table and writes benchmarks/RESULTS.md and benchmarks/results.json.
+#   bash benchmarks/run.sh --only-start [--reps N]    (figure 1 only; prints, writes nothing)
+# Prints a table and writes benchmarks/RESULTS.md and benchmarks/results.json (later
+# --results FILE / --markdown FILE arguments override those, e.g. for a smoke run).
 # Everything runs in network namespaces it creates and deletes (bench-<hex>-<n>).
 #
 # What is measured is the COMMITTED code (HEAD), exported with `git archive` to a
 # temporary directory: edits in progress in the work tree cannot leak into a run
 # half-way through. BENCH_WORKTREE=1 measures the work tree as it is instead.
+#
+# The interpreter: .venv holds the package as an editable install, whose .pth imports a
+# finder at EVERY interpreter start (~10 ms of each process start) that an installed
+# daemon never pays. So everything (benchmarks.scale, the daemon, the clients, the hook
+# and its `python3 -c "import pyone, requests"` baseline) runs under a throw-away venv
+# made here: its site-packages holds one .pth with the plain path of .venv's
+# site-packages (a path line only extends sys.path; .pth files found there are not run),
+# so the dependencies come from .venv and the package from PYTHONPATH (the copy above).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 if [ ! -x "$here/.venv/bin/python" ]; then
     bash "$here/scripts/install-deps.sh" "$here/.venv"
 fi
+tmp="$(mktemp -d /tmp/ipfloater-bench.XXXXXX)"
+trap 'rm -rf "$tmp"' EXIT
 src="$here"
 commit="$(git -C "$here" rev-parse HEAD 2>/dev/null || echo unknown)"
 if [ "${BENCH_WORKTREE:-0}" != 1 ] && [ "$commit" != unknown ]; then
-    src="$(mktemp -d /tmp/ipfloater-bench-src.XXXXXX)"
-    trap 'rm -rf "$src"' EXIT
+    src="$tmp/src"
+    mkdir "$src"
     git -C "$here" archive HEAD | tar -x -C "$src"
 else
     commit="$commit (work tree)"
 fi
+"$here/.venv/bin/python" -m venv --without-pip "$tmp/venv"
+python="$tmp/venv/bin/python"
+purelib='import sysconfig; print(sysconfig.get_path("purelib"))'
+"$here/.venv/bin/python" -c "$purelib" >"$("$python" -c "$purelib")/ipfloater-bench-deps.pth"
 cd "$src"
 # the daemon, the clients and the hook process all import this copy of the package
 export PYTHONPATH="$src" BENCH_COMMIT="$commit"
-"$here/.venv/bin/python" -m benchmarks.scale \
+"$python" -m benchmarks.scale \
     --results "$here/benchmarks/results.json" --markdown "$here/benchmarks/RESULTS.md" "$@"
