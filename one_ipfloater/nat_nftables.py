@@ -226,41 +226,20 @@ def element_rule(entry: MapRule, key: IPv4Address, value: IPv4Address) -> Option
 
 
 def desired_state(desired: RuleSet) -> TableState:
-    """The table that implements `desired` (heads as rules, association rules as elements)."""
-    state = TableState(maps={MAP_DNAT: MAP_TYPE, MAP_SNAT: MAP_TYPE},
-                       elements={MAP_DNAT: {}, MAP_SNAT: {}})
-    wanted = set(desired.chains())
-    per_chain: dict[str, dict] = {}
+    """The table that implements `desired`: heads as rules, then one map lookup in each
+    NAT chain, and the associations as the maps' elements (made straight from the pairs:
+    linear in their number, no Rule objects)."""
+    dnat = dict(desired.text_pairs)
+    snat = {private: public for public, private in desired.text_pairs}
+    state = TableState(maps={MAP_DNAT: MAP_TYPE, MAP_SNAT: MAP_TYPE}, elements={MAP_DNAT: dnat, MAP_SNAT: snat})
     for chain, (base, ctype, hook, prio) in BASE_CHAINS.items():
-        if chain not in wanted:
+        if chain not in desired.heads:
             continue
-        entries: list = list(desired.heads.get(chain, ()))
-        leftovers = []
+        entries = list(desired.heads[chain])
         if chain in MAPPED:
             name, kind, key = MAPPED[chain]
-            chosen: dict[str, Rule] = {}
-            for rule in desired.bodies.get(chain, ()):  # no sort: linear in the map size
-                element = map_element(chain, rule)
-                if element is None:
-                    leftovers.append(rule)
-                    continue
-                elem_key = str(element[1])
-                first = chosen.setdefault(elem_key, rule)
-                if first is not rule:  # one key, two rules: the first in chain order wins
-                    chosen[elem_key] = min(first, rule)
-                    leftovers.append(max(first, rule))
-            per_chain[chain] = {k: str(r.to) for k, r in chosen.items()}
             entries.append(MapRule(kind, key, name))
-        else:
-            leftovers = list(desired.bodies.get(chain, ()))
-        state.chains[base] = (ctype, hook, prio, "accept", tuple(entries + sorted(leftovers)))
-    for chain, elems in per_chain.items():
-        name = MAPPED[chain][0]
-        other = [c for c in per_chain if MAPPED[c][0] == name and c != chain]
-        if any(per_chain[c] != elems for c in other):
-            raise NatError(f"nftables: {', '.join(sorted([chain] + other))} must hold the same "
-                           f"associations (they share map {name})")
-        state.elements[name] = dict(elems)
+        state.chains[base] = (ctype, hook, prio, "accept", tuple(entries))
     return state
 
 
@@ -325,9 +304,8 @@ def table_commands(state: TableState) -> list[dict]:
     for name, (key_type, value_type) in sorted(state.maps.items()):
         cmds.append({"add": {"map": _obj(name=name, type=key_type, map=value_type)}})
         elems = state.elements.get(name) or {}
-        if elems:
-            cmds.append({"add": {"element": _obj(name=name, elem=[
-                [str(k), str(v)] for k, v in sorted(elems.items())])}})
+        if elems:  # in the order they were made (by public address), for a stable batch
+            cmds.append({"add": {"element": _obj(name=name, elem=[[k, v] for k, v in elems.items()])}})
     for base, (ctype, hook, prio, policy, entries) in state.chains.items():
         cmds.append({"add": {"chain": _obj(name=base, type=ctype, hook=hook, prio=prio, policy=policy)}})
         for entry in entries:

@@ -21,7 +21,9 @@ pool address (associated traffic is DNATed before INPUT, so only strays hit it).
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
+from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network
 from typing import Iterable, Optional, Sequence
 
@@ -36,6 +38,7 @@ CHAIN_IN = "IPFLOATER-IN"
 NAT_CHAINS = (("nat", CHAIN_PRE, "PREROUTING"), ("nat", CHAIN_OUT, "OUTPUT"), ("nat", CHAIN_POST, "POSTROUTING"))
 FILTER_CHAINS = (("filter", CHAIN_IN, "INPUT"),)
 ALL_CHAINS = NAT_CHAINS + FILTER_CHAINS
+ASSOCIATION_CHAINS = (CHAIN_PRE, CHAIN_OUT, CHAIN_POST)  # one rule per association each
 
 
 @dataclass(frozen=True, order=True)
@@ -83,28 +86,46 @@ def association_rules(public_ip: IPv4Address, private_ip: IPv4Address) -> dict[s
 
 @dataclass(frozen=True)
 class RuleSet:
-    """Desired content of each of our chains: a fixed head (order matters) and a body
-    of per-association rules (order does not matter: they never overlap)."""
+    """Desired content of our chains: a fixed head per chain (order matters) and the
+    associations, each of which owns one rule in each NAT chain (`association_rules`).
 
-    heads: dict
-    bodies: dict
+    The associations are kept as (public, private) pairs, not as rules: the backends
+    turn them straight into `iptables-restore` lines or nftables map elements, which at
+    4,096 associations saves building 12,288 Rule and IPv4Network objects (~40 ms of a
+    start that should take under 0.1 s). `body()` gives the rules where they are needed.
+    """
+
+    heads: dict                # chain -> tuple of Rules; every chain we want, head or not
+    associations: tuple = ()   # (public, private) pairs, sorted by public; each address once
 
     def chains(self) -> list[str]:
-        return sorted(set(self.heads) | set(self.bodies))
+        return sorted(self.heads)
+
+    @cached_property
+    def text_pairs(self) -> list[tuple[str, str]]:
+        """The associations as dotted quads, formatted once for both backends' text
+        (inet_ntoa: 0.26 us an address against 0.6 us for str())."""
+        ntoa = socket.inet_ntoa
+        return [(ntoa(pub.packed), ntoa(priv.packed)) for pub, priv in self.associations]
+
+    def body(self, chain: str) -> list[Rule]:
+        """The association rules of `chain`, sorted by their addresses (a stable output)."""
+        if chain not in self.heads or chain not in ASSOCIATION_CHAINS:
+            return []
+        return sorted((association_rules(pub, priv)[chain] for pub, priv in self.associations), key=_sort_key)
 
     def ordered(self, chain: str) -> list[Rule]:
-        """Head in order, then the body sorted by plain integers (a stable output that
-        costs a few ms at 4,096 rules; the dataclass ordering would compare objects)."""
-        return list(self.heads.get(chain, ())) + sorted(self.bodies.get(chain, ()), key=_sort_key)
+        """Head in order, then the body."""
+        return list(self.heads.get(chain, ())) + self.body(chain)
 
     def __eq__(self, other):  # pragma: no cover - trivial
-        return isinstance(other, RuleSet) and all(
-            list(self.heads.get(c, ())) == list(other.heads.get(c, ())) and
-            set(self.bodies.get(c, ())) == set(other.bodies.get(c, ()))
-            for c in set(self.chains()) | set(other.chains()))
+        return isinstance(other, RuleSet) and \
+            {c: tuple(h) for c, h in self.heads.items()} == {c: tuple(h) for c, h in other.heads.items()} and \
+            set(self.associations) == set(other.associations)
 
 
 def _sort_key(rule: Rule) -> tuple:
+    """Plain integers: the dataclass ordering would compare objects (slow at thousands)."""
     return (int(rule.dst.network_address) if rule.dst else -1, int(rule.src.network_address) if rule.src else -1,
             rule.target, int(rule.to) if rule.to else -1)
 
@@ -119,17 +140,23 @@ def head_rules(private_ranges: Sequence[IPv4Network]) -> list[Rule]:
 
 def desired_rules(associations: Iterable[tuple[IPv4Address, IPv4Address]],
                   private_ranges: Sequence[IPv4Network],
-                  pool: Sequence[IPv4Address] = (), block_public_ips: bool = False) -> RuleSet:
-    """Everything our chains should hold for these (public, private) associations."""
-    bodies: dict[str, set] = {CHAIN_PRE: set(), CHAIN_OUT: set(), CHAIN_POST: set()}
-    for public_ip, private_ip in associations:
-        for chain, rule in association_rules(public_ip, private_ip).items():
-            bodies[chain].add(rule)
+                  pool: Iterable[IPv4Address] = (), block_public_ips: bool = False) -> RuleSet:
+    """Everything our chains should hold for these (public, private) associations.
+
+    A public or private address in two associations is refused (ValueError): one
+    address cannot be NATed two ways, and the registry never holds such a pair."""
+    pairs = tuple(sorted(associations, key=lambda pair: int(pair[0])))
+    for side, name in ((0, "public"), (1, "private")):
+        if len({int(pair[side]) for pair in pairs}) != len(pairs):  # ints: IPv4Address hashes slowly
+            seen: set = set()
+            for pair in pairs:
+                if pair[side] in seen:
+                    raise ValueError(f"{name} address {pair[side]} is in two associations")
+                seen.add(pair[side])
     heads = {CHAIN_PRE: (), CHAIN_OUT: (), CHAIN_POST: tuple(head_rules(private_ranges))}
     if block_public_ips:
         heads[CHAIN_IN] = tuple(Rule(dst=net, target="DROP") for net in collapse(pool))
-        bodies[CHAIN_IN] = set()
-    return RuleSet(heads=heads, bodies={k: frozenset(v) for k, v in bodies.items()})
+    return RuleSet(heads=heads, associations=pairs)
 
 
 def table_of(chain: str) -> str:

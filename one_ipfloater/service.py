@@ -80,7 +80,7 @@ class FloatingIPService:
         if registry is None:  # (not `or`: an empty Registry is falsy)
             registry = self.registry
         return desired_rules(registry.associations(), self.config.private_ranges,
-                             sorted(registry.pool), self.config.block_public_ips)
+                             registry.pool, self.config.block_public_ips)
 
     def reconcile(self, rules_done: Optional[Callable[[], None]] = None) -> list[str]:
         """Repair drift: our chains, jumps and floating addresses back to the stored state

@@ -2,8 +2,10 @@
 
 from ipaddress import IPv4Address, IPv4Network
 
-from one_ipfloater.nat_iptables import parse_save, plan_restore
-from one_ipfloater.ruleset import RuleSet, desired_rules
+from hypothesis import given, strategies as st
+
+from one_ipfloater.nat_iptables import body_lines, parse_save, plan_restore, rule_line
+from one_ipfloater.ruleset import ALL_CHAINS, RuleSet, desired_rules
 
 A = IPv4Address
 DESIRED = desired_rules([(A("198.51.100.10"), A("10.77.0.11"))], (IPv4Network("10.77.0.0/24"),))
@@ -60,8 +62,18 @@ def test_stale_rule_rewrites_only_that_chain():
 
 
 def test_empty_desired_removes_our_chains_and_jumps_only():
-    script, repairs = plan_restore("nat", parse_save(CONVERGED), RuleSet(heads={}, bodies={}))
+    script, repairs = plan_restore("nat", parse_save(CONVERGED), RuleSet(heads={}))
     assert sorted(repairs) == ["removed chain nat/IPFLOATER-OUT", "removed chain nat/IPFLOATER-POST",
                                "removed chain nat/IPFLOATER-PRE"]
     assert "-X IPFLOATER-PRE" in script and "-D POSTROUTING -j IPFLOATER-POST" in script
     assert "MASQUERADE" not in script.replace("IPFLOATER", "")
+
+
+@given(st.dictionaries(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), max_size=30).filter(
+    lambda d: len(set(d.values())) == len(d)), st.booleans())
+def test_body_lines_are_the_rules_formatted_one_by_one(mapping, block):
+    # the fast formatter must print exactly what iptables-save prints for the Rule objects
+    pairs = [(A(pub), A(priv)) for pub, priv in mapping.items()]
+    desired = desired_rules(pairs, (IPv4Network("10.77.0.0/24"),), [A("198.51.100.10")], block)
+    for _table, chain, _builtin in ALL_CHAINS:
+        assert body_lines(chain, desired) == [rule_line(chain, r) for r in desired.body(chain)]

@@ -86,20 +86,21 @@ def test_single_host_ranges_are_plain_addresses():
     assert expr[1]["match"]["right"] == {"prefix": {"addr": "10.0.0.0", "len": 8}}
 
 
-def test_pre_and_out_must_agree_because_they_share_a_map():
-    desired = desired_rules([(P1, V1)], RANGES)
-    bodies = dict(desired.bodies)
-    bodies[CHAIN_OUT] = frozenset()
-    with pytest.raises(NatError, match="share map fip_dnat"):
-        nft.desired_state(type(desired)(heads=desired.heads, bodies=bodies))
+@pytest.mark.parametrize("pairs, message", [
+    ([(P1, V1), (P2, V1)], "private address 10.77.0.11 is in two associations"),
+    ([(P1, V1), (P1, V2)], "public address 198.51.100.10 is in two associations"),
+])
+def test_an_address_in_two_associations_is_refused(pairs, message):
+    # one map element per address: such a pair cannot be NATed, and the registry never
+    # holds one (its indexes are unique); the rule set refuses it rather than pick one
+    with pytest.raises(ValueError, match=message):
+        desired_rules(pairs, RANGES)
 
 
-def test_one_private_address_with_two_public_ones_keeps_iptables_order():
-    desired = desired_rules([(P1, V1), (P2, V1)], RANGES)
-    state = nft.desired_state(desired)
-    assert state.elements["fip_snat"] == {"10.77.0.11": "198.51.100.10"}  # first SNAT rule wins
-    assert state.chains["postrouting"][4][-1] == Rule(src=N("10.77.0.11/32"), target="SNAT", to=P2)
-    assert nft.canonical(state)[CHAIN_POST] == desired.ordered(CHAIN_POST)
+def test_maps_are_built_from_the_pairs_in_public_order():
+    state = nft.desired_state(desired_rules([(P2, V2), (P1, V1)], RANGES))
+    assert list(state.elements["fip_dnat"].items()) == [(str(P1), str(V1)), (str(P2), str(V2))]
+    assert state.elements["fip_snat"] == {str(V1): str(P1), str(V2): str(P2)}
 
 
 # -- a delta as element changes ---------------------------------------------------------------
