@@ -3,10 +3,11 @@
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
-from one_ipfloater.addresses import AddressError, check_private_target, collapse, parse_networks, parse_pool
-from one_ipfloater.config import ConfigError, parse_config_text
+from one_ipfloater.addresses import (MAX_POOL_SIZE, AddressError, _first_never_floating, check_private_target,
+                                    collapse, parse_ipv4, parse_networks, parse_pool)
+from one_ipfloater.config import ConfigError, _lowest_inside, parse_config_text
 
 A = IPv4Address
 
@@ -77,6 +78,132 @@ def test_pool_parse_roundtrip_or_clear_error(blocks):
     assert all(str(a).startswith("203.0.113.") for a in pool)
 
 
+@pytest.mark.parametrize("text, message", [
+    ("198.51.100.1, 198.51.100.0/30", "198.51.100.1 appears twice ('198.51.100.1' and '198.51.100.0/30')"),
+    ("198.51.100.10-198.51.100.20, 198.51.100.15",
+     "198.51.100.15 appears twice ('198.51.100.10-198.51.100.20' and '198.51.100.15')"),
+    ("198.51.100.9, 198.51.100.5, 198.51.100.0-198.51.100.10",
+     "198.51.100.5 appears twice ('198.51.100.5' and '198.51.100.0-198.51.100.10')"),
+    ("198.51.100.7, 198.51.100.7", "198.51.100.7 appears twice ('198.51.100.7' and '198.51.100.7')"),
+    ("126.255.255.250-127.0.0.3", "127.0.0.0 cannot be a floating address"),
+    ("169.253.255.255-169.254.0.1", "169.254.0.0 cannot be a floating address"),
+    ("223.255.255.250, 223.255.255.248-224.0.0.1",
+     "223.255.255.250 appears twice ('223.255.255.250' and '223.255.255.248-224.0.0.1')"),
+    ("198.51.100.1, 198.51.100.1/32, 127.0.0.1", "198.51.100.1 appears twice ('198.51.100.1' and '198.51.100.1/32')"),
+    ("255.255.255.255", "255.255.255.255 cannot be a floating address"),
+    ("100.0.0.0/8", f"more than {MAX_POOL_SIZE} addresses"),  # at once, not after 16M addresses
+    ("198.51.0.0-198.51.255.255, 198.52.0.0/31", f"more than {MAX_POOL_SIZE} addresses"),
+])
+def test_errors_name_the_lowest_offender_and_the_items(text, message):
+    with pytest.raises(AddressError) as err:
+        parse_pool(text)
+    assert str(err.value) == f"IP_POOL: {message}"
+
+
+NEVER_FLOATING_EDGES = [int(A(a)) for a in ("0.0.0.0", "127.0.0.0", "128.0.0.0", "169.254.0.0", "169.255.0.0",
+                                             "224.0.0.0", "240.0.0.0", "255.255.255.255")]
+
+
+def old_check_public(addr: IPv4Address) -> bool:
+    """The per-address check parse_pool made before it worked on spans."""
+    return not (addr.is_unspecified or addr.is_loopback or addr.is_multicast or addr.is_link_local
+                or addr == IPv4Address("255.255.255.255") or addr.is_reserved)
+
+
+near_edges = st.builds(lambda edge, offset: min(max(edge + offset, 0), 2**32 - 1),
+                       st.sampled_from(NEVER_FLOATING_EDGES), st.integers(-40, 40))
+anywhere = st.integers(0, 2**32 - 1)
+
+
+@settings(max_examples=500)
+@given(st.one_of(near_edges, anywhere), st.integers(0, 80))
+def test_never_floating_spans_agree_with_the_address_predicates(first, length):
+    last = min(first + length, 2**32 - 1)
+    refused = [i for i in range(first, last + 1) if not old_check_public(A(i))]
+    assert _first_never_floating(first, last) == (refused[0] if refused else None)
+
+
+def old_parse_pool(text: str, field: str = "IP_POOL") -> tuple:
+    """parse_pool as it was: address by address (the reference for the span version)."""
+    items = [part.strip() for part in text.split(",")]
+    if not any(items):
+        raise AddressError(f"{field}: the pool is empty")
+    seen: dict = {}
+    for item in items:
+        if not item:
+            raise AddressError(f"{field}: empty item in {text!r}")
+        if "/" in item:
+            try:
+                net = IPv4Network(item, strict=True)
+            except ValueError as exc:
+                raise AddressError(f"{field}: {item!r} is not a valid CIDR block ({exc})") from None
+            block = list(net) if net.prefixlen >= 31 else list(net.hosts())
+        elif "-" in item:
+            first_s, _, last_s = item.partition("-")
+            first, last = parse_ipv4(first_s.strip(), field), parse_ipv4(last_s.strip(), field)
+            if int(last) < int(first):
+                raise AddressError(f"{field}: range {item!r} ends before it starts")
+            if int(last) - int(first) + 1 > MAX_POOL_SIZE:
+                raise AddressError(f"{field}: range {item!r} is larger than {MAX_POOL_SIZE} addresses")
+            block = [A(i) for i in range(int(first), int(last) + 1)]
+        else:
+            block = [parse_ipv4(item, field)]
+        for addr in block:
+            if not old_check_public(addr):
+                raise AddressError(f"{field}: {addr} cannot be a floating address")
+            if addr in seen:
+                raise AddressError(f"{field}: {addr} appears twice ({seen[addr]!r} and {item!r})")
+            seen[addr] = item
+        if len(seen) > MAX_POOL_SIZE:
+            raise AddressError(f"{field}: more than {MAX_POOL_SIZE} addresses")
+    return tuple(sorted(seen))
+
+
+def _item(base: int, kind: str, a: int, b: int, prefix: int) -> str:
+    if kind == "single":
+        return str(A(base + a))
+    if kind == "range":
+        return f"{A(base + a)}-{A(base + b)}"
+    size = 2 ** (32 - prefix)
+    return f"{A((base + a) // size * size)}/{prefix}"
+
+
+pool_items = st.builds(_item, st.sampled_from([int(A(a)) for a in (
+                           "0.0.0.0", "126.255.255.200", "169.253.255.200", "198.51.100.0", "223.255.255.200")]),
+                       st.sampled_from(["single", "range", "cidr"]), st.integers(0, 100), st.integers(0, 100),
+                       st.integers(25, 32))
+
+
+@settings(max_examples=500)
+@example(["198.51.100.10-198.51.100.20", "198.51.100.15"])
+@example(["198.51.100.0/30", "198.51.100.3", "198.51.100.1-198.51.100.2"])
+@given(st.lists(pool_items, min_size=1, max_size=6))
+def test_pool_spans_agree_with_the_address_by_address_parser(items):
+    """Same pool, or the same error (same address, same items named) as the old parser."""
+    text = ", ".join(items)
+    try:
+        expected = old_parse_pool(text)
+    except AddressError as exc:
+        with pytest.raises(AddressError) as err:
+            parse_pool(text)
+        assert str(err.value) == str(exc)
+    else:
+        assert parse_pool(text) == expected
+
+
+@given(st.lists(pool_items, min_size=1, max_size=6),
+       st.lists(st.sampled_from(["0.0.0.0/1", "126.0.0.0/7", "169.253.255.224/27", "198.51.100.0/26",
+                                 "198.51.100.64/27", "223.255.255.128/25", "198.51.100.3/32"]), min_size=1, max_size=3))
+def test_pool_inside_ranges_names_the_lowest_address_and_its_range(items, range_texts):
+    try:
+        pool = parse_pool(", ".join(items))
+        ranges = parse_networks(", ".join(range_texts), "PRIVATE_IP_RANGES")
+    except AddressError:
+        return
+    expected = next(((addr, net) for addr in pool for net in ranges if addr in net), None)
+    assert _lowest_inside(pool, ranges) == expected
+
+
 GOOD = """
 [IPFLOATER]
 IP_POOL = 198.51.100.10-198.51.100.20
@@ -123,6 +250,8 @@ def test_config_errors_name_key_and_value(extra, fragment):
     ("[IPFLOATER]\nPRIVATE_IP_RANGES = 10.0.0.0/8\n", "IP_POOL: missing"),
     ("[IPFLOATER]\nIP_POOL = 198.51.100.1\n", "PRIVATE_IP_RANGES: missing"),
     ("[IPFLOATER]\nIP_POOL = 10.0.0.1\nPRIVATE_IP_RANGES = 10.0.0.0/8\n", "lies inside PRIVATE_IP_RANGES"),
+    ("[IPFLOATER]\nIP_POOL = 10.1.0.5, 10.0.0.9-10.0.0.12\nPRIVATE_IP_RANGES = 10.1.0.0/16, 10.0.0.0/16\n",
+     "test.conf: IP_POOL: 10.0.0.9 lies inside PRIVATE_IP_RANGES 10.0.0.0/16"),
     ("[IPFLOATER]\nIP_POOL = 198.51.100.1\nIP_POOL = 198.51.100.2\nPRIVATE_IP_RANGES = 10.0.0.0/8\n", "IP_POOL"),
     ("not an ini file", "test.conf"),
 ])

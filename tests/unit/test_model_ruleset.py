@@ -183,3 +183,21 @@ def test_registry_invariants_under_random_operations(ops):
     assert len(privs) == len(set(privs))
     assert all(a.public_ip in reg.pool for a in allocs)
     assert reg.free_count() + len(allocs) == len(pool)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.integers(5, 20), st.none() | st.integers(2, 6), st.none() | st.sampled_from("ab")),
+                max_size=12))
+def test_registry_built_in_bulk_equals_one_by_one(rows):
+    """__init__ builds indexes and free list in bulk; the result is what `_add` per
+    allocation gave (later rows win, addresses outside the pool take nothing from it)."""
+    pool = [A(f"198.51.100.{i}") for i in range(10, 16)]
+    allocs = [Allocation(A(f"198.51.100.{p}"), ref=ref,
+                         private_ip=A(f"10.77.0.{v}") if v is not None else None) for p, v, ref in rows]
+    bulk = Registry(pool, allocs)
+    one_by_one = Registry(pool)
+    for alloc in allocs:
+        one_by_one._add(alloc)
+    assert (bulk._by_public, bulk._by_private, bulk._by_ref, bulk._free) == \
+        (one_by_one._by_public, one_by_one._by_private, one_by_one._by_ref, one_by_one._free)
+    assert bulk.free_count() == len(set(pool) - {a.public_ip for a in allocs})
