@@ -130,13 +130,18 @@ def timed(argv: list[str], timeout: float = 120.0) -> float:
 
 def prefill_state(path: Path, live: int) -> None:
     """A state file holding `live` associations, written directly with store.py's schema
-    (the daemon's Store is not used, so nothing of the daemon is timed here)."""
+    (the daemon's Store is not used, so nothing of the daemon is timed here), as a
+    daemon that ran before leaves it: in WAL mode, with the pool (POOL_SPEC) recorded."""
     if path.exists():
         path.unlink()
     db = sqlite3.connect(str(path))
     try:
+        db.execute("PRAGMA journal_mode=WAL")
         db.executescript(store_module.SCHEMA)
         db.execute("INSERT INTO meta(key, value) VALUES('schema', ?)", (str(store_module.SCHEMA_VERSION),))
+        first, last = (int(IPv4Address(a)) for a in POOL_SPEC.split("-"))
+        db.executemany("INSERT INTO pool(public_ip, sort_key) VALUES(?, ?)",
+                       ((str(IPv4Address(i)), i) for i in range(first, last + 1)))
         now = time.time()
         db.executemany(
             "INSERT INTO allocations(public_ip, owner, ref, private_ip, created_at, updated_at) "

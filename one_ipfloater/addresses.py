@@ -11,7 +11,7 @@ import bisect
 import ipaddress
 from ipaddress import IPv4Address, IPv4Network
 from itertools import chain
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 MAX_POOL_SIZE = 65536
 
@@ -67,7 +67,7 @@ def _pool_block(item: str, field: str) -> tuple[int, int]:
     return addr, addr
 
 
-def _first_never_floating(first: int, last: int) -> Optional[int]:
+def _first_never_floating(first: int, last: int) -> int | None:
     """The lowest address of first..last that cannot be a floating address, or None."""
     for low, high in _NEVER_FLOATING:
         if low <= last and first <= high:

@@ -11,10 +11,8 @@ import bisect
 import configparser
 import ipaddress
 import re
-from dataclasses import dataclass
+from collections import namedtuple
 from ipaddress import IPv4Address, IPv4Network
-from pathlib import Path
-from typing import Optional
 
 from .addresses import AddressError, parse_networks, parse_pool
 
@@ -38,27 +36,33 @@ class ConfigError(ValueError):
     """A config problem; the message names the file, the key and the value."""
 
 
-@dataclass(frozen=True)
-class DaemonConfig:
-    """Validated daemon settings."""
+_SETTINGS = (  # (field, default); the first two have none
+    ("pool", None),                          # tuple of IPv4Address, sorted
+    ("private_ranges", None),                # tuple of IPv4Network
+    ("rest_ip", "127.0.0.1"),
+    ("rest_port", 7003),
+    ("db_path", DEFAULT_DB),
+    ("token_file", DEFAULT_TOKEN_FILE),
+    ("block_public_ips", False),
+    ("public_interface", None),
+    ("reconcile_interval", 30.0),
+    ("conntrack_flush", True),
+    ("gratuitous_arp", True),
+    ("xtables_lock", DEFAULT_XTABLES_LOCK),
+    ("log_level", "INFO"),
+    ("nat_backend", "iptables"),
+    ("max_body_bytes", 65536),
+    ("request_timeout", 10.0),
+    ("db_sync", "full"),
+)
 
-    pool: tuple[IPv4Address, ...]
-    private_ranges: tuple[IPv4Network, ...]
-    rest_ip: str = "127.0.0.1"
-    rest_port: int = 7003
-    db_path: str = DEFAULT_DB
-    token_file: str = DEFAULT_TOKEN_FILE
-    block_public_ips: bool = False
-    public_interface: str | None = None
-    reconcile_interval: float = 30.0
-    conntrack_flush: bool = True
-    gratuitous_arp: bool = True
-    xtables_lock: str = DEFAULT_XTABLES_LOCK
-    log_level: str = "INFO"
-    nat_backend: str = "iptables"
-    max_body_bytes: int = 65536
-    request_timeout: float = 10.0
-    db_sync: str = "full"
+
+class DaemonConfig(namedtuple("DaemonConfig", [name for name, _ in _SETTINGS],
+                              defaults=[default for _, default in _SETTINGS[2:]])):
+    """Validated daemon settings (immutable; a named tuple for the start-up's sake, see
+    ruleset.Rule)."""
+
+    __slots__ = ()
 
 
 def _bool(key: str, value: str) -> bool:
@@ -99,7 +103,7 @@ def parse_config_text(text: str, source: str = "<config>") -> DaemonConfig:
 
 
 def _lowest_inside(pool: tuple[IPv4Address, ...], ranges: tuple[IPv4Network, ...]
-                   ) -> Optional[tuple[IPv4Address, IPv4Network]]:
+                   ) -> tuple[IPv4Address, IPv4Network] | None:
     """The lowest pool address inside one of `ranges`, and that range; None if none is.
 
     `pool` is sorted, so one bisection per range does it (testing every address against
@@ -172,10 +176,11 @@ def _build(raw: dict[str, str]) -> DaemonConfig:
     return DaemonConfig(**values)
 
 
-def load_config(path: str | Path) -> DaemonConfig:
+def load_config(path: str) -> DaemonConfig:
     """Read and validate a config file."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as config_file:
+            text = config_file.read()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
     except UnicodeDecodeError:

@@ -11,8 +11,8 @@ and upgrades; the next start reconciles them with the stored state.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -20,7 +20,6 @@ import signal
 import socket
 import sys
 import threading
-from pathlib import Path
 
 from . import __version__, hostnet
 from .cliutil import OneLineArgumentParser
@@ -39,17 +38,17 @@ class DaemonError(RuntimeError):
 
 def load_or_create_token(path: str) -> str:
     """Read the API token, creating a random one (mode 0600) on first start."""
-    token_path = Path(path)
     try:
-        token = token_path.read_text(encoding="utf-8").strip()
+        with open(path, encoding="utf-8") as token_file:
+            token = token_file.read().strip()
     except FileNotFoundError:
         import secrets  # only here: it loads OpenSSL, which the start does not otherwise need
-        token_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
         token = secrets.token_urlsafe(32)
-        fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(token + "\n")
-        log.info("created API token file %s (mode 0600)", token_path)
+        log.info("created API token file %s (mode 0600)", path)
         return token
     except (OSError, UnicodeDecodeError) as exc:
         raise DaemonError(f"TOKEN_FILE: cannot read {path}: {exc}") from None
@@ -61,7 +60,7 @@ def load_or_create_token(path: str) -> str:
 def take_instance_lock(config: DaemonConfig):
     """One daemon (or flush) per state file: a second one would fight over the rules."""
     lock_path = config.db_path + ".lock"
-    Path(lock_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.makedirs(os.path.dirname(lock_path) or ".", mode=0o700, exist_ok=True)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -82,6 +81,7 @@ def limit_malloc_arenas(arenas: int = 1) -> None:
     backend (each change copies the whole nat table through libiptc) that grew the daemon
     from 37 to 137 MB at 4,096 associations; with one arena it stays under 60 MB, at the
     same throughput (the GIL serialises the threads' allocations anyway)."""
+    import ctypes  # here, not at the top: after the rules are in place
     try:
         ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
     except (OSError, AttributeError):  # not glibc: nothing to cap
@@ -131,7 +131,6 @@ def run(config: DaemonConfig, ready_fd: int | None = None) -> int:
     """Serve until SIGTERM/SIGINT; rules stay in place when we stop."""
     from .service import FloatingIPService
 
-    limit_malloc_arenas()
     supervisor = Supervisor(ready_fd)
     lock_fd = take_instance_lock(config)
     token = load_or_create_token(config.token_file)
@@ -143,6 +142,9 @@ def run(config: DaemonConfig, ready_fd: int | None = None) -> int:
         raise DaemonError(str(exc)) from None
     log.info("started: %d addresses in the pool, %d allocated, %d repairs", len(config.pool),
              len(service.registry), len(repairs))
+    gc.freeze()  # the start-up's objects live as long as we do: out of every later collection
+    gc.enable()
+    limit_malloc_arenas()  # before the API's threads exist
     from .api import ApiServer  # the HTTP stack is imported once the rules are in place
     try:
         server = ApiServer((config.rest_ip, config.rest_port), service, token,
@@ -216,6 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    gc.disable()  # the start makes tens of thousands of objects that all stay: no point collecting
+    try:
+        return _main(argv)
+    finally:
+        gc.enable()  # (run() froze what the start made and enabled it already)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config)

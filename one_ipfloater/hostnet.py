@@ -18,7 +18,7 @@ import socket
 import struct
 import threading
 from ipaddress import IPv4Address
-from typing import Iterable
+from collections.abc import Iterable
 
 from .netlink import (NETLINK_NETFILTER, NETLINK_ROUTE, NLM_F_CREATE, NLM_F_REPLACE, NetlinkError,
                       NetlinkSocket, attr, attrs)

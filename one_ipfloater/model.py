@@ -11,9 +11,9 @@ address, disassociate un-points it, release gives it back.
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, replace
+from collections import namedtuple
 from ipaddress import IPv4Address, IPv4Network
-from typing import Iterable, Iterator, Optional, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from .addresses import AddressError, check_private_target
 
@@ -32,14 +32,12 @@ def bad_request(message: str) -> FipError:
     return FipError("bad_request", message, 400)
 
 
-@dataclass(frozen=True)
-class Allocation:
-    """One public address taken from the pool, maybe pointed at a private address."""
+class Allocation(namedtuple("Allocation", "public_ip owner ref private_ip", defaults=(None, None, None))):
+    """One public address taken from the pool (public_ip), maybe pointed at a private
+    address (private_ip), with who holds it (owner) and for what (ref). A named tuple:
+    see ruleset.Rule."""
 
-    public_ip: IPv4Address
-    owner: Optional[str] = None
-    ref: Optional[str] = None
-    private_ip: Optional[IPv4Address] = None
+    __slots__ = ()
 
     def as_dict(self, in_pool: bool = True) -> dict:
         return {
@@ -52,12 +50,11 @@ class Allocation:
         }
 
 
-@dataclass(frozen=True)
-class Change:
-    """What one request does: allocations removed and added (by public address)."""
+class Change(namedtuple("Change", "before after", defaults=((), ()))):
+    """What one request does: allocations removed (before) and added (after), tuples of
+    Allocation keyed by public address."""
 
-    before: tuple[Allocation, ...] = ()
-    after: tuple[Allocation, ...] = ()
+    __slots__ = ()
 
     @property
     def noop(self) -> bool:
@@ -111,14 +108,14 @@ class Registry:
     def __len__(self) -> int:
         return len(self._by_public)
 
-    def get(self, public_ip: IPv4Address) -> Optional[Allocation]:
+    def get(self, public_ip: IPv4Address) -> Allocation | None:
         return self._by_public.get(public_ip)
 
-    def by_private(self, private_ip: IPv4Address) -> Optional[Allocation]:
+    def by_private(self, private_ip: IPv4Address) -> Allocation | None:
         pub = self._by_private.get(private_ip)
         return self._by_public[pub] if pub else None
 
-    def by_ref(self, ref: str) -> Optional[Allocation]:
+    def by_ref(self, ref: str) -> Allocation | None:
         pub = self._by_ref.get(ref)
         return self._by_public[pub] if pub else None
 
@@ -126,6 +123,9 @@ class Registry:
         """(public, private) pairs: the input of the desired NAT rule set."""
         return sorted(((a.public_ip, a.private_ip) for a in self._by_public.values() if a.private_ip),
                       key=lambda pair: int(pair[0]))
+
+    def association_count(self) -> int:
+        return len(self._by_private)  # every associated allocation, and only those, has one
 
     def free_count(self) -> int:
         return len(self._free)
@@ -167,8 +167,8 @@ class Registry:
 
     # -- planning --------------------------------------------------------------------
 
-    def plan_allocate(self, public_ip: Optional[IPv4Address], owner: Optional[str],
-                      ref: Optional[str]) -> tuple[Allocation, Change]:
+    def plan_allocate(self, public_ip: IPv4Address | None, owner: str | None,
+                      ref: str | None) -> tuple[Allocation, Change]:
         """Take an address (a given one or the lowest free one).
 
         With a `ref` the call is idempotent: the same ref returns the address it already
@@ -196,7 +196,7 @@ class Registry:
         return alloc, Change(after=(alloc,))
 
     def plan_associate(self, public_ip: IPv4Address, private_ip: IPv4Address,
-                       private_ranges: Sequence[IPv4Network], owner: Optional[str] = None,
+                       private_ranges: Sequence[IPv4Network], owner: str | None = None,
                        allow_move: bool = False, operator: bool = False) -> tuple[Allocation, Change]:
         """Point an allocated address at a private address (idempotent).
 
@@ -214,26 +214,26 @@ class Registry:
                            f"public_ip: {public_ip} is associated with {alloc.private_ip}; "
                            f"moving it to {private_ip} must be explicit", 409)
         before = [alloc]
-        after = [replace(alloc, private_ip=private_ip)]
+        after = [alloc._replace(private_ip=private_ip)]
         other = self.by_private(private_ip)
         if other is not None:
             if not allow_move:
                 raise FipError("private_in_use",
                                f"private_ip: {private_ip} is already served by {other.public_ip}", 409)
             before.append(other)
-            after.append(replace(other, private_ip=None))
+            after.append(other._replace(private_ip=None))
         return after[0], Change(before=tuple(before), after=tuple(after))
 
-    def plan_disassociate(self, public_ip: IPv4Address, owner: Optional[str] = None,
+    def plan_disassociate(self, public_ip: IPv4Address, owner: str | None = None,
                           operator: bool = False) -> tuple[Allocation, Change]:
         alloc = self.require(public_ip)
         self._check_owner(alloc, owner, operator)
         if alloc.private_ip is None:
             return alloc, Change()
-        new = replace(alloc, private_ip=None)
+        new = alloc._replace(private_ip=None)
         return new, Change(before=(alloc,), after=(new,))
 
-    def plan_release(self, public_ip: IPv4Address, owner: Optional[str] = None,
+    def plan_release(self, public_ip: IPv4Address, owner: str | None = None,
                      operator: bool = False) -> tuple[Allocation, Change]:
         alloc = self.require(public_ip)
         self._check_owner(alloc, owner, operator)
@@ -249,7 +249,7 @@ class Registry:
             raise FipError("private_not_allowed", f"private_ip: {private_ip} is an address of the router itself", 422)
 
     @staticmethod
-    def _check_owner(alloc: Allocation, owner: Optional[str], operator: bool) -> None:
+    def _check_owner(alloc: Allocation, owner: str | None, operator: bool) -> None:
         if owner is not None and alloc.owner not in (None, owner) and not operator:
             raise FipError("owner_mismatch",
                            f"owner: {alloc.public_ip} belongs to {alloc.owner!r}, not {owner!r}", 403)

@@ -13,14 +13,9 @@ Both give the same NAT while they overlap, so no association is ever missing.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import shutil
-import subprocess
-from typing import Optional
 
-from .nat_iptables import IptablesBackend, NatError
-from .nat_nftables import NftablesBackend
+from .nat_iptables import NatError
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +23,10 @@ BACKENDS = ("iptables", "nftables")
 DEFAULT_XTABLES_LOCK = "/run/xtables.lock"
 
 
-def iptables_variant() -> Optional[str]:
+def iptables_variant() -> str | None:
     """"nf_tables" or "legacy" as `iptables --version` says; None without iptables."""
+    import shutil
+    import subprocess
     path = shutil.which("iptables") or shutil.which("iptables", path="/usr/sbin:/sbin")
     if path is None:
         return None
@@ -44,10 +41,11 @@ def iptables_variant() -> Optional[str]:
 
 def legacy_usable() -> bool:
     """python-iptables is installed (it drives the legacy tables through libiptc)."""
+    import importlib.util
     return importlib.util.find_spec("iptc") is not None
 
 
-def choose_backend(setting: str, variant: Optional[str], legacy_ok: bool) -> str:
+def choose_backend(setting: str, variant: str | None, legacy_ok: bool) -> str:
     """The backend name for a NAT_BACKEND setting (pure: the probes are arguments)."""
     if setting in BACKENDS:
         return setting
@@ -66,8 +64,10 @@ def make_backend(config):
         log.info("NAT_BACKEND auto: using %s", name)
     else:
         name = choose_backend(setting, None, True)
-    if name == "nftables":
+    if name == "nftables":  # each backend module imported only when chosen (start-up time)
+        from .nat_nftables import NftablesBackend
         return NftablesBackend()
+    from .nat_iptables import IptablesBackend
     return IptablesBackend(lock_path=config.xtables_lock)
 
 
@@ -77,6 +77,8 @@ def remove_other_backends(active, xtables_lock: str = DEFAULT_XTABLES_LOCK) -> l
     Acts only for our real backends (a test double gets []), never touches anything but
     our own chains/table, and a backend this host cannot drive has nothing to remove.
     """
+    from .nat_iptables import IptablesBackend
+    from .nat_nftables import NftablesBackend
     if isinstance(active, NftablesBackend):
         if not legacy_usable():
             return []  # no python-iptables: we cannot have written legacy rules

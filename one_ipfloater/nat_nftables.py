@@ -64,12 +64,10 @@ import ctypes
 import json
 import logging
 import os
-import shutil
-import subprocess
 import threading
-from dataclasses import dataclass, field
+from collections import namedtuple
 from ipaddress import IPv4Address, IPv4Network
-from typing import Iterable, Optional, Union
+from collections.abc import Iterable
 
 from .nat_iptables import NatError
 from .ruleset import ALL_CHAINS, CHAIN_IN, CHAIN_OUT, CHAIN_POST, CHAIN_PRE, Rule, RuleSet
@@ -145,10 +143,12 @@ class LibNftables:
 class NftCommand:
     """The `nft` binary fed the same JSON on stdin (`nft -j -f -`), one process per batch."""
 
-    def __init__(self, path: Optional[str] = None):
+    def __init__(self, path: str | None = None):
+        import shutil
         self.path = path or shutil.which("nft") or "/usr/sbin/nft"
 
     def run(self, text: str) -> tuple[int, str, str]:
+        import subprocess
         try:
             proc = subprocess.run([self.path, "-j", "-f", "-"], input=text, capture_output=True,
                                   text=True, timeout=60)
@@ -166,6 +166,7 @@ def open_runner():
         return LibNftables()
     except OSError as exc:
         log.debug("libnftables.so.1 not usable (%s); falling back to the nft binary", exc)
+    import shutil  # the fallback only: not on the start's path
     nft = shutil.which("nft") or ("/usr/sbin/nft" if os.path.exists("/usr/sbin/nft") else None)
     if nft is None:
         raise NatError("nftables: neither libnftables.so.1 nor the nft binary is available")
@@ -174,34 +175,43 @@ def open_runner():
 
 # -- the table as data -----------------------------------------------------------------
 
-@dataclass(frozen=True)
-class MapRule:
-    """`dnat to ip daddr map @fip_dnat` / `snat to ip saddr map @fip_snat`."""
+class MapRule(namedtuple("MapRule", "kind key map")):
+    """`dnat to ip daddr map @fip_dnat` / `snat to ip saddr map @fip_snat`: kind is
+    dnat | snat, key daddr | saddr, map the map's name."""
 
-    kind: str   # dnat | snat
-    key: str    # daddr | saddr
-    map: str
+    __slots__ = ()
 
 
-Entry = Union[Rule, MapRule, None]  # None: a rule shape we never write
+Entry = Rule | MapRule | None  # None: a rule shape we never write
 
 
-@dataclass
 class TableState:
     """Our table: chains (name -> (type, hook, prio, policy, entries)), maps' declarations
-    and elements; `foreign` counts objects we never create (they force a rebuild)."""
+    (name -> (key type, value type)) and elements (name -> {key: value}, dotted quads);
+    `foreign` counts objects we never create (they force a rebuild)."""
 
-    chains: dict = field(default_factory=dict)
-    maps: dict = field(default_factory=dict)       # name -> (key type, value type)
-    elements: dict = field(default_factory=dict)   # name -> {key: value}, dotted quads
-    foreign: int = 0
+    def __init__(self, chains: dict | None = None, maps: dict | None = None,
+                 elements: dict | None = None, foreign: int = 0):
+        self.chains = chains if chains is not None else {}
+        self.maps = maps if maps is not None else {}
+        self.elements = elements if elements is not None else {}
+        self.foreign = foreign
+
+    def __repr__(self) -> str:
+        return f"TableState(chains={self.chains!r}, maps={self.maps!r}, elements={self.elements!r}, foreign={self.foreign})"
+
+    def __eq__(self, other):
+        return isinstance(other, TableState) and (self.chains, self.maps, self.elements, self.foreign) == \
+            (other.chains, other.maps, other.elements, other.foreign)
+
+    __hash__ = None
 
 
 def _host(addr: IPv4Address) -> IPv4Network:
     return IPv4Network(addr)
 
 
-def map_element(chain: str, rule: Rule) -> Optional[tuple[str, IPv4Address, IPv4Address]]:
+def map_element(chain: str, rule: Rule) -> tuple[str, IPv4Address, IPv4Address] | None:
     """(map, key, value) if `rule` is an association rule that lives in a map, else None."""
     spec = MAPPED.get(chain)
     if spec is None or rule.ctstate_dnat or rule.to is None:
@@ -216,7 +226,7 @@ def map_element(chain: str, rule: Rule) -> Optional[tuple[str, IPv4Address, IPv4
     return None
 
 
-def element_rule(entry: MapRule, key: IPv4Address, value: IPv4Address) -> Optional[Rule]:
+def element_rule(entry: MapRule, key: IPv4Address, value: IPv4Address) -> Rule | None:
     """The canonical association rule one map element stands for."""
     if entry.kind == "dnat" and entry.key == "daddr":
         return Rule(dst=_host(key), target="DNAT", to=value)
@@ -243,15 +253,15 @@ def desired_state(desired: RuleSet) -> TableState:
     return state
 
 
-def canonical(state: Optional[TableState]) -> dict[str, list[Optional[Rule]]]:
+def canonical(state: TableState | None) -> dict[str, list[Rule | None]]:
     """Our chains as canonical Rule lists (canonical `Rule` lists per chain, as ruleset.py defines them)."""
-    out: dict[str, list[Optional[Rule]]] = {}
+    out: dict[str, list[Rule | None]] = {}
     if state is None:
         return out
     for chain, (base, _ctype, _hook, _prio) in BASE_CHAINS.items():
         if base not in state.chains:
             continue
-        rules: list[Optional[Rule]] = []
+        rules: list[Rule | None] = []
         for entry in state.chains[base][4]:
             if isinstance(entry, MapRule):
                 elems = sorted((IPv4Address(k), IPv4Address(v))
@@ -275,7 +285,7 @@ def _payload(field_name: str) -> dict:
     return {"payload": {"protocol": "ip", "field": field_name}}
 
 
-def rule_expr(entry: Union[Rule, MapRule]) -> list[dict]:
+def rule_expr(entry: Rule | MapRule) -> list[dict]:
     """nft JSON expressions for one canonical rule or map rule."""
     if isinstance(entry, MapRule):
         return [{entry.kind: {"addr": {"map": {"key": _payload(entry.key), "data": "@" + entry.map}}}}]
@@ -354,7 +364,7 @@ def document(cmds: list[dict]) -> str:
 
 # -- JSON we read ----------------------------------------------------------------------
 
-def _net(value) -> Optional[IPv4Network]:
+def _net(value) -> IPv4Network | None:
     if isinstance(value, str):
         return IPv4Network(value)
     if isinstance(value, dict) and set(value) == {"prefix"}:
@@ -415,7 +425,7 @@ def parse_expr(expr: list) -> Entry:
         return None
 
 
-def parse_table(objects: Iterable[dict]) -> Optional[TableState]:
+def parse_table(objects: Iterable[dict]) -> TableState | None:
     """Our table from `list table` JSON objects; None when it does not exist."""
     state = TableState()
     found = False
@@ -464,7 +474,7 @@ def parse_table(objects: Iterable[dict]) -> Optional[TableState]:
     return state
 
 
-def same_table(a: Optional[TableState], b: Optional[TableState]) -> bool:
+def same_table(a: TableState | None, b: TableState | None) -> bool:
     if a is None or b is None:
         return a is b
     return (not a.foreign and not b.foreign and a.chains == b.chains and a.maps == b.maps and
@@ -472,7 +482,7 @@ def same_table(a: Optional[TableState], b: Optional[TableState]) -> bool:
             {k: v for k, v in b.elements.items() if k in b.maps})
 
 
-def _chain_content(state: Optional[TableState], base: str):
+def _chain_content(state: TableState | None, base: str):
     """(entries, elements of the maps they use, canonical rule count) of one base chain."""
     if state is None or base not in state.chains:
         return (), {}, 0
@@ -482,7 +492,7 @@ def _chain_content(state: Optional[TableState], base: str):
     return entries, maps, count
 
 
-def describe_repairs(current: Optional[TableState], wanted: TableState) -> list[str]:
+def describe_repairs(current: TableState | None, wanted: TableState) -> list[str]:
     """What a rebuild changes, in the iptables backend's words where there is one
     (compared without expanding elements into rules: linear in the map size)."""
     repairs = [f"created table {TABLE_NAME}"] if current is None else []
@@ -527,7 +537,7 @@ class NftablesBackend:
         except ValueError:
             raise NatError(f"nftables {what}: unreadable JSON output") from None
 
-    def _read(self) -> Optional[TableState]:
+    def _read(self) -> TableState | None:
         try:
             objects = self._run([{"list": {"table": {"family": FAMILY, "name": TABLE}}}], "list")
         except NatError as exc:
@@ -565,7 +575,7 @@ class NftablesBackend:
             self._run(delete_batch(), "flush")
         return [f"removed table {TABLE_NAME}"]
 
-    def dump(self) -> dict[str, list[Optional[Rule]]]:
+    def dump(self) -> dict[str, list[Rule | None]]:
         """Our chains as canonical rules (map elements expanded; None for foreign shapes)."""
         with self._mutex:
             return canonical(self._read())

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from ipaddress import IPv4Address
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from . import __version__, hostnet
 from .config import DaemonConfig
@@ -40,7 +40,7 @@ class FloatingIPService:
 
     # -- start-up and reconcile ------------------------------------------------------
 
-    def start(self, rules_in_place: Optional[Callable[[int], None]] = None) -> list[str]:
+    def start(self, rules_in_place: Callable[[int], None] | None = None) -> list[str]:
         """Check the host, converge the kernel to the stored state, record the pool.
 
         The rules go in first (with the pool checks that must precede them), then the
@@ -59,7 +59,7 @@ class FloatingIPService:
             started = time.perf_counter()
 
             def rules_done() -> None:
-                count = len(self.registry.associations())
+                count = self.registry.association_count()
                 log.info("rules of %d associations in place after %.3f s", count, time.perf_counter() - started)
                 if rules_in_place is not None:
                     rules_in_place(count)
@@ -75,14 +75,14 @@ class FloatingIPService:
             # leftovers of a backend switched away from, once ours are in place
             return repairs + remove_other_backends(self.backend, self.config.xtables_lock)
 
-    def desired(self, registry: Optional[Registry] = None):
+    def desired(self, registry: Registry | None = None):
         """The rule set the kernel should hold for `registry` (default: the current one)."""
         if registry is None:  # (not `or`: an empty Registry is falsy)
             registry = self.registry
         return desired_rules(registry.associations(), self.config.private_ranges,
                              registry.pool, self.config.block_public_ips)
 
-    def reconcile(self, rules_done: Optional[Callable[[], None]] = None) -> list[str]:
+    def reconcile(self, rules_done: Callable[[], None] | None = None) -> list[str]:
         """Repair drift: our chains, jumps and floating addresses back to the stored state
         (`rules_done` runs once the rules are, before the addresses)."""
         with self._lock:
@@ -203,8 +203,8 @@ class FloatingIPService:
 
     # -- operations ------------------------------------------------------------------
 
-    def allocate(self, public_ip: Optional[IPv4Address] = None, private_ip: Optional[IPv4Address] = None,
-                 owner: Optional[str] = None, ref: Optional[str] = None, allow_move: bool = False,
+    def allocate(self, public_ip: IPv4Address | None = None, private_ip: IPv4Address | None = None,
+                 owner: str | None = None, ref: str | None = None, allow_move: bool = False,
                  operator: bool = False) -> tuple[Allocation, bool]:
         """Take an address and optionally associate it, in one atomic change.
 
@@ -231,16 +231,16 @@ class FloatingIPService:
                      alloc.owner, alloc.ref)
         return alloc, created
 
-    def associate(self, public_ip: IPv4Address, private_ip: IPv4Address, owner: Optional[str] = None,
+    def associate(self, public_ip: IPv4Address, private_ip: IPv4Address, owner: str | None = None,
                   allow_move: bool = False, operator: bool = False) -> Allocation:
         return self._run(lambda: self.registry.plan_associate(
             public_ip, private_ip, self.config.private_ranges, owner, allow_move, operator), "associated")
 
-    def disassociate(self, public_ip: IPv4Address, owner: Optional[str] = None,
+    def disassociate(self, public_ip: IPv4Address, owner: str | None = None,
                      operator: bool = False) -> Allocation:
         return self._run(lambda: self.registry.plan_disassociate(public_ip, owner, operator), "disassociated")
 
-    def release(self, public_ip: IPv4Address, owner: Optional[str] = None,
+    def release(self, public_ip: IPv4Address, owner: str | None = None,
                 operator: bool = False) -> Allocation:
         return self._run(lambda: self.registry.plan_release(public_ip, owner, operator), "released")
 
@@ -250,8 +250,8 @@ class FloatingIPService:
         with self._lock:
             return self.registry.require(public_ip)
 
-    def list(self, private_ip: Optional[IPv4Address] = None, ref: Optional[str] = None,
-             owner: Optional[str] = None, ref_prefix: Optional[str] = None) -> list[Allocation]:
+    def list(self, private_ip: IPv4Address | None = None, ref: str | None = None,
+             owner: str | None = None, ref_prefix: str | None = None) -> list[Allocation]:
         """Allocations matching every given filter (ref_prefix: e.g. all NICs of one VM)."""
         with self._lock:
             return [a for a in self.registry

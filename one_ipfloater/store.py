@@ -14,8 +14,7 @@ import struct
 import time
 from contextlib import contextmanager
 from ipaddress import IPv4Address
-from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from .model import Allocation, Change
 
@@ -55,9 +54,9 @@ def _ipv4(value: object, column: str) -> IPv4Address:
         raise ValueError(f"allocations.{column} {value!r} is not an IPv4 address") from None
 
 
-def _create_private(path: Path) -> None:
+def _create_private(path: str) -> None:
     """Create the file 0600 before SQLite opens it (it would use the umask)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     os.close(fd)
 
@@ -69,12 +68,12 @@ class Store:
         """`synchronous`: "full" fsyncs every commit (survives a power cut); "normal"
         leaves the fsync to the WAL checkpoint (survives a crash of the daemon, kill -9
         included, but a power cut may lose the last changes); ~1.3x more changes/s here."""
-        self.path = Path(path)
+        self.path = str(path)
         if synchronous not in ("full", "normal"):
             raise StoreError(f"DB_SYNC: {synchronous!r} is not full or normal")
         try:
             _create_private(self.path)
-            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                        timeout=10.0)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
@@ -87,9 +86,8 @@ class Store:
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"DB: cannot open {self.path}: {exc}") from None
         for suffix in ("-wal", "-shm"):
-            side = Path(str(self.path) + suffix)
-            if side.exists():
-                os.chmod(side, 0o600)
+            if os.path.exists(self.path + suffix):
+                os.chmod(self.path + suffix, 0o600)
 
     def close(self) -> None:
         self._db.close()
