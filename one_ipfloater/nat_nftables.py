@@ -264,9 +264,10 @@ def canonical(state: TableState | None) -> dict[str, list[Rule | None]]:
         rules: list[Rule | None] = []
         for entry in state.chains[base][4]:
             if isinstance(entry, MapRule):
-                elems = sorted((IPv4Address(k), IPv4Address(v))
-                               for k, v in state.elements.get(entry.map, {}).items())
-                rules.extend(element_rule(entry, k, v) for k, v in elems)  # = Rule order
+                elems = [(IPv4Address(k), IPv4Address(v)) for k, v in state.elements.get(entry.map, {}).items()]
+                public = 1 if entry.kind == "snat" else 0  # RuleSet.body's order: by public address
+                elems.sort(key=lambda kv: int(kv[public]))
+                rules.extend(element_rule(entry, k, v) for k, v in elems)
             else:
                 rules.append(entry)
         out[chain] = rules

@@ -396,3 +396,8 @@ def test_remove_other_backends_ignores_test_doubles():
     class Fake:
         name = "fake"
     assert remove_other_backends(Fake()) == []
+
+
+def test_canonical_rules_come_in_the_rule_sets_order_when_public_and_private_orders_differ():
+    desired = desired_rules([(P1, V2), (P2, V1)], RANGES)
+    assert nft.canonical(nft.desired_state(desired)) == {c: desired.ordered(c) for c in desired.chains()}
