@@ -185,12 +185,20 @@ def test_registry_invariants_under_random_operations(ops):
     assert reg.free_count() + len(allocs) == len(pool)
 
 
+def _consistent(rows) -> bool:
+    """As the state file holds them: public, private and ref each unique."""
+    privates = [v for _p, v, _r in rows if v is not None]
+    refs = [r for _p, _v, r in rows if r is not None]
+    return len(privates) == len(set(privates)) and len(refs) == len(set(refs))
+
+
 @settings(max_examples=200)
-@given(st.lists(st.tuples(st.integers(5, 20), st.none() | st.integers(2, 6), st.none() | st.sampled_from("ab")),
-                max_size=12))
+@given(st.lists(st.tuples(st.integers(5, 20), st.none() | st.integers(2, 9), st.none() | st.sampled_from("abcd")),
+                max_size=12, unique_by=lambda row: row[0]).filter(_consistent))
 def test_registry_built_in_bulk_equals_one_by_one(rows):
-    """__init__ builds indexes and free list in bulk; the result is what `_add` per
-    allocation gave (later rows win, addresses outside the pool take nothing from it)."""
+    """__init__ indexes the allocations by public address and builds the other indexes and
+    the free list when first used; the result is what `_add` per allocation gave
+    (addresses outside the pool take nothing from it)."""
     pool = [A(f"198.51.100.{i}") for i in range(10, 16)]
     allocs = [Allocation(A(f"198.51.100.{p}"), ref=ref,
                          private_ip=A(f"10.77.0.{v}") if v is not None else None) for p, v, ref in rows]
@@ -201,3 +209,23 @@ def test_registry_built_in_bulk_equals_one_by_one(rows):
     assert (bulk._by_public, bulk._by_private, bulk._by_ref, bulk._free) == \
         (one_by_one._by_public, one_by_one._by_private, one_by_one._by_ref, one_by_one._free)
     assert bulk.free_count() == len(set(pool) - {a.public_ip for a in allocs})
+
+
+@settings(max_examples=100)
+@given(st.lists(st.tuples(st.integers(5, 20), st.none() | st.integers(2, 9), st.none() | st.sampled_from("abcd")),
+                min_size=1, max_size=12, unique_by=lambda row: row[0]).filter(_consistent), st.booleans())
+def test_indexes_built_after_a_change_include_it(rows, remove):
+    # the lazy indexes may first be built in the middle of _add/_remove: still right
+    pool = [A(f"198.51.100.{i}") for i in range(10, 16)]
+    allocs = [Allocation(A(f"198.51.100.{p}"), ref=ref,
+                         private_ip=A(f"10.77.0.{v}") if v is not None else None) for p, v, ref in rows]
+    if remove:
+        changed = Registry(pool, allocs)
+        changed._remove(allocs[-1].public_ip)
+        expected = Registry(pool, allocs[:-1])
+    else:
+        changed = Registry(pool, allocs[:-1])
+        changed._add(allocs[-1])
+        expected = Registry(pool, allocs)
+    assert (changed._by_private, changed._by_ref, changed._free) == \
+        (expected._by_private, expected._by_ref, expected._free)
