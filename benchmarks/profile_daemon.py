@@ -1,7 +1,13 @@
 """Where the daemon's time goes at 4,096 associations (the hot spots named in RESULTS.md):
 
+    python -m benchmarks.profile_daemon timeline --backend B [--public-if] [--reps N]
     python -m benchmarks.profile_daemon start    --backend B [--public-if]
     python -m benchmarks.profile_daemon requests --backend B [--public-if] [--py-spy PATH]
+
+`timeline`: the real daemon started N times in fresh namespaces under
+benchmarks/start_timeline.py, which times the phases of its start up to "rules in place"
+with perf_counter (no profiler overhead); prints the median of each phase, next to the
+stock tool's load of the same rules and the bare interpreter's start.
 
 `start`: the real daemon under cProfile (`python -m cProfile -o FILE -m one_ipfloater.daemon`)
 in a fresh namespace, stopped with SIGTERM once ready, so the profile is the start-up
@@ -20,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import pstats
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -75,6 +83,43 @@ def profile_start(backend: str, public_if: bool, top: int) -> None:
             (file, line, func), _tt, _ct, nc = row
             where = f"{Path(file).parent.name}/{Path(file).name}:{line}" if file != "~" else "builtin"
             print(f"  {share(row):5.1f}%  {func:40} {where:48} calls={nc}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+class _TimelineDaemon(DaemonProcess):
+    def argv(self, *args: str) -> list[str]:
+        return ["ip", "netns", "exec", self.ns, *self.wrapper, "env", f"TIMELINE_BACKEND={self.settings['NAT_BACKEND']}",
+                sys.executable, "-m", "benchmarks.start_timeline", "--config", str(self.config_path), *args]
+
+
+def start_timeline(backend: str, public_if: bool, reps: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-profile-"))
+    phases: dict[str, list] = collections.defaultdict(list)
+    order: dict[str, float] = {}
+    totals, baselines, interpreter = [], [], []
+    for _ in range(reps):
+        baselines.append(figures.bulk_load_baseline(backend, SCALE, work / "baseline", public_if)["rules_seconds"])
+        with Namespace(public_if=public_if) as ns:
+            daemon = start_daemon(ns, work / "d", backend, SCALE, factory=_TimelineDaemon)
+            daemon.stop()
+            interpreter.append(timed(ns.argv([sys.executable, "-c", "pass"])))
+        totals.append(daemon.rules_seconds)
+        line = next(l for l in daemon.proc.log().splitlines() if l.startswith('{"timeline"'))
+        for label, start, duration in json.loads(line)["timeline"]:
+            phases[label].append(duration if label != "rules in place" else start)
+            order.setdefault(label, start)
+        shutil.rmtree(work / "d", ignore_errors=True)
+    med = statistics.median
+    print(f"{backend}, PUBLIC_INTERFACE {'set' if public_if else 'unset'}, 4,096 associations, "
+          f"median of {reps} starts (ms):")
+    print(f"  stock tool loading the same rules        {med(baselines) * 1000:6.1f}")
+    print(f"  daemon, process start -> rules in place  {med(totals) * 1000:6.1f}  "
+          f"({med(totals) / med(baselines):.2f}x)")
+    print(f"  `ip netns exec` + bare interpreter start {med(interpreter) * 1000:6.1f}  (python -c pass)")
+    print("  inside the daemon, from its first line (phases nest: 'sync in all' holds the backend's steps):")
+    for label in sorted(phases, key=order.get):
+        print(f"    {label:42} {med(phases[label]):6.1f}" + ("  (time since the first line)"
+                                                              if label == "rules in place" else ""))
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -155,16 +200,19 @@ def _short(frame: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile_daemon")
-    parser.add_argument("what", choices=("start", "requests"))
+    parser.add_argument("what", choices=("timeline", "start", "requests"))
     parser.add_argument("--backend", choices=("iptables", "nftables"), default="nftables")
     parser.add_argument("--public-if", action="store_true")
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
     parser.add_argument("--top", type=int, default=18)
+    parser.add_argument("--reps", type=int, default=7, help="timeline: starts to take the median of")
     parser.add_argument("--live", type=int, default=SCALE, help="stored associations (requests only)")
     parser.add_argument("--sequential", action="store_true",
                         help="requests: one client's sequential associate+release instead of 10 clients")
     args = parser.parse_args()
-    if args.what == "start":
+    if args.what == "timeline":
+        start_timeline(args.backend, args.public_if, args.reps)
+    elif args.what == "start":
         profile_start(args.backend, args.public_if, args.top)
     else:
         profile_requests(args.backend, args.public_if, args.py_spy, args.top, args.live, args.sequential)
