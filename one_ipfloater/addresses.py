@@ -10,8 +10,8 @@ from __future__ import annotations
 import bisect
 import ipaddress
 from ipaddress import IPv4Address, IPv4Network
-from itertools import chain
 from collections.abc import Iterable, Sequence
+from itertools import chain
 
 MAX_POOL_SIZE = 65536
 

@@ -11,7 +11,7 @@ from one_ipfloater import nat_nftables as nft
 from one_ipfloater.config import ConfigError, parse_config_text
 from one_ipfloater.nat import choose_backend, make_backend, remove_other_backends
 from one_ipfloater.nat_iptables import IptablesBackend, NatError
-from one_ipfloater.ruleset import (CHAIN_IN, CHAIN_OUT, CHAIN_POST, CHAIN_PRE, Rule, desired_rules,
+from one_ipfloater.ruleset import (CHAIN_IN, CHAIN_POST, CHAIN_PRE, Rule, desired_rules,
                                    rule_delta)
 
 A, N = IPv4Address, IPv4Network
