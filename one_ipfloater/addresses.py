@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
-from ipaddress import IPv4Address, IPv4Network
 from collections.abc import Iterable, Sequence
+from ipaddress import IPv4Address, IPv4Network
 from itertools import chain
 
 MAX_POOL_SIZE = 65536

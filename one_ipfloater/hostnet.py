@@ -17,8 +17,8 @@ import logging
 import socket
 import struct
 import threading
-from ipaddress import IPv4Address
 from collections.abc import Iterable
+from ipaddress import IPv4Address
 
 from .netlink import (NETLINK_NETFILTER, NETLINK_ROUTE, NLM_F_CREATE, NLM_F_REPLACE, NetlinkError,
                       NetlinkSocket, attr, attrs)
@@ -166,11 +166,14 @@ def _tuple_dst(nested: bytes) -> bytes:
     return b""
 
 
-def flush_conntrack(addr: IPv4Address) -> int:
+def flush_conntrack(addrs: Iterable[IPv4Address]) -> dict[IPv4Address, int]:
     """Drop tracked flows whose original destination (inbound) or reply destination (the
-    VM's outbound flows, SNATed to it) is `addr`, so that established connections cannot
-    keep using a NAT binding that was removed or moved. Each flow is deleted by the
-    original tuple exactly as the kernel reported it."""
+    VM's outbound flows, SNATed to it) is one of `addrs`, so that established connections
+    cannot keep using a NAT binding that was removed or moved; flows dropped per address.
+    One dump of the table serves every address; each flow is deleted by the original
+    tuple exactly as the kernel reported it."""
+    wanted = {addr.packed: addr for addr in addrs}
+    counts = dict.fromkeys(wanted.values(), 0)
     nfgenmsg = struct.pack("=BBH", socket.AF_INET, 0, 0)
     with _locks[NETLINK_NETFILTER]:
         ct = _socket(NETLINK_NETFILTER)
@@ -179,12 +182,17 @@ def flush_conntrack(addr: IPv4Address) -> int:
             for _kind, payload in ct.dump(IPCTNL_MSG_CT_GET, nfgenmsg):
                 tuples = {kind: (value, raw) for kind, value, raw in attrs(payload, 4)}
                 orig, reply = tuples.get(CTA_TUPLE_ORIG), tuples.get(CTA_TUPLE_REPLY)
-                if orig and (_tuple_dst(orig[0]) == addr.packed or (reply and _tuple_dst(reply[0]) == addr.packed)):
+                if not orig:
+                    continue
+                addr = wanted.get(_tuple_dst(orig[0])) or (wanted.get(_tuple_dst(reply[0])) if reply else None)
+                if addr is not None:
                     doomed.append(orig[1])
+                    counts[addr] += 1
             ct.batch([(IPCTNL_MSG_CT_DELETE, 0, nfgenmsg + raw) for raw in doomed], ignore=(errno.ENOENT,))
         except NetlinkError as exc:
-            raise HostNetError(f"conntrack cleanup for {addr}: {exc.strerror}") from None
-    return len(doomed)
+            where = ", ".join(str(addr) for addr in sorted(counts))
+            raise HostNetError(f"conntrack cleanup for {where}: {exc.strerror}") from None
+    return counts
 
 
 # -- neighbours ---------------------------------------------------------------------

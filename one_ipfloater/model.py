@@ -11,10 +11,10 @@ address, disassociate un-points it, release gives it back.
 from __future__ import annotations
 
 import bisect
-from functools import cached_property
 from collections import namedtuple
-from ipaddress import IPv4Address, IPv4Network
 from collections.abc import Iterable, Iterator, Sequence
+from functools import cached_property
+from ipaddress import IPv4Address, IPv4Network
 
 from .addresses import AddressError, check_private_target
 

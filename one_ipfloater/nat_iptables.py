@@ -14,8 +14,8 @@ import os
 import subprocess
 import threading
 import time
-from contextlib import contextmanager
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 
 from .ruleset import ALL_CHAINS, CHAIN_OUT, CHAIN_POST, CHAIN_PRE, Rule, RuleSet, table_of
 

@@ -66,8 +66,8 @@ import logging
 import os
 import threading
 from collections import namedtuple
-from ipaddress import IPv4Address, IPv4Network
 from collections.abc import Iterable
+from ipaddress import IPv4Address, IPv4Network
 
 from .nat_iptables import NatError
 from .ruleset import ALL_CHAINS, CHAIN_IN, CHAIN_OUT, CHAIN_POST, CHAIN_PRE, Rule, RuleSet

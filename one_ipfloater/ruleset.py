@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import socket
 from collections import namedtuple
+from collections.abc import Iterable, Sequence
 from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network
-from collections.abc import Iterable, Sequence
 
 from .addresses import collapse
 

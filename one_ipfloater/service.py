@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from ipaddress import IPv4Address
 from collections.abc import Callable
+from ipaddress import IPv4Address
 
 from . import __version__, hostnet
+from .coalesce import Coalescer
 from .config import DaemonConfig
 from .model import Allocation, Change, FipError, Registry
 from .nat import remove_other_backends
@@ -36,6 +37,7 @@ class FloatingIPService:
         self.backend = backend
         self.host = host
         self._lock = threading.RLock()
+        self._conntrack_flush = Coalescer(host.flush_conntrack)
         self.registry = Registry(config.pool, store.allocations())
 
     # -- start-up and reconcile ------------------------------------------------------
@@ -178,18 +180,21 @@ class FloatingIPService:
         """Cut the flows of moved or released addresses before the caller gets its answer.
 
         Runs outside the service lock: a conntrack dump walks the kernel's whole hash
-        table (~5 ms here, however few flows there are), and other changes need not wait
-        for it. Should the address be associated again meanwhile, a flow of the new
-        association deleted here is picked up again at its next packet with the new NAT.
+        table (~4 ms here, however few flows there are), and other changes need not wait
+        for it; concurrent flushes share dumps (coalesce.py). Should the address be
+        associated again meanwhile, a flow of the new association deleted here is picked
+        up again at its next packet with the new NAT.
         """
-        if not self.config.conntrack_flush:
+        moved = change.moved_addresses()
+        if not self.config.conntrack_flush or not moved:
             return
-        for addr in sorted(change.moved_addresses()):
-            try:
-                count = self.host.flush_conntrack(addr)
-                log.info("flushed %d conntrack entries of %s", count, addr)
-            except hostnet.HostNetError as exc:
-                log.error("conntrack of %s not flushed: %s", addr, exc)
+        try:
+            counts = self._conntrack_flush(moved)
+        except hostnet.HostNetError as exc:
+            log.error("conntrack not flushed: %s", exc)
+            return
+        for addr in sorted(moved):
+            log.info("flushed %d conntrack entries of %s", counts.get(addr, 0), addr)
 
     def _run(self, plan: Callable[[], tuple[Allocation, Change]], action: str) -> Allocation:
         with self._lock:

@@ -12,9 +12,9 @@ import socket
 import sqlite3
 import struct
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from ipaddress import IPv4Address
-from collections.abc import Iterable, Iterator, Sequence
 
 from .model import Allocation, Change
 

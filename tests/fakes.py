@@ -60,6 +60,6 @@ class FakeHost:
     def gratuitous_arp(self, iface, addr):
         self.arps.append(addr)
 
-    def flush_conntrack(self, addr):
-        self.flushed.append(addr)
-        return 0
+    def flush_conntrack(self, addrs):
+        self.flushed.extend(sorted(addrs))
+        return dict.fromkeys(addrs, 0)
