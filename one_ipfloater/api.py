@@ -234,6 +234,10 @@ class ApiServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    # listen() backlog. socketserver's default of 5 overflowed when OpenNebula ran twenty
+    # hooks at once (a burst of 20 connections before the accept loop caught up): the
+    # kernel reset some of them (tests/reliability, 20 clients x 200 requests).
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], service, token: str, max_body: int = 65536,
                  timeout: float = 10.0):

@@ -36,7 +36,7 @@ def call(session, url, method, path, body):
     try:
         resp = session.request(method, url + path, json=body, timeout=10)
     except requests.RequestException as exc:
-        return None, type(exc).__name__
+        return None, f"{type(exc).__name__}: {exc}"
     try:
         return resp.status_code, resp.json()
     except ValueError:
@@ -78,7 +78,8 @@ def race_worker(index: int, args, url: str, token: str, barrier: threading.Barri
                             {"private_ip": private, "ref": f"race:{n}", "owner": f"client:{index}"})
         emit({"client": index, "private_ip": private, "status": status,
               "public_ip": body.get("public_ip") if isinstance(body, dict) else None,
-              "code": body["error"]["code"] if isinstance(body, dict) and "error" in body else None})
+              "code": body["error"]["code"] if isinstance(body, dict) and "error" in body else None,
+              "exception": body if status is None else None})
 
 
 def main() -> int:
