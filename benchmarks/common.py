@@ -203,7 +203,7 @@ def start_daemon(ns: Namespace, workdir: Path, backend: str, live: int,
     os.chmod(token, 0o600)
     settings = {
         "IP_POOL": POOL_SPEC, "PRIVATE_IP_RANGES": str(PRIVATE_RANGE), "NAT_BACKEND": backend,
-        "LOG_LEVEL": "INFO", "RECONCILE_INTERVAL": "0", "PUBLIC_INTERFACE": ns.public_if or "",
+        "LOG_LEVEL": "INFO", "RECONCILE_INTERVAL": "86400", "PUBLIC_INTERFACE": ns.public_if or "",
         **extra,
     }
     factory = factory or DaemonProcess  # e.g. a subclass that runs it under cProfile

@@ -260,7 +260,7 @@ def render(data: dict, analysis: str = "") -> str:
         "the hook and the hook's `python3 -c \"import pyone, requests\"` baseline use the same "
         "interpreter.",
         "- Daemon settings: defaults (CONNTRACK_FLUSH and GRATUITOUS_ARP on, DB_SYNC full) except LOG_LEVEL=INFO "
-        "and RECONCILE_INTERVAL=0 (no periodic reconcile during the measurements). "
+        "and RECONCILE_INTERVAL=86400 (no periodic reconcile during the measurements). "
         "PUBLIC_INTERFACE is `pub0`, one end of a veth pair inside the namespace.",
         "- One change = `POST /v1/floatingips {public_ip, private_ip}` (allocate + associate) then "
         "`DELETE /v1/floatingips/<ip>` (release), sequential, from a client inside the namespace "

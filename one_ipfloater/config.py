@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import configparser
 import ipaddress
+import os
 import re
 from collections import namedtuple
 from ipaddress import IPv4Address, IPv4Network
@@ -74,11 +75,18 @@ def _bool(key: str, value: str) -> bool:
     raise ConfigError(f"{key}: {value!r} is not a boolean (yes/no)")
 
 
+# ASCII digits only: int() and float() also take '٣', '1_000', '1e3', 'inf' and ' +5 ',
+# which no operator means and which other tools reading the same file would not read alike.
+_INTEGER = re.compile(r"[0-9]+")
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
+
+
 def _number(key: str, value: str, kind, low, high):
-    try:
-        number = kind(value.strip())
-    except ValueError:
-        raise ConfigError(f"{key}: {value!r} is not a number") from None
+    text = value.strip()
+    if not (_INTEGER if kind is int else _DECIMAL).fullmatch(text):
+        form = "whole, ASCII digits only" if kind is int else "ASCII digits and at most one dot"
+        raise ConfigError(f"{key}: {value!r} is not a number ({form})")
+    number = kind(text)
     if not low <= number <= high:
         raise ConfigError(f"{key}: {value!r} must be between {low} and {high}")
     return number
@@ -116,6 +124,34 @@ def _lowest_inside(pool: tuple[IPv4Address, ...], ranges: tuple[IPv4Network, ...
     return found
 
 
+# Blocks no VM address can lie in: a range that touches one is a typo (or 0.0.0.0/0), and
+# NAT rules for it would hairpin or SNAT the router's own loopback and control traffic.
+_NEVER_PRIVATE = tuple((IPv4Network(net), what) for net, what in (
+    ("0.0.0.0/8", "'this network' (0.0.0.0/8)"), ("127.0.0.0/8", "loopback (127.0.0.0/8)"),
+    ("169.254.0.0/16", "link-local (169.254.0.0/16)"), ("224.0.0.0/4", "multicast (224.0.0.0/4)"),
+    ("240.0.0.0/4", "reserved or broadcast (240.0.0.0/4)")))
+
+
+def _check_private_ranges(ranges: tuple[IPv4Network, ...]) -> None:
+    for net in ranges:
+        for bad, what in _NEVER_PRIVATE:
+            if net.overlaps(bad):
+                raise ConfigError(f"PRIVATE_IP_RANGES: {net} overlaps {what}, which no VM address can be")
+
+
+def _check_paths(values: dict) -> None:
+    """Files the daemon opens must be distinct: DB = TOKEN_FILE would read the token out
+    of the SQLite file, XTABLES_LOCK = DB would flock the state file."""
+    db = values.get("db_path", DEFAULT_DB)
+    owners = {db + "-wal": "DB", db + "-shm": "DB", db + ".lock": "DB", db: "DB"}
+    for key, attr, default in (("TOKEN_FILE", "token_file", DEFAULT_TOKEN_FILE),
+                               ("XTABLES_LOCK", "xtables_lock", DEFAULT_XTABLES_LOCK)):
+        path = os.path.normpath(values.get(attr, default))
+        if path in owners:
+            raise ConfigError(f"{key}: {path!r} is also used by {owners[path]}")
+        owners[path] = key
+
+
 def _build(raw: dict[str, str]) -> DaemonConfig:
     unknown = sorted(set(raw) - KNOWN_KEYS - IGNORED_LEGACY_KEYS)
     if unknown:
@@ -125,6 +161,7 @@ def _build(raw: dict[str, str]) -> DaemonConfig:
             raise ConfigError(f"{key}: missing (required)")
     pool = parse_pool(raw["IP_POOL"], "IP_POOL")
     ranges = parse_networks(raw["PRIVATE_IP_RANGES"], "PRIVATE_IP_RANGES")
+    _check_private_ranges(ranges)
     inside = _lowest_inside(pool, ranges)
     if inside:
         raise ConfigError(f"IP_POOL: {inside[0]} lies inside PRIVATE_IP_RANGES {inside[1]}")
@@ -135,13 +172,15 @@ def _build(raw: dict[str, str]) -> DaemonConfig:
         except ValueError:
             raise ConfigError(f"REST_IP: {raw['REST_IP']!r} is not an IP address") from None
     if "REST_PORT" in raw:
-        values["rest_port"] = _number("REST_PORT", raw["REST_PORT"], int, 0, 65535)
+        values["rest_port"] = _number("REST_PORT", raw["REST_PORT"], int, 1, 65535)
     for key, attr in (("DB", "db_path"), ("TOKEN_FILE", "token_file"), ("XTABLES_LOCK", "xtables_lock")):
         if key in raw:
             path = raw[key].strip()
             if not path.startswith("/"):
                 raise ConfigError(f"{key}: {raw[key]!r} must be an absolute path")
-            values[attr] = path
+            if path.endswith("/") or "\0" in path:
+                raise ConfigError(f"{key}: {raw[key]!r} must name a file")
+            values[attr] = os.path.normpath(path)
     for key, attr in (("BLOCK_PUBLIC_IPS", "block_public_ips"), ("CONNTRACK_FLUSH", "conntrack_flush"),
                       ("GRATUITOUS_ARP", "gratuitous_arp")):
         if key in raw:
@@ -152,7 +191,7 @@ def _build(raw: dict[str, str]) -> DaemonConfig:
             raise ConfigError(f"PUBLIC_INTERFACE: {name!r} is not an interface name")
         values["public_interface"] = name
     if "RECONCILE_INTERVAL" in raw:
-        values["reconcile_interval"] = _number("RECONCILE_INTERVAL", raw["RECONCILE_INTERVAL"], float, 0, 86400)
+        values["reconcile_interval"] = _number("RECONCILE_INTERVAL", raw["RECONCILE_INTERVAL"], float, 1, 86400)
     if "REQUEST_TIMEOUT" in raw:
         values["request_timeout"] = _number("REQUEST_TIMEOUT", raw["REQUEST_TIMEOUT"], float, 0.1, 600)
     if "MAX_BODY_BYTES" in raw:
@@ -173,6 +212,7 @@ def _build(raw: dict[str, str]) -> DaemonConfig:
             raise ConfigError(f"NAT_BACKEND: {raw['NAT_BACKEND']!r} is not supported "
                               "(iptables, nftables or auto)")
         values["nat_backend"] = backend
+    _check_paths(values)
     return DaemonConfig(**values)
 
 

@@ -169,8 +169,7 @@ def run(config: DaemonConfig, ready_fd: int | None = None) -> int:
             except Exception as exc:  # keep the loop alive; the next round retries
                 log.error("periodic reconcile failed: %s", exc)
 
-    if config.reconcile_interval > 0:
-        threading.Thread(target=reconcile_loop, name="reconcile", daemon=True).start()
+    threading.Thread(target=reconcile_loop, name="reconcile", daemon=True).start()
     host, port = server.server_address[:2]
     log.info("listening on %s:%d (API v1)", host, port)
     supervisor.ready(host, port, len(service.registry))

@@ -23,7 +23,7 @@ DEFAULT_SETTINGS = {
     "REST_IP": "127.0.0.1",
     "REST_PORT": "7003",
     "PUBLIC_INTERFACE": "pub0",
-    "RECONCILE_INTERVAL": "0",
+    "RECONCILE_INTERVAL": "86400",  # (no periodic reconcile during a test: 1 s is the least allowed)
     "LOG_LEVEL": "DEBUG",
 }
 

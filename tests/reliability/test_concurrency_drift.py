@@ -65,7 +65,7 @@ def test_periodic_reconcile_repairs_drift(lab, tmp_path, servers, label, damage,
     foreign = ["iptables-legacy", "-w", "5", "-t", "nat", "-A", "POSTROUTING", "-s", "10.99.0.0/16",
                "-o", "pub0", "-j", "MASQUERADE"]
     lab.run(lab.ns_router, foreign)
-    with DaemonProcess(lab.ns_router, tmp_path / "d", RECONCILE_INTERVAL="0.5") as daemon:
+    with DaemonProcess(lab.ns_router, tmp_path / "d", RECONCILE_INTERVAL="1") as daemon:
         fip = daemon.cli("getip", lab.vm_ip(1)).stdout.strip()
         assert lab.tcp_probe(lab.ns_client, fip, TCP)["ok"]
         since = len(daemon.log())
