@@ -2,7 +2,7 @@
 
     ipfloaterd [--config FILE] [run]     serve the API, reconcile now and periodically
     ipfloaterd --config FILE flush       remove every rule and address of ours (state kept)
-    ipfloaterd --config FILE check       validate the config file and exit
+    ipfloaterd --config FILE check       every check `run` makes (config, paths, host), creating nothing
 
 Stopping the daemon leaves the rules in place, so floating IPs stay up across restarts
 and upgrades; the next start reconciles them with the stored state.
@@ -21,7 +21,7 @@ import socket
 import sys
 import threading
 
-from . import __version__, hostnet
+from . import __version__, hostnet, preflight, safefs
 from .cliutil import OneLineArgumentParser
 from .config import ConfigError, DaemonConfig, load_config
 from .model import FipError
@@ -37,19 +37,22 @@ class DaemonError(RuntimeError):
 
 
 def load_or_create_token(path: str) -> str:
-    """Read the API token, creating a random one (mode 0600) on first start."""
+    """Read the API token, creating a random one (0600, whole or not at all) on first
+    start. A token file reached through a symbolic link, owned by someone else, or that
+    others could read or write is refused (safefs): it may have been planted or read."""
     try:
-        with open(path, encoding="utf-8") as token_file:
+        try:
+            fd = safefs.open_file("TOKEN_FILE", path, os.O_RDONLY, secret=True)
+        except FileNotFoundError:
+            import secrets  # only here: it loads OpenSSL, which the start does not otherwise need
+            token = secrets.token_urlsafe(32)
+            safefs.write_new("TOKEN_FILE", path, (token + "\n").encode())
+            log.info("created API token file %s (mode 0600)", path)
+            return token
+        with os.fdopen(fd, encoding="utf-8") as token_file:
             token = token_file.read().strip()
-    except FileNotFoundError:
-        import secrets  # only here: it loads OpenSSL, which the start does not otherwise need
-        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
-        token = secrets.token_urlsafe(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(token + "\n")
-        log.info("created API token file %s (mode 0600)", path)
-        return token
+    except safefs.UnsafePath as exc:
+        raise DaemonError(str(exc)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DaemonError(f"TOKEN_FILE: cannot read {path}: {exc}") from None
     if len(token) < 16:
@@ -60,8 +63,12 @@ def load_or_create_token(path: str) -> str:
 def take_instance_lock(config: DaemonConfig):
     """One daemon (or flush) per state file: a second one would fight over the rules."""
     lock_path = config.db_path + ".lock"
-    os.makedirs(os.path.dirname(lock_path) or ".", mode=0o700, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = safefs.open_file("DB", lock_path, os.O_RDWR, create=True)
+    except safefs.UnsafePath as exc:
+        raise DaemonError(str(exc)) from None
+    except OSError as exc:
+        raise DaemonError(f"DB: cannot open {lock_path}: {exc.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -132,6 +139,9 @@ def run(config: DaemonConfig, ready_fd: int | None = None) -> int:
     from .service import FloatingIPService
 
     supervisor = Supervisor(ready_fd)
+    refused = preflight.path_problems(config)  # all of them before any is created
+    if refused:
+        raise DaemonError(refused[0])
     lock_fd = take_instance_lock(config)
     token = load_or_create_token(config.token_file)
     store = Store(config.db_path, config.db_sync)
@@ -200,13 +210,25 @@ def flush(config: DaemonConfig) -> int:
     return 0
 
 
+def check(config: DaemonConfig, path: str) -> int:
+    """Every validation `run` makes, creating nothing: JSON on stdout, the first
+    refusal as one line on stderr and run's exit status."""
+    found = preflight.report(config, hostnet)
+    print(json.dumps({"config": path, "pool_size": len(config.pool),
+                      "private_ranges": [str(n) for n in config.private_ranges], **found}))
+    if found["errors"]:
+        print(f"ipfloaterd: {found['errors'][0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(
         prog="ipfloaterd",
         description="Floating IP daemon: 1:1 NAT from a public address pool to private VM addresses.")
     parser.add_argument("command", nargs="?", default="run", choices=("run", "flush", "check"),
                         help="run (default): serve the API; flush: remove all our rules and "
-                             "addresses (state kept); check: validate the config and exit")
+                             "addresses (state kept); check: every check run makes, creating nothing; JSON out")
     parser.add_argument("-c", "--config", default=os.environ.get("IPFLOATERD_CONF", DEFAULT_CONFIG),
                         help=f"config file (default {DEFAULT_CONFIG}, or $IPFLOATERD_CONF)")
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
@@ -235,9 +257,7 @@ def _main(argv: list[str] | None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "check":
-            print(json.dumps({"config": args.config, "pool_size": len(config.pool),
-                              "private_ranges": [str(n) for n in config.private_ranges]}))
-            return 0
+            return check(config, args.config)
         if args.command == "flush":
             return flush(config)
         return run(config, args.ready_fd)

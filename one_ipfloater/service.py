@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from ipaddress import IPv4Address
 
-from . import __version__, hostnet
+from . import __version__, hostnet, preflight
 from .coalesce import Coalescer
 from .config import DaemonConfig
 from .model import Allocation, Change, FipError, Registry
@@ -39,6 +39,7 @@ class FloatingIPService:
         self._lock = threading.RLock()
         self._conntrack_flush = Coalescer(host.flush_conntrack)
         self.registry = Registry(config.pool, store.allocations())
+        self.warnings: list[str] = []  # preflight's, set by start(); /v1/health shows them
 
     # -- start-up and reconcile ------------------------------------------------------
 
@@ -50,14 +51,7 @@ class FloatingIPService:
         is called in between (the daemon tells its supervisor)."""
         with self._lock:
             iface = self.config.public_interface
-            if iface and not self.host.interface_exists(iface):
-                raise FipError("bad_config", f"PUBLIC_INTERFACE: {iface!r} does not exist", 500)
-            router = self.host.all_local_addresses()
-            ours = self.host.host_addresses(iface) if iface else set()
-            clash = sorted((router - ours) & self.registry.pool)
-            if clash:
-                raise FipError("bad_config", f"IP_POOL: {clash[0]} is an address of the router itself", 500)
-            self.registry.router_addresses = frozenset(router - self.registry.pool)
+            self.warnings, self.registry.router_addresses = preflight.require(self.config, self.host)
             started = time.perf_counter()
 
             def rules_done() -> None:

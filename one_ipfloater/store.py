@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from ipaddress import IPv4Address
 
+from . import safefs
 from .addresses import ipv4_from_text
 from .model import Allocation, Change
 
@@ -52,11 +53,22 @@ def _ipv4(value: object, column: str) -> IPv4Address:
         raise ValueError(f"allocations.{column} {value!r} is not an IPv4 address") from None
 
 
-def _create_private(path: str) -> None:
-    """Create the file 0600 before SQLite opens it (it would use the umask)."""
-    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+def _create_private(path: str) -> bool:
+    """Check the state file and its -wal/-shm by the safefs rules, and create it 0600
+    before SQLite opens it (it would use the umask); True if it was created now.
+
+    SQLite's `nofollow=1` URI parameter is not one (only the SQLITE_OPEN_NOFOLLOW flag
+    is, which Python's sqlite3 cannot pass): measured here, a symbolic link opened with
+    it is followed. The checks below hold because nobody but root or us can write the
+    directory, so nobody can swap a file between them and SQLite's open."""
+    for suffix in ("-wal", "-shm"):
+        safefs.check_file("DB", path + suffix)
+    try:
+        fd, created = safefs.open_file("DB", path, os.O_RDWR), False
+    except FileNotFoundError:
+        fd, created = safefs.open_file("DB", path, os.O_RDWR | os.O_EXCL, create=True), True
     os.close(fd)
+    return created
 
 
 class Store:
@@ -70,7 +82,7 @@ class Store:
         if synchronous not in ("full", "normal"):
             raise StoreError(f"DB_SYNC: {synchronous!r} is not full or normal")
         try:
-            _create_private(self.path)
+            self.created = _create_private(self.path)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                        timeout=10.0)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -81,6 +93,8 @@ class Store:
                 self._db.execute("INSERT INTO meta(key, value) VALUES('schema', ?)", (str(SCHEMA_VERSION),))
             elif int(row[0]) > SCHEMA_VERSION:
                 raise StoreError(f"DB: {self.path} has schema {row[0]}, newer than this daemon's {SCHEMA_VERSION}")
+        except safefs.UnsafePath as exc:
+            raise StoreError(str(exc)) from None
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"DB: cannot open {self.path}: {exc}") from None
         for suffix in ("-wal", "-shm"):
