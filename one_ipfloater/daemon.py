@@ -150,8 +150,11 @@ def run(config: DaemonConfig, ready_fd: int | None = None) -> int:
         repairs = service.start(supervisor.rules_in_place)
     except (FipError, NatError, hostnet.HostNetError) as exc:
         raise DaemonError(str(exc)) from None
-    log.info("started: %d addresses in the pool, %d allocated, %d repairs", len(config.pool),
-             len(service.registry), len(repairs))
+    if store.created:
+        log.info("started on a new state file %s: %d addresses in the pool", config.db_path, len(config.pool))
+    else:
+        log.info("started: %d addresses in the pool, %d allocated, %d repairs", len(config.pool),
+                 len(service.registry), len(repairs))
     gc.freeze()  # the start-up's objects live as long as we do: out of every later collection
     gc.enable()
     limit_malloc_arenas()  # before the API's threads exist

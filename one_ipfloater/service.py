@@ -60,7 +60,7 @@ class FloatingIPService:
                 if rules_in_place is not None:
                     rules_in_place(count)
 
-            repairs = self.reconcile(rules_done)
+            repairs = self.reconcile(rules_done, installing=self.store.created)
             if iface:
                 log.info("addresses on %s in place after %.3f s", iface, time.perf_counter() - started)
             self.store.sync_pool(self.config.pool)
@@ -78,15 +78,18 @@ class FloatingIPService:
         return desired_rules(registry.associations(), self.config.private_ranges,
                              registry.pool, self.config.block_public_ips)
 
-    def reconcile(self, rules_done: Callable[[], None] | None = None) -> list[str]:
+    def reconcile(self, rules_done: Callable[[], None] | None = None, installing: bool = False) -> list[str]:
         """Repair drift: our chains, jumps and floating addresses back to the stored state
-        (`rules_done` runs once the rules are, before the addresses)."""
+        (`rules_done` runs once the rules are, before the addresses). `installing`: the
+        first start of a clean install, where what is put in place is no repair of anything."""
         with self._lock:
             repairs = self.backend.sync(self.desired())
             if rules_done is not None:
                 rules_done()
             repairs += self._sync_addresses()
-        for line in repairs:
+        if installing:
+            log.info("first start: installed %s", "; ".join(repairs) or "nothing (already in place)")
+        for line in () if installing else repairs:
             log.warning("reconcile repaired: %s", line)
         return repairs
 

@@ -124,3 +124,18 @@ def test_an_api_off_loopback_is_warned(lab, tmp_path):
     assert [w.split(":")[0] for w in warnings] == ["REST_IP"] and "TLS" in warnings[0]
     loopback = DaemonProcess(lab.ns_router, tmp_path / "e", REST_IP="127.0.0.1")
     assert json.loads(loopback.run_command("check").stdout)["warnings"] == []
+
+
+def test_the_first_start_logs_what_it_installed_not_repairs(lab, tmp_path):
+    daemon = DaemonProcess(lab.ns_router, tmp_path / "d", LOG_LEVEL="INFO")
+    with daemon:
+        first = daemon.log()
+    assert "first start: installed created chain nat/IPFLOATER-PRE" in first, first
+    assert "started on a new state file" in first and "created API token file" in first
+    assert " WARNING " not in first and "repair" not in first, first
+    # negative control: with the state kept and our rules flushed, the next start repairs
+    assert daemon.run_command("flush").returncode == 0
+    with daemon:
+        second = daemon.log()[len(first):]
+    assert "reconcile repaired: created chain nat/IPFLOATER-PRE" in second, second
+    assert "first start" not in second and "started: 31 addresses in the pool, 0 allocated" in second
