@@ -217,3 +217,13 @@ def test_sqlite_nofollow_uri_parameter_does_not_protect_us(base):
     db = sqlite3.connect(f"file:{base}/link.db?nofollow=1", uri=True)
     assert db.execute("SELECT name FROM sqlite_master").fetchall() == [("t",)]
     db.close()
+
+
+def test_check_file_creates_nothing_and_write_new_never_overwrites(base):
+    assert safefs.check_file("DB", str(base / "a" / "b" / "state.db")) is False
+    assert tree(base) == []
+    safefs.write_new("TOKEN_FILE", str(base / "token"), b"first\n")
+    with pytest.raises(FileExistsError):
+        safefs.write_new("TOKEN_FILE", str(base / "token"), b"second\n")
+    assert (base / "token").read_bytes() == b"first\n" and tree(base) == ["token"]
+    assert safefs.check_file("TOKEN_FILE", str(base / "token"), secret=True) is True
