@@ -50,7 +50,7 @@ def host_problems(config, facts: HostFacts) -> list[str]:
     if iface and not facts.interface_exists:
         problems.append(f"PUBLIC_INTERFACE: {iface!r} does not exist")
     # our own floating addresses on PUBLIC_INTERFACE are not a clash: they are ours
-    clash = sorted((facts.router_addresses - facts.iface_addresses) & frozenset(config.pool))
+    clash = sorted((facts.router_addresses - facts.iface_addresses).intersection(config.pool))
     if clash:
         more = f" (and {len(clash) - 1} more)" if len(clash) > 1 else ""
         problems.append(f"IP_POOL: {clash[0]} is an address of the router itself{more}")
@@ -85,7 +85,7 @@ def require(config, host) -> tuple[list[str], frozenset]:
     warnings = host_warnings(config, facts)
     for line in warnings:
         log.warning("%s", line)
-    return warnings, facts.router_addresses - frozenset(config.pool)
+    return warnings, facts.router_addresses.difference(config.pool)
 
 
 def paths(config) -> list[tuple[str, str, bool]]:
@@ -130,7 +130,8 @@ def backend_problem(config) -> tuple[str, str | None]:
         else:
             from .nat_iptables import IptablesBackend
             backend = IptablesBackend(lock_path=config.xtables_lock)
-            backend._tool("save"), backend._tool("restore")
+            for tool in ("save", "restore"):
+                backend._tool(tool)
     except NatError as exc:
         return name, f"NAT_BACKEND: {exc}"
     return name, None

@@ -56,7 +56,7 @@ def check_parent(key: str, path: str) -> str | None:
         path = os.path.join(os.getcwd(), path)
     parts = [p for p in os.path.dirname(path).split("/") if p]
     current = "/"
-    _check_dir(key, current, os.lstat(current), own_dir=not parts)
+    _check_dir(key, current, os.lstat(current), own_dir=False)
     links = 0
     while parts:
         name = parts.pop(0)
@@ -82,9 +82,10 @@ def check_parent(key: str, path: str) -> str | None:
                 current = "/"
             parts[:0] = [p for p in target.split("/") if p]
             continue
-        # the file's own directory: the last component, unless a link's target follows
-        _check_dir(key, candidate, st, own_dir=not parts)
+        _check_dir(key, candidate, st, own_dir=False)
         current = candidate
+    # the file's own directory, wherever links and ".." led: no sticky-bit exception
+    _check_dir(key, current, os.lstat(current), own_dir=True)
     return None
 
 

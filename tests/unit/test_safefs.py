@@ -10,6 +10,7 @@ import stat
 import pytest
 
 from one_ipfloater import safefs
+from one_ipfloater.safefs import UnsafePath
 from one_ipfloater.config import parse_config_text
 from one_ipfloater.daemon import DaemonError, load_or_create_token, take_instance_lock
 from one_ipfloater.store import Store, StoreError
@@ -227,3 +228,12 @@ def test_check_file_creates_nothing_and_write_new_never_overwrites(base):
         safefs.write_new("TOKEN_FILE", str(base / "token"), b"second\n")
     assert (base / "token").read_bytes() == b"first\n" and tree(base) == ["token"]
     assert safefs.check_file("TOKEN_FILE", str(base / "token"), secret=True) is True
+
+
+def test_a_sticky_directory_reached_through_dot_dot_is_still_the_files_own(base):
+    (base / "tmp").mkdir()
+    os.chmod(base / "tmp", 0o1777)
+    (base / "tmp" / "lib").mkdir(mode=0o700)
+    os.symlink("..", base / "tmp" / "lib" / "up")
+    with pytest.raises(UnsafePath, match="directory .*/tmp is writable by group and others"):
+        safefs.check_file("DB", str(base / "tmp" / "lib" / "up" / "state.db"))
