@@ -28,8 +28,8 @@ PUBLIC_INTERFACE, and net.ipv4.ip_forward / ip_nonlocal_bind (None when unreadab
 def read_sysctl(name: str, root: str = "/proc/sys/net/ipv4") -> int | None:
     """An integer sysctl of this network namespace, None when it cannot be read."""
     try:
-        with open(f"{root}/{name}", encoding="ascii") as value:
-            return int(value.read().strip())
+        with open(f"{root}/{name}", "rb") as value:  # (binary: no text layer on the start's path)
+            return int(value.read())
     except (OSError, ValueError):
         return None
 
@@ -43,14 +43,18 @@ def host_facts(config, host) -> HostFacts:
                      read_sysctl("ip_forward"), read_sysctl("ip_nonlocal_bind"))
 
 
-def host_problems(config, facts: HostFacts) -> list[str]:
-    """What makes `run` refuse to start on this host; one line each (pure)."""
+def host_problems(config, facts: HostFacts, pool: frozenset | None = None) -> list[str]:
+    """What makes `run` refuse to start on this host; one line each (pure). `pool`: the
+    config's pool as a set, when the caller has one (sets of addresses combine on their
+    stored hashes; IPv4Address.__hash__ is Python code, ~2 us an address)."""
+    if pool is None:
+        pool = frozenset(config.pool)
     problems = []
     iface = config.public_interface
     if iface and not facts.interface_exists:
         problems.append(f"PUBLIC_INTERFACE: {iface!r} does not exist")
     # our own floating addresses on PUBLIC_INTERFACE are not a clash: they are ours
-    clash = sorted((facts.router_addresses - facts.iface_addresses).intersection(config.pool))
+    clash = sorted((facts.router_addresses - facts.iface_addresses) & pool)
     if clash:
         more = f" (and {len(clash) - 1} more)" if len(clash) > 1 else ""
         problems.append(f"IP_POOL: {clash[0]} is an address of the router itself{more}")
@@ -74,18 +78,18 @@ def host_warnings(config, facts: HostFacts) -> list[str]:
     return warnings
 
 
-def require(config, host) -> tuple[list[str], frozenset]:
+def require(config, host, pool: frozenset) -> tuple[list[str], frozenset]:
     """The host checks of the start: FipError(bad_config) on the first problem; the
-    warnings, logged once; and the router's own addresses outside the pool (the NAT
+    warnings, logged once; and the router's own addresses outside `pool` (the NAT
     targets the registry refuses)."""
     facts = host_facts(config, host)
-    problems = host_problems(config, facts)
+    problems = host_problems(config, facts, pool)
     if problems:
         raise FipError("bad_config", problems[0], 500)
     warnings = host_warnings(config, facts)
     for line in warnings:
         log.warning("%s", line)
-    return warnings, facts.router_addresses.difference(config.pool)
+    return warnings, facts.router_addresses - pool
 
 
 def paths(config) -> list[tuple[str, str, bool]]:

@@ -51,7 +51,7 @@ class FloatingIPService:
         is called in between (the daemon tells its supervisor)."""
         with self._lock:
             iface = self.config.public_interface
-            self.warnings, self.registry.router_addresses = preflight.require(self.config, self.host)
+            self.warnings, self.registry.router_addresses = preflight.require(self.config, self.host, self.registry.pool)
             started = time.perf_counter()
 
             def rules_done() -> None:

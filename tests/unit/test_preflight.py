@@ -55,10 +55,11 @@ def test_warnings():
 
 def test_require_raises_the_first_problem_as_the_start_did():
     with pytest.raises(FipError) as err:
-        require(config(PUBLIC_INTERFACE="nosuch0"), FakeHost())
+        require(config(PUBLIC_INTERFACE="nosuch0"), FakeHost(), frozenset())
     assert (err.value.code, err.value.status, err.value.message) == (
         "bad_config", 500, "PUBLIC_INTERFACE: 'nosuch0' does not exist")
-    warnings, router = require(config(PUBLIC_INTERFACE="pub0", REST_IP="0.0.0.0"), FakeHost())
+    cfg = config(PUBLIC_INTERFACE="pub0", REST_IP="0.0.0.0")
+    warnings, router = require(cfg, FakeHost(), frozenset(cfg.pool))
     assert warnings[-1].startswith("REST_IP: 0.0.0.0") and router == {A("10.77.0.1"), A("198.51.100.1")}
 
 
