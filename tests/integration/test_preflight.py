@@ -55,6 +55,7 @@ def ours_in_kernel(lab) -> list[str]:
     ({"REST_IP": "192.0.2.1"}, "REST_IP: 192.0.2.1 is not an address of this host (the API could not listen on it)"),
 ])
 def test_check_refuses_what_run_refuses_with_the_same_line(lab, tmp_path, settings, line):
+    rules = ours_in_kernel(lab)
     config = write_config(tmp_path / "ipfloaterd.conf", **settings)
     checked = ipfloaterd(lab, config, "check")
     assert checked.returncode == 1 and checked.stderr == f"ipfloaterd: {line}\n", checked.stderr
@@ -62,18 +63,19 @@ def test_check_refuses_what_run_refuses_with_the_same_line(lab, tmp_path, settin
     assert tree(tmp_path) == ["ipfloaterd.conf"]  # check created nothing
     ran = ipfloaterd(lab, config, "run")
     assert ran.returncode == 1 and ran.stderr.splitlines()[-1] == f"ipfloaterd: {line}", ran.stderr
-    assert ours_in_kernel(lab) == []  # refused before any rule
+    assert ours_in_kernel(lab) == rules  # refused before any rule changed
 
 
 def test_check_of_a_good_config_passes_and_creates_nothing(lab, tmp_path):
     """The negative control of the refusals: the same files, a host that fits."""
+    rules = ours_in_kernel(lab)
     config = write_config(tmp_path / "ipfloaterd.conf")
     checked = ipfloaterd(lab, config, "check")
     assert checked.returncode == 0, checked.stderr
     report = json.loads(checked.stdout)
     assert report["errors"] == [] and report["backend"] == "iptables" and report["pool_size"] == 31
     assert tree(tmp_path) == ["ipfloaterd.conf"]  # no state directory, token or lock
-    assert ours_in_kernel(lab) == []
+    assert ours_in_kernel(lab) == rules
 
 
 def test_check_reports_a_nat_backend_that_cannot_run(lab, tmp_path):
@@ -88,6 +90,7 @@ def test_check_reports_a_nat_backend_that_cannot_run(lab, tmp_path):
 def test_a_bad_token_directory_is_refused_before_anything_is_created(lab, tmp_path, command):
     """The state directory is fine, the token's is not: `run` used to create the state
     directory, its lock and the state file, then the token, and start."""
+    rules = ours_in_kernel(lab)
     (tmp_path / "secret").mkdir()
     os.chmod(tmp_path / "secret", 0o777)
     config = write_config(tmp_path / "ipfloaterd.conf", TOKEN_FILE=f"{tmp_path}/secret/token")
@@ -96,14 +99,14 @@ def test_a_bad_token_directory_is_refused_before_anything_is_created(lab, tmp_pa
             "chmod go-w it or choose another path")
     assert proc.returncode == 1 and proc.stderr.splitlines()[-1] == line, proc.stderr
     assert tree(tmp_path) == ["ipfloaterd.conf", "secret"]
-    assert ours_in_kernel(lab) == []
+    assert ours_in_kernel(lab) == rules
 
 
 @pytest.mark.parametrize("forward", [0, 1])
 def test_ip_forward_off_is_warned_by_check_and_at_start(lab, tmp_path, forward):
     lab.run(lab.ns_router, ["sysctl", "-q", "-w", f"net.ipv4.ip_forward={forward}"])
+    daemon = DaemonProcess(lab.ns_router, tmp_path / "d")
     try:
-        daemon = DaemonProcess(lab.ns_router, tmp_path / "d")
         checked = daemon.run_command("check")
         assert checked.returncode == 0, checked.stderr
         warnings = json.loads(checked.stdout)["warnings"]
@@ -116,6 +119,7 @@ def test_ip_forward_off_is_warned_by_check_and_at_start(lab, tmp_path, forward):
             assert warnings == [] and not any(FORWARD_WARNING in line for line in logged), daemon.log()
     finally:
         lab.run(lab.ns_router, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        daemon.run_command("flush")  # the lab is shared by this module: leave its kernel clean
 
 
 def test_an_api_off_loopback_is_warned(lab, tmp_path):
@@ -128,6 +132,7 @@ def test_an_api_off_loopback_is_warned(lab, tmp_path):
 
 def test_the_first_start_logs_what_it_installed_not_repairs(lab, tmp_path):
     daemon = DaemonProcess(lab.ns_router, tmp_path / "d", LOG_LEVEL="INFO")
+    assert daemon.run_command("flush").returncode == 0  # a clean kernel: the lab is shared by this module
     with daemon:
         first = daemon.log()
     assert "first start: installed created chain nat/IPFLOATER-PRE" in first, first
@@ -139,3 +144,4 @@ def test_the_first_start_logs_what_it_installed_not_repairs(lab, tmp_path):
         second = daemon.log()[len(first):]
     assert "reconcile repaired: created chain nat/IPFLOATER-PRE" in second, second
     assert "first start" not in second and "started: 31 addresses in the pool, 0 allocated" in second
+    assert daemon.run_command("flush").returncode == 0
