@@ -17,6 +17,7 @@ NICs that were served stay (they are valid, and the next run is a no-op for them
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -27,7 +28,7 @@ from . import rpc
 from .fipspec import FipSpec, desired_floating_ips, parse_ref, vm_phase
 from .plan import (ATTR_STATUS, Held, Step, changed_attributes, error_line, held_from_api,
                    plan_steps, wanted_attributes)
-from .vmlock import LockError, vm_lock
+from .vmlock import LockError, open_lock_dir, vm_lock
 from .vmxml import Vm, VmXmlError, parse_vm, parse_vm_pool
 
 __all__ = ["Result", "SyncResult", "converge_vm", "sync_all", "read_vm", "held_by_vm",
@@ -280,6 +281,12 @@ def sync_all(one: Any, daemon: Any, *, lock_dir: Optional[str] = None,
     was not in that list (DONE or gone: converge_vm re-reads it, so a VM created since the
     list was read is converged, not robbed). Refs that do not parse are left alone."""
     out = SyncResult()
+    if lock_dir is not None:  # one line for the sweep, not one per VM
+        try:
+            os.close(open_lock_dir(lock_dir))
+        except LockError as exc:
+            out.errors.append(str(exc))
+            return out
     try:
         vms = parse_vm_pool(rpc.vmpool_xml(one))
     except rpc.ONE_ERRORS as exc:  # never act on a partial view of the pool
