@@ -26,7 +26,7 @@ from .config import ConfigError, load_one_config
 from .driver import clients_from_config, held_by_vm, read_vm, sync_all
 from .fipspec import FipSpec, desired_floating_ips, vm_phase
 from .hookinstall import TemplateError, default_hooks_dir, install_hooks, read_templates
-from .plan import owner_for, plan_steps
+from .plan import owner_for, ownership_errors, plan_steps
 
 PROG = "ipfloater-one"
 EXIT_ERROR = 1  # bad arguments exit 2 (OneLineArgumentParser)
@@ -108,11 +108,11 @@ def cmd_show(args) -> Tuple[dict, str, bool]:
                     "owner": h.owner} for _, h in sorted(held.items())],
         "pending": [{"action": s.action, "nic_id": s.nic_id, "public_ip": s.public_ip,
                      "private_ip": s.private_ip, "reason": s.reason} for s in steps],
-        "errors": list(spec.errors),
+        "errors": list(spec.errors) + ownership_errors(vm, held),
         "user_template": {k: v for k, v in sorted(vm.user_template.items())
                           if k.startswith("FLOATING_IP")},
     }
-    data["in_sync"] = not steps and not spec.errors
+    data["in_sync"] = not steps and not data["errors"]
     lines = [f"VM {vm.id} {vm.name!r} ({data['owner']}) {data['state']}: phase {phase}"]
     lines += ["desired: " + (", ".join(f"NIC {d['nic_id']} {d['private_ip']} -> "
                                         f"{d['public_ip'] or 'any'}" for d in data["desired"])

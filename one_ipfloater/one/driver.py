@@ -26,8 +26,8 @@ import pyone
 from ..client import ApiError, IpfloaterClient
 from . import rpc
 from .fipspec import FipSpec, desired_floating_ips, parse_ref, vm_phase
-from .plan import (ATTR_STATUS, Held, Step, changed_attributes, error_line, held_from_api,
-                   plan_steps, wanted_attributes)
+from .plan import (ATTR_STATUS, Held, Step, changed_attributes, error_line, foreign_held,
+                   held_from_api, ownership_errors, plan_steps, wanted_attributes)
 from .vmlock import LockError, open_lock_dir, vm_lock
 from .vmxml import Vm, VmXmlError, parse_vm, parse_vm_pool
 
@@ -37,8 +37,8 @@ __all__ = ["Result", "SyncResult", "converge_vm", "sync_all", "read_vm", "held_b
 log = logging.getLogger(__name__)
 
 #: Daemon errors after which further calls in this run are pointless.
-_FATAL = frozenset({"unreachable", "timeout", "unauthorized", "bad_response", "no_token",
-                    "internal_error"})
+_FATAL = frozenset({"unreachable", "timeout", "unauthorized", "forbidden", "bad_response",
+                    "no_token", "internal_error", "redirect"})
 
 
 @dataclass
@@ -138,6 +138,9 @@ def _converge(vm_id: int, one: Any, daemon: Any, result: Result) -> None:
         if vm is not None:
             _write_back(one, vm, result, None)
         return
+    foreign = foreign_held(vm, held)
+    result.errors.extend(ownership_errors(vm, held))
+    held = {n: h for n, h in held.items() if n not in foreign}  # never adopted
     steps = plan_steps(vm, result.phase, spec, held)
     result.addresses = _execute(steps, daemon, held, result)
     if vm is not None:
@@ -160,6 +163,8 @@ def _execute(steps: List[Step], daemon: Any, held: Dict[int, Held],
                 _release(daemon, step)
                 addresses.pop(step.nic_id, None)
             else:
+                if step.action == "move":
+                    _check_private_free(daemon, step, addresses)
                 got = daemon.allocate(public_ip=step.public_ip, private_ip=step.private_ip,
                                       owner=step.owner, ref=step.ref,
                                       allow_move=True if step.action == "move" else None)
@@ -183,6 +188,18 @@ def _release(daemon: Any, step: Step) -> None:
     except ApiError as exc:
         if exc.code != "not_allocated":  # already gone (another run got there first)
             raise
+
+
+def _check_private_free(daemon: Any, step: Step, addresses: Dict[int, str]) -> None:
+    """``allow_move`` also lets the daemon take the private address from whatever serves
+    it; a move may only take it from this VM's own NICs, never from another VM (whose
+    NIC has the same address after a lease bug or an operator's change). The daemon
+    refuses that for another owner too (the answer is handled the same way)."""
+    mine = set(addresses.values())
+    served = daemon.list(private_ip=step.private_ip)
+    if any(a.get("public_ip") not in mine for a in served):
+        raise ApiError("private_in_use", f"private_ip: {step.private_ip} is already served",
+                       409)
 
 
 def _replacement_free(daemon: Any, step: Step, releasing: set, result: Result) -> bool:
@@ -213,7 +230,10 @@ def _disassociate(daemon: Any, step: Step, result: Result) -> None:
 
 
 def _daemon_error(exc: ApiError) -> str:
-    return " ".join(str(exc.message).split()) or exc.code
+    text = " ".join(str(exc.message).split()) or exc.code
+    if exc.code == "forbidden":  # the token's role does not allow what the driver does
+        text += " (forbidden: IPFLOATER_TOKEN_FILE must hold an operator token)"
+    return text
 
 
 def _step_error(step: Step, exc: ApiError) -> str:
@@ -226,11 +246,11 @@ def _step_error(step: Step, exc: ApiError) -> str:
         "pool_exhausted": f"{nic}: no free address left in the floating IP pool",
         "not_in_pool": f"{nic}: {asked} is not in the floating IP pool",
         "address_in_use": f"{nic}: {asked} is already allocated to another VM",
-        "owner_mismatch": f"{nic}: {asked} belongs to another user",
+        "owner_mismatch": f"{nic}: {asked} belongs to another user (owner_mismatch)",
         "private_not_allowed": f"{nic}: the router does not NAT to {step.private_ip} "
                                f"({_daemon_error(exc)})",
-        "private_in_use": f"{nic}: {step.private_ip} is already served by another "
-                          "floating IP",
+        "private_in_use": f"{nic}: {step.private_ip} is already served by another VM's "
+                          "floating IP (private_in_use)",
     }
     return messages.get(code, f"{nic}: {step.action} failed: {_daemon_error(exc)} ({code})")
 
