@@ -83,7 +83,8 @@ def clients_from_config(config) -> Tuple[Any, IpfloaterClient]:
     """A pyone client and a daemon client from a OneConfig (reads both credentials;
     raises ConfigError)."""
     one = rpc.connect(config.one_xmlrpc, config.session(), config.one_timeout)
-    return one, IpfloaterClient(config.ipfloater_url, config.token(), config.ipfloater_timeout)
+    return one, IpfloaterClient(config.ipfloater_url, config.token(), config.ipfloater_timeout,
+                                use_env_proxy=config.use_env_proxy)
 
 
 def read_vm(one: Any, vm_id: int) -> Vm:
