@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 import requests
 
+from .addresses import AddressError, parse_ipv4
+
 DEFAULT_URL = "http://127.0.0.1:7003"
 DEFAULT_TOKEN_FILE = "/var/lib/ipfloater/token"
 
@@ -49,7 +51,6 @@ def check_host(value: str, field: str = "-i/--server-ip") -> str:
     if text and len(text) <= 253 and all(_LABEL.fullmatch(x) for x in labels):
         if not all(x.isdigit() for x in labels):
             return text
-        from .addresses import AddressError, parse_ipv4
         try:
             return str(parse_ipv4(text, field))
         except AddressError:
