@@ -242,7 +242,7 @@ def _step_error(step: Step, exc: ApiError) -> str:
     if code in _FATAL:
         return _daemon_error(exc)
     if step.action == "release":
-        return f"{nic}: could not release {asked}: {_daemon_error(exc)}"
+        return f"{nic}: could not release {asked}: {_daemon_error(exc)} ({code})"
     messages = {
         "pool_exhausted": f"{nic}: no free address left in the floating IP pool",
         "not_in_pool": f"{nic}: {asked} is not in the floating IP pool",

@@ -504,3 +504,19 @@ def test_daemon_refusing_the_move_is_written_as_private_in_use(env):
     assert_error_written(env, second, r, "(private_in_use)")
     assert (IPv4Address(address), IPv4Address(private)) in env.svc.registry.associations()
     assert env.held(second)[0].private_ip is None
+
+
+class ForbiddingDaemon(RacingDaemon):
+    """The daemon answering a token without the operator role (403 forbidden)."""
+
+    def allocate(self, **fields):
+        from one_ipfloater.client import ApiError
+        raise ApiError("forbidden", "operator: this token may not act for other owners", 403)
+
+
+def test_forbidden_is_written_with_the_token_hint_and_stops_the_run(env):
+    vm = env.create('NAME="a" NIC=[NETWORK="priv", FLOATING_IP="YES"] '
+                    'NIC=[NETWORK="priv", FLOATING_IP="YES"]')
+    r = env.converge(vm, daemon=ForbiddingDaemon(env))
+    assert_error_written(env, vm, r, "must hold an operator token")
+    assert len(r.errors) == 1 and env.held(vm) == {}  # fatal: NIC 1 was not tried
