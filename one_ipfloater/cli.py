@@ -16,7 +16,8 @@ import sys
 from . import __version__
 from .cliutil import OneLineArgumentParser
 from .addresses import AddressError, parse_ipv4
-from .client import DEFAULT_TOKEN_FILE, ApiError, IpfloaterClient, read_token
+from .client import (DEFAULT_TOKEN_FILE, ApiError, IpfloaterClient, UrlError, check_host,
+                     check_port, check_timeout, check_url, read_token)
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 
@@ -44,12 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Client of ipfloaterd, the daemon that maps floating (public) IPs to private IPs.")
     parser.add_argument("-i", "--server-ip", default=os.environ.get("IPFLOATER_SERVER_IP", "127.0.0.1"),
                         help="address where ipfloaterd listens (default 127.0.0.1)")
-    parser.add_argument("-p", "--server-port", type=int, default=int(os.environ.get("IPFLOATER_SERVER_PORT", 7003)),
+    parser.add_argument("-p", "--server-port", default=os.environ.get("IPFLOATER_SERVER_PORT", "7003"),
                         help="port where ipfloaterd listens (default 7003)")
-    parser.add_argument("--url", help="full daemon URL (overrides -i/-p), e.g. https://router:7443")
+    parser.add_argument("--url", help="full daemon URL (overrides -i/-p), e.g. https://router:7443; "
+                        "no user:password@, query or fragment")
     parser.add_argument("--token-file", default=None,
                         help=f"API token file (default $IPFLOATER_TOKEN, then {DEFAULT_TOKEN_FILE})")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the daemon")
+    parser.add_argument("--timeout", default="10", help="seconds to wait for the daemon")
+    parser.add_argument("--use-env-proxy", action="store_true",
+                        help="send requests (and the token) through the proxy named by "
+                        "$HTTP_PROXY/$HTTPS_PROXY/$ALL_PROXY (default: ignore them and connect "
+                        "directly); redirects are never followed")
     parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -133,12 +139,24 @@ def _execute(args, client: IpfloaterClient):
     raise AssertionError(cmd)
 
 
+def _endpoint(args) -> tuple[str, float]:
+    """The daemon URL and timeout, checked (raises UrlError, one line)."""
+    timeout = check_timeout(args.timeout)
+    if args.url is not None:
+        return check_url(args.url), timeout
+    return f"http://{check_host(args.server_ip)}:{check_port(args.server_port)}", timeout
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    url = args.url or f"http://{args.server_ip}:{args.server_port}"
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        url, timeout = _endpoint(args)
+    except UrlError as exc:
+        parser.error(str(exc))  # one line, exit 2
     try:
         token = "" if args.command == "health" else read_token(args.token_file)
-        client = IpfloaterClient(url, token, timeout=args.timeout)
+        client = IpfloaterClient(url, token, timeout=timeout, use_env_proxy=args.use_env_proxy)
         payload, text = _execute(args, client)
     except ApiError as exc:
         if args.json:

@@ -1,12 +1,24 @@
-"""Python client of the ipfloaterd REST API (used by the CLI and the OpenNebula driver)."""
+"""Python client of the ipfloaterd REST API (used by the CLI and the OpenNebula driver).
+
+The token is a bearer secret, so the client sends it to the URL it was given and
+nowhere else: proxies from the environment ($HTTP_PROXY, $ALL_PROXY...) and ~/.netrc
+are ignored unless the caller asks for them (``use_env_proxy``), and redirects are never
+followed (a 3xx is an error naming its Location). URLs and host names are checked
+before anything is sent, so a malformed one is one line, not a traceback.
+"""
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
+from urllib.parse import urlsplit
 
 import requests
+
+from .addresses import AddressError, parse_ipv4
 
 DEFAULT_URL = "http://127.0.0.1:7003"
 DEFAULT_TOKEN_FILE = "/var/lib/ipfloater/token"
@@ -20,6 +32,87 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.status = status
+
+
+class UrlError(ValueError):
+    """A malformed daemon URL, host, port or timeout; the message is one line naming the
+    field and the value."""
+
+
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_CTRL = re.compile(r"[\x00-\x20\x7f]")
+
+
+def check_host(value: str, field: str = "-i/--server-ip") -> str:
+    """An IPv4 address or a DNS host name (the daemon's API is IPv4; an IPv6 literal
+    belongs in a URL: --url http://[::1]:7003)."""
+    text = str(value)
+    labels = text.rstrip(".").split(".")
+    if text and len(text) <= 253 and all(_LABEL.fullmatch(x) for x in labels):
+        if not all(x.isdigit() for x in labels):
+            return text
+        try:
+            return str(parse_ipv4(text, field))
+        except AddressError:
+            pass
+    hint = " (IPv6: use --url http://[ADDRESS]:PORT)" if ":" in text else ""
+    raise UrlError(f"{field}: {text!r} is not an IPv4 address or a host name{hint}")
+
+
+def check_port(value: Any, field: str = "-p/--server-port") -> int:
+    text = str(value).strip()
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
+        raise UrlError(f"{field}: {value!r} is not a port number (1-65535)")
+    return int(text)
+
+
+def check_timeout(value: Any, field: str = "--timeout") -> float:
+    try:
+        number = float(str(value).strip()) if str(value).strip().isascii() else math.nan
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and 0 < number <= 3600):
+        raise UrlError(f"{field}: {value!r} is not a number of seconds (0-3600)")
+    return number
+
+
+def check_url(value: str, field: str = "--url") -> str:
+    """An http(s) URL with a host, a valid port, and nothing that would be sent
+    elsewhere or differently (credentials, a query, a fragment, blanks)."""
+    text = str(value)
+    if _CTRL.search(text) or not text.isascii():
+        raise UrlError(f"{field}: {value!r} must not contain spaces, control or non-ASCII "
+                       "characters")
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # e.g. a bracketed host that is no address
+        raise UrlError(f"{field}: {value!r} has an invalid host") from None
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UrlError(f"{field}: {value!r} is not an http:// or https:// URL")
+    if "@" in parts.netloc:
+        raise UrlError(f"{field}: {value!r} must not contain credentials (user:password@); "
+                       "the token authenticates")
+    if parts.query or parts.fragment or text.endswith(("?", "#")):
+        raise UrlError(f"{field}: {value!r} must not have a query or a fragment")
+    try:
+        port = parts.port
+    except ValueError:
+        raise UrlError(f"{field}: {value!r} has an invalid port") from None
+    if port == 0 or (parts.netloc.rpartition("]")[2].endswith(":")):
+        raise UrlError(f"{field}: {value!r} has an invalid port")
+    host = parts.hostname or ""
+    if not parts.netloc.startswith("["):  # a bracketed one was checked by urlsplit
+        try:
+            check_host(host, field)
+        except UrlError:
+            raise UrlError(f"{field}: {value!r} has an invalid host {host!r}") from None
+    return text
+
+
+def _ca_bundle(env: Mapping[str, str]) -> Any:
+    """What requests reads from the environment besides proxies: a CA bundle. Kept when
+    the environment is otherwise ignored (it decides whom to trust, not where to send)."""
+    return env.get("REQUESTS_CA_BUNDLE") or env.get("CURL_CA_BUNDLE") or True
 
 
 def read_token(token_file: Optional[str] = None, env: Optional[dict] = None) -> str:
@@ -38,22 +131,36 @@ class IpfloaterClient:
     """Thin wrapper: one method per API route; errors become ApiError."""
 
     def __init__(self, url: str = DEFAULT_URL, token: str = "", timeout: float = 10.0,
-                 session: Optional[requests.Session] = None):
-        self.url = url.rstrip("/")
+                 session: Optional[requests.Session] = None, use_env_proxy: bool = False):
+        """``use_env_proxy``: honour $HTTP(S)_PROXY/$ALL_PROXY/$NO_PROXY and ~/.netrc
+        (requests' ``trust_env``); off by default. Raises UrlError on a bad URL."""
+        self.url = check_url(url, "url").rstrip("/")
         self.token = token
         self.timeout = timeout
         self.session = session or requests.Session()
+        self.session.trust_env = use_env_proxy
+        self.verify = True if use_env_proxy else _ca_bundle(os.environ)
 
     def _call(self, method: str, path: str, body: Optional[dict] = None,
               params: Optional[dict] = None) -> Any:
         headers = {"Authorization": f"Bearer {self.token}"}
         try:
             resp = self.session.request(method, f"{self.url}/v1{path}", json=body, params=params,
-                                        headers=headers, timeout=self.timeout)
+                                        headers=headers, timeout=self.timeout,
+                                        allow_redirects=False, verify=self.verify)
         except requests.Timeout:
             raise ApiError("timeout", f"ipfloaterd at {self.url} did not answer within {self.timeout:g}s") from None
         except requests.ConnectionError:
             raise ApiError("unreachable", f"ipfloaterd at {self.url} is unreachable") from None
+        except (requests.RequestException, ValueError) as exc:  # bad header, bad URL...
+            raise ApiError("bad_request", f"cannot send the request to ipfloaterd at "
+                                          f"{self.url}: {' '.join(str(exc).split())}") from None
+        if 300 <= resp.status_code < 400:
+            location = resp.headers.get("Location", "")
+            raise ApiError("redirect", f"ipfloaterd at {self.url} answered {resp.status_code} "
+                                       f"redirecting to {location!r}; redirects are not "
+                                       "followed (the token goes only to the configured URL)",
+                           resp.status_code)
         try:
             payload = resp.json()
         except ValueError:

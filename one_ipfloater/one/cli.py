@@ -5,7 +5,8 @@
     ipfloater-one [--config F] [--json] [-v] show VMID
 
 Human-readable output by default, ``--json`` for scripts (also accepted after the
-command). Every error is one line on stderr; exit 1 on errors, 2 on bad arguments.
+command). Every error is one line on stderr; exit 1 on errors, 2 on bad arguments or a
+bad configuration (nothing was tried then).
 """
 
 from __future__ import annotations
@@ -26,10 +27,18 @@ from .config import ConfigError, load_one_config
 from .driver import clients_from_config, held_by_vm, read_vm, sync_all
 from .fipspec import FipSpec, desired_floating_ips, vm_phase
 from .hookinstall import TemplateError, default_hooks_dir, install_hooks, read_templates
-from .plan import owner_for, plan_steps
+from .plan import owner_for, ownership_errors, plan_steps
 
 PROG = "ipfloater-one"
-EXIT_ERROR = 1  # bad arguments exit 2 (OneLineArgumentParser)
+EXIT_ERROR = 1
+EXIT_USAGE = 2  # also what OneLineArgumentParser exits with
+
+
+def _vm_id(value: str) -> int:
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()) or int(text) > 2**31 - 1:
+        raise argparse.ArgumentTypeError(f"VMID: {value!r} is not a VM ID (0-2147483647)")
+    return int(text)
 
 
 class Failure(Exception):
@@ -57,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="converge every VM and release addresses of VMs that are gone")
     p = sub.add_parser("show", parents=[common],
                        help="desired vs actual floating IPs of one VM (changes nothing)")
-    p.add_argument("vm_id", type=int, metavar="VMID")
+    p.add_argument("vm_id", type=_vm_id, metavar="VMID")
     return parser
 
 
@@ -108,11 +117,11 @@ def cmd_show(args) -> Tuple[dict, str, bool]:
                     "owner": h.owner} for _, h in sorted(held.items())],
         "pending": [{"action": s.action, "nic_id": s.nic_id, "public_ip": s.public_ip,
                      "private_ip": s.private_ip, "reason": s.reason} for s in steps],
-        "errors": list(spec.errors),
+        "errors": list(spec.errors) + ownership_errors(vm, held),
         "user_template": {k: v for k, v in sorted(vm.user_template.items())
                           if k.startswith("FLOATING_IP")},
     }
-    data["in_sync"] = not steps and not spec.errors
+    data["in_sync"] = not steps and not data["errors"]
     lines = [f"VM {vm.id} {vm.name!r} ({data['owner']}) {data['state']}: phase {phase}"]
     lines += ["desired: " + (", ".join(f"NIC {d['nic_id']} {d['private_ip']} -> "
                                         f"{d['public_ip'] or 'any'}" for d in data["desired"])
@@ -138,7 +147,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         level=logging.INFO if args.verbose else logging.WARNING)
     try:
         data, text, ok = COMMANDS[args.command](args)
-    except (ConfigError, TemplateError, Failure, ValueError) as exc:
+    except ConfigError as exc:
+        return _fail(exc, EXIT_USAGE)
+    except (TemplateError, Failure, ValueError) as exc:
         return _fail(exc)
     except ApiError as exc:
         return _fail(exc.message)
@@ -148,9 +159,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0 if ok else EXIT_ERROR
 
 
-def _fail(message: Any) -> int:
+def _fail(message: Any, code: int = EXIT_ERROR) -> int:
     sys.stderr.write(f"{PROG}: {' '.join(str(message).split())}\n")
-    return EXIT_ERROR
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,9 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
-from urllib.parse import urlsplit
-
-from ..client import ApiError, read_token
+from ..client import ApiError, UrlError, check_url, read_token
 
 SECTION = "ONE_IPFLOATER"
 DEFAULT_PATH = "/etc/one/ipfloater.conf"
@@ -28,7 +26,7 @@ DEFAULT_LOCK_DIR = "/var/lock/one-ipfloater"
 SYSTEM_ONE_AUTH = "/var/lib/one/.one/one_auth"
 
 KNOWN_KEYS = ("ONE_XMLRPC", "ONE_AUTH", "IPFLOATER_URL", "IPFLOATER_TOKEN_FILE",
-              "ONE_TIMEOUT", "IPFLOATER_TIMEOUT", "LOCK_DIR")
+              "ONE_TIMEOUT", "IPFLOATER_TIMEOUT", "LOCK_DIR", "IPFLOATER_USE_ENV_PROXY")
 
 
 class ConfigError(ValueError):
@@ -46,6 +44,7 @@ class OneConfig:
     one_timeout: float = 10.0
     ipfloater_timeout: float = 10.0
     lock_dir: str = DEFAULT_LOCK_DIR
+    use_env_proxy: bool = False
     source: str = "<defaults>"
 
     def session(self) -> str:
@@ -87,15 +86,19 @@ def default_one_auth(env: Mapping[str, str], home: Optional[str] = None) -> str:
 
 
 def _url(key: str, value: str) -> str:
-    v = value.strip()
-    parts = urlsplit(v)
-    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in v):
-        raise ConfigError(f"{key}: {value!r} is not an http:// or https:// URL")
     try:
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError:
-        raise ConfigError(f"{key}: {value!r} has an invalid port") from None
-    return v
+        return check_url(value.strip(), key)
+    except UrlError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _yes_no(key: str, value: str) -> bool:
+    word = value.strip().lower()
+    if word in ("yes", "true", "on", "1"):
+        return True
+    if word in ("no", "false", "off", "0"):
+        return False
+    raise ConfigError(f"{key}: {value!r} is not yes or no")
 
 
 def _path(key: str, value: str) -> str:
@@ -150,6 +153,8 @@ def _build(raw: Mapping[str, str], env: Mapping[str, str], source: str) -> OneCo
         one_timeout=_seconds("ONE_TIMEOUT", given.get("ONE_TIMEOUT", "10")),
         ipfloater_timeout=_seconds("IPFLOATER_TIMEOUT", given.get("IPFLOATER_TIMEOUT", "10")),
         lock_dir=_path("LOCK_DIR", given.get("LOCK_DIR", DEFAULT_LOCK_DIR)),
+        use_env_proxy=_yes_no("IPFLOATER_USE_ENV_PROXY",
+                              given.get("IPFLOATER_USE_ENV_PROXY", "no")),
         source=source,
     )
 

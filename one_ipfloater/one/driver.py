@@ -17,6 +17,7 @@ NICs that were served stay (they are valid, and the next run is a no-op for them
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -25,9 +26,9 @@ import pyone
 from ..client import ApiError, IpfloaterClient
 from . import rpc
 from .fipspec import FipSpec, desired_floating_ips, parse_ref, vm_phase
-from .plan import (ATTR_STATUS, Held, Step, changed_attributes, error_line, held_from_api,
-                   plan_steps, wanted_attributes)
-from .vmlock import LockError, vm_lock
+from .plan import (ATTR_STATUS, Held, Step, changed_attributes, error_line, foreign_held,
+                   held_from_api, ownership_errors, plan_steps, wanted_attributes)
+from .vmlock import LockError, open_lock_dir, vm_lock
 from .vmxml import Vm, VmXmlError, parse_vm, parse_vm_pool
 
 __all__ = ["Result", "SyncResult", "converge_vm", "sync_all", "read_vm", "held_by_vm",
@@ -36,8 +37,8 @@ __all__ = ["Result", "SyncResult", "converge_vm", "sync_all", "read_vm", "held_b
 log = logging.getLogger(__name__)
 
 #: Daemon errors after which further calls in this run are pointless.
-_FATAL = frozenset({"unreachable", "timeout", "unauthorized", "bad_response", "no_token",
-                    "internal_error"})
+_FATAL = frozenset({"unreachable", "timeout", "unauthorized", "forbidden", "bad_response",
+                    "no_token", "internal_error", "redirect"})
 
 
 @dataclass
@@ -82,7 +83,8 @@ def clients_from_config(config) -> Tuple[Any, IpfloaterClient]:
     """A pyone client and a daemon client from a OneConfig (reads both credentials;
     raises ConfigError)."""
     one = rpc.connect(config.one_xmlrpc, config.session(), config.one_timeout)
-    return one, IpfloaterClient(config.ipfloater_url, config.token(), config.ipfloater_timeout)
+    return one, IpfloaterClient(config.ipfloater_url, config.token(), config.ipfloater_timeout,
+                                use_env_proxy=config.use_env_proxy)
 
 
 def read_vm(one: Any, vm_id: int) -> Vm:
@@ -137,6 +139,9 @@ def _converge(vm_id: int, one: Any, daemon: Any, result: Result) -> None:
         if vm is not None:
             _write_back(one, vm, result, None)
         return
+    foreign = foreign_held(vm, held)
+    result.errors.extend(ownership_errors(vm, held))
+    held = {n: h for n, h in held.items() if n not in foreign}  # never adopted
     steps = plan_steps(vm, result.phase, spec, held)
     result.addresses = _execute(steps, daemon, held, result)
     if vm is not None:
@@ -159,6 +164,8 @@ def _execute(steps: List[Step], daemon: Any, held: Dict[int, Held],
                 _release(daemon, step)
                 addresses.pop(step.nic_id, None)
             else:
+                if step.action == "move":
+                    _check_private_free(daemon, step, addresses)
                 got = daemon.allocate(public_ip=step.public_ip, private_ip=step.private_ip,
                                       owner=step.owner, ref=step.ref,
                                       allow_move=True if step.action == "move" else None)
@@ -182,6 +189,18 @@ def _release(daemon: Any, step: Step) -> None:
     except ApiError as exc:
         if exc.code != "not_allocated":  # already gone (another run got there first)
             raise
+
+
+def _check_private_free(daemon: Any, step: Step, addresses: Dict[int, str]) -> None:
+    """``allow_move`` also lets the daemon take the private address from whatever serves
+    it; a move may only take it from this VM's own NICs, never from another VM (whose
+    NIC has the same address after a lease bug or an operator's change). The daemon
+    refuses that for another owner too (the answer is handled the same way)."""
+    mine = set(addresses.values())
+    served = daemon.list(private_ip=step.private_ip)
+    if any(a.get("public_ip") not in mine for a in served):
+        raise ApiError("private_in_use", f"private_ip: {step.private_ip} is already served",
+                       409)
 
 
 def _replacement_free(daemon: Any, step: Step, releasing: set, result: Result) -> bool:
@@ -212,7 +231,10 @@ def _disassociate(daemon: Any, step: Step, result: Result) -> None:
 
 
 def _daemon_error(exc: ApiError) -> str:
-    return " ".join(str(exc.message).split()) or exc.code
+    text = " ".join(str(exc.message).split()) or exc.code
+    if exc.code == "forbidden":  # the token's role does not allow what the driver does
+        text += " (forbidden: IPFLOATER_TOKEN_FILE must hold an operator token)"
+    return text
 
 
 def _step_error(step: Step, exc: ApiError) -> str:
@@ -220,16 +242,16 @@ def _step_error(step: Step, exc: ApiError) -> str:
     if code in _FATAL:
         return _daemon_error(exc)
     if step.action == "release":
-        return f"{nic}: could not release {asked}: {_daemon_error(exc)}"
+        return f"{nic}: could not release {asked}: {_daemon_error(exc)} ({code})"
     messages = {
         "pool_exhausted": f"{nic}: no free address left in the floating IP pool",
         "not_in_pool": f"{nic}: {asked} is not in the floating IP pool",
         "address_in_use": f"{nic}: {asked} is already allocated to another VM",
-        "owner_mismatch": f"{nic}: {asked} belongs to another user",
+        "owner_mismatch": f"{nic}: {asked} belongs to another user (owner_mismatch)",
         "private_not_allowed": f"{nic}: the router does not NAT to {step.private_ip} "
                                f"({_daemon_error(exc)})",
-        "private_in_use": f"{nic}: {step.private_ip} is already served by another "
-                          "floating IP",
+        "private_in_use": f"{nic}: {step.private_ip} is already served by another VM's "
+                          "floating IP (private_in_use)",
     }
     return messages.get(code, f"{nic}: {step.action} failed: {_daemon_error(exc)} ({code})")
 
@@ -280,6 +302,12 @@ def sync_all(one: Any, daemon: Any, *, lock_dir: Optional[str] = None,
     was not in that list (DONE or gone: converge_vm re-reads it, so a VM created since the
     list was read is converged, not robbed). Refs that do not parse are left alone."""
     out = SyncResult()
+    if lock_dir is not None:  # one line for the sweep, not one per VM
+        try:
+            os.close(open_lock_dir(lock_dir))
+        except LockError as exc:
+            out.errors.append(str(exc))
+            return out
     try:
         vms = parse_vm_pool(rpc.vmpool_xml(one))
     except rpc.ONE_ERRORS as exc:  # never act on a partial view of the pool

@@ -10,6 +10,9 @@ and so that the rules are readable in one place:
 * When the VM's request has errors (a typo in FLOATING_IP, say), allocations of NICs that
   still exist with the same lease are kept: a typo must not lose a public address that
   may be in DNS. The VM shows ERROR until it is fixed.
+* An allocation under the VM's ref whose owner is not the VM's owner (another user's
+  token wrote that ref, or the VM changed hands) is not the VM's: it is neither adopted
+  (written back), moved nor released; the VM shows ERROR until an operator sorts it out.
 * A held address is never traded for another under the same ref (the daemon refuses
   that with ref_conflict): asking for a different address releases the old one first,
   after the driver checked that the new one is free (``Step.replacing``).
@@ -25,7 +28,8 @@ from .fipspec import FipSpec, parse_ref, ref_for, status_for
 from .vmxml import Vm
 
 __all__ = ["ATTR_ADDRESS", "ATTR_STATUS", "ATTR_ERROR", "ATTR_NIC_PREFIX", "Held", "Step",
-           "owner_for", "held_from_api", "plan_steps", "wanted_attributes",
+           "owner_for", "held_from_api", "foreign_held", "ownership_errors", "plan_steps",
+           "wanted_attributes",
            "changed_attributes", "error_line"]
 
 ATTR_ADDRESS = "FLOATING_IP_ADDRESS"
@@ -66,6 +70,25 @@ def held_from_api(items: Iterable[Mapping], vm_id: int) -> Dict[int, Held]:
     return out
 
 
+def foreign_held(vm: Optional[Vm], held: Mapping[int, Held]) -> Dict[int, Held]:
+    """The allocations under the VM's refs that are not its owner's (none when the VM is
+    gone: then nobody can say whose they should be, and the ref names no VM)."""
+    if vm is None:
+        return {}
+    owner = owner_for(vm)
+    return {n: h for n, h in held.items() if h.owner != owner}
+
+
+def ownership_errors(vm: Optional[Vm], held: Mapping[int, Held]) -> List[str]:
+    """One line per allocation the VM must leave alone (``foreign_held``)."""
+    if vm is None:
+        return []
+    owner = owner_for(vm)
+    return [f"NIC {n}: {h.public_ip} is registered for this VM but belongs to "
+            f"{h.owner or 'no owner'}, not {owner} (owner_mismatch); left untouched"
+            for n, h in sorted(foreign_held(vm, held).items())]
+
+
 @dataclass(frozen=True)
 class Step:
     """One daemon call. ``action``: "release", "allocate" or "move" (re-point the held
@@ -90,6 +113,8 @@ def plan_steps(vm: Optional[Vm], phase: str, spec: FipSpec,
         return Step("release", h.nic_id, h.ref, h.public_ip, h.private_ip, h.owner,
                     replacing, reason)
 
+    foreign = foreign_held(vm, held)
+    held = {n: h for n, h in held.items() if n not in foreign}
     if phase in ("release", "gone"):
         why = "the VM is DONE" if phase == "release" else "the VM does not exist"
         return [release(h, why) for _, h in sorted(held.items())]
@@ -114,6 +139,8 @@ def plan_steps(vm: Optional[Vm], phase: str, spec: FipSpec,
     released = {s.nic_id for s in releases}
     owner = owner_for(vm)
     for r in spec.requests:
+        if r.nic_id in foreign:
+            continue  # that NIC's ref is taken by someone else's allocation
         h = held.get(r.nic_id)
         private = str(r.private_ip)
         public = str(r.public_ip) if r.public_ip is not None else None
@@ -122,9 +149,7 @@ def plan_steps(vm: Optional[Vm], phase: str, spec: FipSpec,
                                owner, reason=f"NIC {r.nic_id} asks for "
                                f"{public or 'a floating IP'}"))
         elif h.private_ip != private:
-            # The ref is this VM's; keep the owner recorded with it (it differs only after
-            # an admin's chown, and then the address stays with the VM).
-            others.append(Step("move", r.nic_id, h.ref, h.public_ip, private, h.owner,
+            others.append(Step("move", r.nic_id, h.ref, h.public_ip, private, owner,
                                reason=f"NIC {r.nic_id} now has {private}"))
     return releases + others
 

@@ -950,11 +950,13 @@ class OneSimulator:
             self._checked(lambda: self._detach_nic(self._vm(vm_id), nic_id,
                                                    self._users["oneadmin"]))
 
-    def set_nic_ip(self, vm_id: int, nic_id: int, ip: str) -> None:
+    def set_nic_ip(self, vm_id: int, nic_id: int, ip: str, duplicate: bool = False) -> None:
         """Change a NIC's address behind the driver's back (a private IP change).
 
         The old lease is released; the new address is leased if it lies in the NIC's
-        network. No event is published: oned would not notice either.
+        network. No event is published: oned would not notice either. ``duplicate``:
+        put the address on the NIC even though another VM leases it (a lease bug, a
+        hand-edited database); the other VM keeps its lease.
         """
         with self._lock:
             vm = self._vm(vm_id)
@@ -966,7 +968,7 @@ class OneSimulator:
             if old is not None:
                 self._networks[old[0]].release(old[1])
             index = net.index_of(ip)
-            if index is not None:
+            if index is not None and not (duplicate and index in net.used):
                 if index in net.used:
                     raise ValueError(f"{ip} is leased to VM {net.used[index]}")
                 net.used[index] = vm_id

@@ -378,3 +378,145 @@ def test_sync_releases_nothing_when_oned_cannot_be_read(env):
     out = sync_all(env.pyone("oneadmin:wrong"), env.daemon, lock_dir=env.lock_dir)
     assert not out.ok and out.released == [] and "refused the credentials" in out.errors[0]
     assert set(env.held(vm)) == {0}
+
+
+# --- ownership: what is not the VM's owner's is not touched ------------------------------
+
+def uid_owner(env, user):
+    return f"one:uid:{env.sim.uid_of(user)}"
+
+
+def snapshot(env):
+    """Every allocation and every association the daemon holds."""
+    return ({(str(a.public_ip), str(a.private_ip), a.owner, a.ref) for a in env.svc.list()},
+            set(env.svc.registry.associations()))
+
+
+@pytest.mark.parametrize("phase", ["running", "done"])
+@pytest.mark.parametrize("foreign", ["bob", None], ids=["other-user", "no-owner"])
+def test_allocation_of_another_owner_under_the_vms_ref_is_left_alone(env, phase, foreign):
+    vm = env.create(YES, owner="alice")
+    # Someone else's allocation under alice's VM's ref (another token wrote it, or the
+    # VM changed hands), pointing at an address of theirs.
+    planted = env.daemon.allocate(private_ip="10.77.0.250", ref=f"one:vm:{vm}:nic:0",
+                                  owner=uid_owner(env, foreign) if foreign else None)
+    if phase == "done":
+        env.sim.action(vm, "terminate-hard")
+    before = snapshot(env)
+    r = env.converge(vm)
+    who = uid_owner(env, foreign) if foreign else "no owner"
+    assert_error_written(env, vm, r, f"NIC 0: {planted['public_ip']} is registered for this "
+                                     f"VM but belongs to {who}, not {uid_owner(env, 'alice')} "
+                                     "(owner_mismatch)")
+    assert snapshot(env) == before  # not moved to alice's NIC, not released, nothing new
+    assert r.steps == [] and r.addresses == {}
+    assert env.ut(vm).get("FLOATING_IP_ADDRESS", "") == ""  # not adopted
+    again = env.converge(vm)  # stable: no write-back loop
+    assert not again.ok and again.written == {} and snapshot(env) == before
+
+
+def test_show_reports_the_foreign_allocation(env, capsys, tmp_path, monkeypatch):
+    vm = env.create(YES, owner="alice")
+    planted = env.daemon.allocate(ref=f"one:vm:{vm}:nic:0", owner=uid_owner(env, "bob"))
+    from one_ipfloater.one import cli
+    auth = tmp_path / "auth"
+    auth.write_text("oneadmin:adminpw\n")
+    conf = tmp_path / "c.conf"
+    conf.write_text(f"[ONE_IPFLOATER]\nIPFLOATER_URL = {env.daemon_url}\nONE_XMLRPC = "
+                    f"{env.sim.url}\nONE_AUTH = {auth}\nLOCK_DIR = {tmp_path}/locks\n")
+    monkeypatch.setenv("IPFLOATER_TOKEN", TOKEN)
+    assert cli.main(["--config", str(conf), "--json", "show", str(vm)]) == 0
+    data = __import__("json").loads(capsys.readouterr().out)
+    assert data["pending"] == [] and data["in_sync"] is False
+    assert any(planted["public_ip"] in e and "owner_mismatch" in e for e in data["errors"])
+
+
+def test_second_vm_with_the_same_private_address_gets_private_in_use(env):
+    first = env.create(YES, owner="alice")
+    env.converge(first)
+    address, private = env.public(first)[0], env.sim.nics(first)[0]["IP"]
+    second = env.create(YES, owner="bob", deploy=False)
+    env.sim.set_nic_ip(second, 0, private, duplicate=True)  # a lease bug
+    env.sim.deploy(second)
+    before = snapshot(env)
+    r = env.converge(second)
+    assert_error_written(env, second, r, f"NIC 0: {private} is already served by another "
+                                         "VM's floating IP (private_in_use)")
+    assert snapshot(env) == before and env.held(second) == {}
+    assert (IPv4Address(address), IPv4Address(private)) in env.svc.registry.associations()
+
+
+@pytest.mark.parametrize("second_owner", ["bob", "alice"])
+def test_moving_a_nic_onto_another_vms_address_never_displaces_its_nat(env, second_owner):
+    first = env.create(YES, owner="alice")
+    env.converge(first)
+    address, private = env.public(first)[0], env.sim.nics(first)[0]["IP"]
+    second = env.create(YES, owner=second_owner)
+    env.converge(second)
+    own_address, own_private = env.public(second)[0], env.sim.nics(second)[0]["IP"]
+    env.sim.set_nic_ip(second, 0, private, duplicate=True)  # an operator moved it
+    r = env.converge(second)
+    assert_error_written(env, second, r, f"NIC 0: {private} is already served by another "
+                                         "VM's floating IP (private_in_use)")
+    # The first VM keeps its NAT; the second keeps its address, pointing nowhere (its
+    # old private address may be someone else's by now).
+    assert (IPv4Address(address), IPv4Address(private)) in env.svc.registry.associations()
+    assert env.held(first)[0].private_ip == IPv4Address(private)
+    kept = env.held(second)[0]
+    assert str(kept.public_ip) == own_address and kept.private_ip is None
+    assert all(str(priv) != own_private for _, priv in env.svc.registry.associations())
+
+
+class RacingDaemon:
+    """The daemon as the driver sees it when another VM's NAT appears between the
+    driver's check and its move: the check finds nothing, and the daemon refuses the
+    move of a private address another owner's floating IP serves, as ipfloaterd does
+    once allow_move no longer displaces another owner's association."""
+
+    def __init__(self, env):
+        self.env = env
+        self.client = IpfloaterClient(env.daemon_url, TOKEN, timeout=10)
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    def list(self, **filters):
+        return [] if "private_ip" in filters else self.client.list(**filters)
+
+    def allocate(self, **fields):
+        private = fields.get("private_ip")
+        for a in self.env.svc.list(private_ip=IPv4Address(private)) if private else []:
+            if a.owner != fields.get("owner"):
+                from one_ipfloater.client import ApiError
+                raise ApiError("private_in_use", f"private_ip: {private} is already served "
+                                                 f"by {a.public_ip}", 409)
+        return self.client.allocate(**fields)
+
+
+def test_daemon_refusing_the_move_is_written_as_private_in_use(env):
+    first = env.create(YES, owner="alice")
+    env.converge(first)
+    address, private = env.public(first)[0], env.sim.nics(first)[0]["IP"]
+    second = env.create(YES, owner="bob")
+    env.converge(second)
+    env.sim.set_nic_ip(second, 0, private, duplicate=True)
+    r = env.converge(second, daemon=RacingDaemon(env))
+    assert_error_written(env, second, r, "(private_in_use)")
+    assert (IPv4Address(address), IPv4Address(private)) in env.svc.registry.associations()
+    assert env.held(second)[0].private_ip is None
+
+
+class ForbiddingDaemon(RacingDaemon):
+    """The daemon answering a token without the operator role (403 forbidden)."""
+
+    def allocate(self, **fields):
+        from one_ipfloater.client import ApiError
+        raise ApiError("forbidden", "operator: this token may not act for other owners", 403)
+
+
+def test_forbidden_is_written_with_the_token_hint_and_stops_the_run(env):
+    vm = env.create('NAME="a" NIC=[NETWORK="priv", FLOATING_IP="YES"] '
+                    'NIC=[NETWORK="priv", FLOATING_IP="YES"]')
+    r = env.converge(vm, daemon=ForbiddingDaemon(env))
+    assert_error_written(env, vm, r, "must hold an operator token")
+    assert len(r.errors) == 1 and env.held(vm) == {}  # fatal: NIC 1 was not tried

@@ -262,3 +262,58 @@ def test_show_and_sync_commands(rig, capsys):
     assert cli.main(["show", "4242"]) == 1
     assert capsys.readouterr().err == "ipfloater-one: VM 4242 does not exist\n"
     rig.hem.resume()
+
+
+# --- ownership through the hooks -----------------------------------------------------------
+
+def test_second_vm_claiming_a_private_address_gets_error_and_the_first_keeps_its_nat(rig):
+    """Two VMs of different owners with one private address (a lease bug): the real hooks
+    give the second FLOATING_IP_STATUS = "ERROR" with private_in_use, the first keeps its
+    NAT; then the second's NIC moved onto it by an operator: the same, and its own
+    address stays with it, unhooked from the old private address."""
+    env, one = rig.env, rig.env.one
+    first = rig.env.pyone("alice:alicepw").vm.allocate(YES)
+    one.vm.deploy(first, 0)
+    rig.settle()
+    address, private = env.public(first)[0], env.sim.nics(first)[0]["IP"]
+    nat = (IPv4Address(address), IPv4Address(private))
+    second = rig.env.pyone("bob:bobpw").vm.allocate(YES)
+    env.sim.set_nic_ip(second, 0, private, duplicate=True)
+    rig.hem.clear_log()
+    one.vm.deploy(second, 0)
+    rig.settle()
+    ut = env.ut(second)
+    assert ut["FLOATING_IP_STATUS"] == "ERROR" and "(private_in_use)" in ut["FLOATING_IP_ERROR"]
+    assert env.held(second) == {} and nat in env.svc.registry.associations()
+    runs = [r for r in rig.runs() if r.hook_name == "ipfloater-running"]
+    assert runs and all(r.exit_code == 1 and len(r.stderr.decode().splitlines()) == 1
+                        and "(private_in_use)" in r.stderr.decode() for r in runs)
+    # A third VM of bob's with its own address, whose NIC is then moved onto alice's.
+    third = rig.env.pyone("bob:bobpw").vm.allocate(YES)
+    one.vm.deploy(third, 0)
+    rig.settle()
+    own = env.public(third)[0]
+    env.sim.set_nic_ip(third, 0, private, duplicate=True)
+    one.vm.update(third, 'NOTE="poke"', 1)  # any event: the update hook converges it
+    rig.settle()
+    ut = env.ut(third)
+    assert ut["FLOATING_IP_STATUS"] == "ERROR" and "(private_in_use)" in ut["FLOATING_IP_ERROR"]
+    assert nat in env.svc.registry.associations()
+    assert str(env.held(third)[0].public_ip) == own and env.held(third)[0].private_ip is None
+
+
+def test_allocation_of_another_user_under_the_vms_ref_is_not_adopted_by_the_hook(rig):
+    env, one = rig.env, rig.env.one
+    vm = rig.env.pyone("alice:alicepw").vm.allocate(YES)
+    planted = env.daemon.allocate(private_ip="10.77.0.250", ref=f"one:vm:{vm}:nic:0",
+                                  owner=f"one:uid:{env.sim.uid_of('bob')}")
+    one.vm.deploy(vm, 0)
+    rig.settle()
+    ut = env.ut(vm)
+    assert ut["FLOATING_IP_STATUS"] == "ERROR" and "(owner_mismatch)" in ut["FLOATING_IP_ERROR"]
+    assert ut.get("FLOATING_IP_ADDRESS", "") == ""
+    held = env.held(vm)[0]
+    assert (str(held.public_ip), str(held.private_ip)) == (planted["public_ip"], "10.77.0.250")
+    one.vm.action("terminate-hard", vm)
+    rig.settle()
+    assert str(env.held(vm)[0].public_ip) == planted["public_ip"]  # not released either
