@@ -139,6 +139,12 @@ def claim_namespace(what: str):
         raise DaemonError(str(exc)) from None
 
 
+def live_pairs_reader(config: DaemonConfig, backend):
+    """Reads the live pairs of both our backends (the other's are live until migrated)."""
+    from .nat import live_pairs_everywhere
+    return lambda: live_pairs_everywhere(backend, config.xtables_lock)
+
+
 def state_file_is_new(path: str) -> bool:
     """Missing or zero bytes: checked before opening, which would create or write it."""
     try:
@@ -152,10 +158,10 @@ def open_store_safely(config: DaemonConfig, backend, config_path: str) -> Store:
     associations of ours: then DaemonError, and nothing was created or written."""
     new_file = state_file_is_new(config.db_path)
     store = None if new_file else Store(config.db_path, config.db_sync)
-    if store is None or (not store.allocations() and not store.has_history()):
+    if store is None or not store.has_history():  # (true as well while it holds allocations)
         # only then is the kernel read: the usual start skips it
         try:
-            live = read_live(backend, hostnet, config.public_interface, config.pool)
+            live = read_live(live_pairs_reader(config, backend), hostnet, config.public_interface, config.pool)
         except (NatError, hostnet.HostNetError) as exc:
             raise DaemonError(f"cannot read the live rules: {exc}") from None
         reason = start_refusal(live, 0, False, config.db_path, config_path)
@@ -270,7 +276,7 @@ def adopt(config: DaemonConfig) -> int:
     try:
         backend = make_backend(config)
         try:
-            live = read_live(backend, hostnet, config.public_interface, config.pool)
+            live = read_live(live_pairs_reader(config, backend), hostnet, config.public_interface, config.pool)
         except (NatError, hostnet.HostNetError) as exc:
             raise DaemonError(f"adopt: cannot read the live rules: {exc}") from None
         existing = None if state_file_is_new(config.db_path) else Store(config.db_path, config.db_sync)

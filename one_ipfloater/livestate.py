@@ -38,10 +38,11 @@ class AdoptError(ValueError):
     """The live rules cannot be taken over as they are; one line naming the address."""
 
 
-def read_live(backend, host, iface: str | None, pool: Iterable[IPv4Address]) -> LiveState:
-    """Read our pairs and our pool addresses on `iface` (a missing interface holds none;
-    the start reports it later); changes nothing."""
-    pairs = frozenset(backend.live_pairs())
+def read_live(pairs_reader, host, iface: str | None, pool: Iterable[IPv4Address]) -> LiveState:
+    """Read our pairs (`pairs_reader()`: a backend's `live_pairs`, or both backends') and
+    our pool addresses on `iface` (a missing interface holds none; the start reports it
+    later); changes nothing."""
+    pairs = frozenset(pairs_reader())
     addresses: frozenset = frozenset()
     if iface and host.interface_exists(iface):
         addresses = frozenset(host.host_addresses(iface) & set(pool))

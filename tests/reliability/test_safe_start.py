@@ -165,3 +165,25 @@ def test_first_start_of_a_clean_install_logs_an_install(lab, tmp_path):
         assert "installed rules for 0 associations" in daemon.log()
         assert "repaired" not in daemon.log()
         daemon.run_command("flush")
+
+
+def test_rules_of_the_other_backend_count_and_are_adopted(lab, echo, tmp_path, figures):
+    """A wrong DB together with a backend switch: the old backend's rules are live NAT too
+    (the start would migrate them away); refused, then adopted, then migrated."""
+    first = DaemonProcess(lab.ns_router, tmp_path / "first", NAT_BACKEND="iptables").start()
+    fips = [getip(first, VM1), getip(first, VM2)]
+    first.stop()
+    before = kernel(lab)
+    switched = DaemonProcess(lab.ns_router, tmp_path / "switched", NAT_BACKEND="nftables")
+    assert "2 live associations of ours (2 NAT pairs" in refused_line(switched.run_command("run", timeout=30))
+    assert kernel(lab) == before
+    adopted = switched.run_command("adopt")
+    assert adopted.returncode == 0, adopted.stderr
+    assert len(json.loads(adopted.stdout)["adopted"]) == 2
+    switched.start()
+    try:
+        assert our_rules(lab, "iptables") == "" and all(fip in our_rules(lab, "nftables") for fip in fips)
+        assert reaches(lab, fips[0], "vm1") and reaches(lab, fips[1], "vm2")
+    finally:
+        switched.stop()
+    figures("adopt", "iptables rules adopted by an nftables daemon, then migrated", "2 of 2")
