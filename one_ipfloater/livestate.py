@@ -9,22 +9,21 @@ live associations instead; both are pure. `read_live` is the thin shell that rea
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network
-from typing import NamedTuple
 
 from .model import Allocation
 
 Pair = tuple[IPv4Address, IPv4Address]
 
 
-class LiveState(NamedTuple):
-    """Our associations in the kernel: (public, private) pairs from the NAT backend and the
-    pool addresses on PUBLIC_INTERFACE."""
+class LiveState(namedtuple("LiveState", "pairs addresses interface", defaults=(None,))):
+    """Our associations in the kernel: (public, private) pairs from the NAT backend
+    (frozenset), the pool addresses on PUBLIC_INTERFACE (frozenset) and its name. A named
+    tuple, not typing.NamedTuple: `typing` is not imported before the rules are in place."""
 
-    pairs: frozenset
-    addresses: frozenset
-    interface: str | None = None
+    __slots__ = ()
 
     def publics(self) -> set[IPv4Address]:
         """Every public address the kernel serves for us: one live association each."""
