@@ -139,6 +139,8 @@ def prefill_state(path: Path, live: int) -> None:
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(store_module.SCHEMA)
         db.execute("INSERT INTO meta(key, value) VALUES('schema', ?)", (str(store_module.SCHEMA_VERSION),))
+        if live:  # as a daemon that held allocations leaves it (no one-off mark at the start)
+            db.execute("INSERT INTO meta(key, value) VALUES('history', ?)", (repr(time.time()),))
         first, last = (int(IPv4Address(a)) for a in POOL_SPEC.split("-"))
         db.executemany("INSERT INTO pool(public_ip, sort_key) VALUES(?, ?)",
                        ((str(IPv4Address(i)), i) for i in range(first, last + 1)))

@@ -2,10 +2,13 @@
 
     ipfloaterd [--config FILE] [run]     serve the API, reconcile now and periodically
     ipfloaterd --config FILE flush       remove every rule and address of ours (state kept)
+    ipfloaterd --config FILE adopt       rebuild the state file from our live rules
     ipfloaterd --config FILE check       every check `run` makes (config, paths, host), creating nothing
 
 Stopping the daemon leaves the rules in place, so floating IPs stay up across restarts
-and upgrades; the next start reconciles them with the stored state.
+and upgrades; the next start reconciles them with the stored state. A state file that is
+missing, empty or new while the kernel holds associations of ours is refused (livestate.py),
+and one daemon, flush or adopt at a time runs per network namespace (instance.py).
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ import socket
 import sys
 import threading
 
-from . import __version__, hostnet, preflight, safefs
+from . import __version__, hostnet, instance, preflight, safefs
 from .cliutil import OneLineArgumentParser
 from .config import ConfigError, DaemonConfig, load_config
-from .model import FipError
+from .livestate import AdoptError, plan_adopt, read_live, start_refusal
+from .model import Change, FipError
 from .nat_iptables import NatError
 from .store import Store, StoreError
 
@@ -134,7 +138,48 @@ class Supervisor:
         self._sd_notify(f"READY=1\nSTATUS=serving API v1 on {host}:{port}, {count} associations")
 
 
-def run(config: DaemonConfig, ready_fd: int | None = None) -> int:
+def claim_namespace(what: str):
+    """This network namespace's instance socket, before anything touches the kernel."""
+    try:
+        return instance.claim(what)
+    except instance.InstanceBusy as exc:
+        raise DaemonError(str(exc)) from None
+
+
+def live_pairs_reader(config: DaemonConfig, backend):
+    """Reads the live pairs of both our backends (the other's are live until migrated)."""
+    from .nat import live_pairs_everywhere
+    return lambda: live_pairs_everywhere(backend, config.xtables_lock)
+
+
+def state_file_is_new(path: str) -> bool:
+    """Missing or zero bytes: checked before opening, which would create or write it."""
+    try:
+        return os.stat(path).st_size == 0
+    except FileNotFoundError:
+        return True
+
+
+def open_store_safely(config: DaemonConfig, backend, config_path: str) -> Store:
+    """The state file, unless it is missing, empty or new while the kernel holds
+    associations of ours: then DaemonError, and nothing was created or written."""
+    new_file = state_file_is_new(config.db_path)
+    store = None if new_file else Store(config.db_path, config.db_sync)
+    if store is None or not store.has_history():  # (true as well while it holds allocations)
+        # only then is the kernel read: the usual start skips it
+        try:
+            live = read_live(live_pairs_reader(config, backend), hostnet, config.public_interface, config.pool)
+        except (NatError, hostnet.HostNetError) as exc:
+            raise DaemonError(f"cannot read the live rules: {exc}") from None
+        reason = start_refusal(live, 0, False, config.db_path, config_path)
+        if reason:
+            if store is not None:
+                store.close()
+            raise DaemonError(reason)
+    return store or Store(config.db_path, config.db_sync)
+
+
+def run(config: DaemonConfig, ready_fd: int | None = None, config_path: str = DEFAULT_CONFIG) -> int:
     """Serve until SIGTERM/SIGINT; rules stay in place when we stop."""
     from .service import FloatingIPService
 
@@ -142,10 +187,13 @@ def run(config: DaemonConfig, ready_fd: int | None = None) -> int:
     refused = preflight.path_problems(config)  # all of them before any is created
     if refused:
         raise DaemonError(refused[0])
+    namespace_claim = claim_namespace("run")
+    prober = instance.answer_probes(namespace_claim)
     lock_fd = take_instance_lock(config)
+    backend = make_backend(config)
+    store = open_store_safely(config, backend, config_path)
     token = load_or_create_token(config.token_file)
-    store = Store(config.db_path, config.db_sync)
-    service = FloatingIPService(config, store, make_backend(config))
+    service = FloatingIPService(config, store, backend)
     try:
         repairs = service.start(supervisor.rules_in_place)
     except (FipError, NatError, hostnet.HostNetError) as exc:
@@ -176,13 +224,28 @@ def run(config: DaemonConfig, ready_fd: int | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     def reconcile_loop():
-        while not stop.wait(config.reconcile_interval):
+        """Every RECONCILE_INTERVAL, and soon after a side effect of a committed change
+        failed (service.repair_wanted), whatever the interval."""
+        while not stop.is_set():
+            asked = service.repair_wanted.wait(config.reconcile_interval or None)
+            if stop.is_set():
+                return
+            service.repair_wanted.clear()
             try:
                 service.reconcile()
             except Exception as exc:  # keep the loop alive; the next round retries
-                log.error("periodic reconcile failed: %s", exc)
+                log.error("%s reconcile failed: %s", "repair" if asked else "periodic", exc)
+                if asked:
+                    service.repair_wanted.set()
+            if asked:
+                stop.wait(1.0)  # at most one repair round a second while a failure persists
+
+    def on_stop():
+        stop.wait()
+        service.repair_wanted.set()  # wake the loop so that it ends
 
     threading.Thread(target=reconcile_loop, name="reconcile", daemon=True).start()
+    threading.Thread(target=on_stop, name="reconcile-stop", daemon=True).start()
     host, port = server.server_address[:2]
     log.info("listening on %s:%d (API v1)", host, port)
     supervisor.ready(host, port, len(service.registry))
@@ -190,12 +253,14 @@ def run(config: DaemonConfig, ready_fd: int | None = None) -> int:
     server.server_close()
     store.close()
     os.close(lock_fd)
+    instance.release(namespace_claim, prober)
     return 0
 
 
 def flush(config: DaemonConfig) -> int:
     """Remove our chains, jumps and floating addresses; the stored state stays, so the
     next start puts everything back."""
+    namespace_claim = claim_namespace("flush")
     lock_fd = take_instance_lock(config)
     try:
         repairs = make_backend(config).flush()
@@ -209,6 +274,7 @@ def flush(config: DaemonConfig) -> int:
         raise DaemonError(str(exc)) from None
     finally:
         os.close(lock_fd)
+        instance.release(namespace_claim)
     print(json.dumps({"removed": repairs}))
     return 0
 
@@ -225,13 +291,52 @@ def check(config: DaemonConfig, path: str) -> int:
     return 0
 
 
+def adopt(config: DaemonConfig) -> int:
+    """Take the live associations of ours into the state file (after a wrong DB path or a
+    restored disk), so that nothing has to be typed again. Owner and ref cannot be read
+    from the kernel: adopted allocations are operator-owned (owner null). Touches no rule
+    or address; refuses any conflict whole, writing nothing."""
+    namespace_claim = claim_namespace("adopt")
+    lock_fd = take_instance_lock(config)
+    try:
+        backend = make_backend(config)
+        try:
+            live = read_live(live_pairs_reader(config, backend), hostnet, config.public_interface, config.pool)
+        except (NatError, hostnet.HostNetError) as exc:
+            raise DaemonError(f"adopt: cannot read the live rules: {exc}") from None
+        existing = None if state_file_is_new(config.db_path) else Store(config.db_path, config.db_sync)
+        stored = existing.allocations() if existing else []
+        try:
+            adopted = plan_adopt(live, config.pool, config.private_ranges, stored)
+        except AdoptError as exc:
+            raise DaemonError(f"adopt: {exc}; nothing written") from None
+        store = existing or Store(config.db_path, config.db_sync)
+        with store.transaction():
+            store.write(Change(after=tuple(adopted)))
+            store.mark_history()
+        store.close()
+    finally:
+        os.close(lock_fd)
+        instance.release(namespace_claim)
+    served = {pub for pub, _priv in live.pairs}
+    print(json.dumps({
+        "db": config.db_path, "backend": backend.name,
+        "adopted": [{"public_ip": str(a.public_ip), "private_ip": str(a.private_ip)} for a in adopted],
+        "already_stored": len(live.pairs) - len(adopted),
+        "owner": None, "note": "adopted allocations are operator-owned (owner and ref unknown)",
+        "stray_addresses": [str(a) for a in sorted(live.addresses - served)],
+    }))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(
         prog="ipfloaterd",
         description="Floating IP daemon: 1:1 NAT from a public address pool to private VM addresses.")
-    parser.add_argument("command", nargs="?", default="run", choices=("run", "flush", "check"),
+    parser.add_argument("command", nargs="?", default="run", choices=("run", "flush", "adopt", "check"),
                         help="run (default): serve the API; flush: remove all our rules and "
-                             "addresses (state kept); check: every check run makes, creating nothing; JSON out")
+                             "addresses (state kept); adopt: rebuild the state file from our live "
+                             "rules (operator-owned); check: every check run makes, creating nothing; JSON out")
     parser.add_argument("-c", "--config", default=os.environ.get("IPFLOATERD_CONF", DEFAULT_CONFIG),
                         help=f"config file (default {DEFAULT_CONFIG}, or $IPFLOATERD_CONF)")
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
@@ -263,7 +368,9 @@ def _main(argv: list[str] | None) -> int:
             return check(config, args.config)
         if args.command == "flush":
             return flush(config)
-        return run(config, args.ready_fd)
+        if args.command == "adopt":
+            return adopt(config)
+        return run(config, args.ready_fd, args.config)
     except (DaemonError, StoreError) as exc:
         print(f"ipfloaterd: {exc}", file=sys.stderr)
         return 1

@@ -71,21 +71,48 @@ def make_backend(config):
     return IptablesBackend(lock_path=config.xtables_lock)
 
 
+def _other_backends(active, xtables_lock: str) -> list:
+    """(name, factory) of our real backends other than `active` that this host may hold
+    rules of; [] for a test double."""
+    from .nat_iptables import IptablesBackend
+    from .nat_nftables import NftablesBackend
+    if isinstance(active, NftablesBackend):
+        if not legacy_usable():
+            return []  # no python-iptables: we cannot have written legacy rules
+        return [("iptables", lambda: IptablesBackend(lock_path=xtables_lock))]
+    if isinstance(active, IptablesBackend):
+        return [("nftables", NftablesBackend)]
+    return []
+
+
+def live_pairs_everywhere(active, xtables_lock: str = DEFAULT_XTABLES_LOCK) -> set:
+    """The live (public, private) pairs of `active` and of our other backend (rules left by
+    a backend switched away from are live NAT too, until the start migrates them)."""
+    pairs = set(active.live_pairs())
+    for name, make in _other_backends(active, xtables_lock):
+        backend = make()
+        try:
+            pairs |= backend.live_pairs()
+        except (ImportError, OSError) as exc:
+            log.debug("%s backend not usable here (%s): no rules of it", name, exc)
+        except NatError as exc:
+            if not (name == "nftables" and "neither libnftables" in str(exc)):
+                raise
+        finally:
+            close = getattr(backend, "close", None)
+            if close:
+                close()
+    return pairs
+
+
 def remove_other_backends(active, xtables_lock: str = DEFAULT_XTABLES_LOCK) -> list[str]:
     """Delete the rules a backend of ours other than `active` left; what was removed.
 
     Acts only for our real backends (a test double gets []), never touches anything but
     our own chains/table, and a backend this host cannot drive has nothing to remove.
     """
-    from .nat_iptables import IptablesBackend
-    from .nat_nftables import NftablesBackend
-    if isinstance(active, NftablesBackend):
-        if not legacy_usable():
-            return []  # no python-iptables: we cannot have written legacy rules
-        others = [("iptables", lambda: IptablesBackend(lock_path=xtables_lock))]
-    elif isinstance(active, IptablesBackend):
-        others = [("nftables", NftablesBackend)]
-    else:
+    others = _other_backends(active, xtables_lock)
+    if not others:
         return []
     removed: list[str] = []
     for name, make in others:

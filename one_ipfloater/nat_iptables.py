@@ -11,12 +11,15 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
+from ipaddress import IPv4Address
 
+from .addresses import ipv4_from_text
 from .ruleset import ALL_CHAINS, CHAIN_OUT, CHAIN_POST, CHAIN_PRE, Rule, RuleSet, table_of
 
 log = logging.getLogger(__name__)
@@ -119,6 +122,26 @@ def plan_restore(table: str, current: dict[str, list[str]], desired: RuleSet) ->
     if not lines:
         return "", []
     return "\n".join([f"*{table}", *lines, "COMMIT", ""]), repairs
+
+
+_DNAT_LINE = re.compile(r"-A (IPFLOATER-PRE|IPFLOATER-OUT) -d (\S+)/32 -j DNAT --to-destination (\S+)")
+_SNAT_LINE = re.compile(r"-A IPFLOATER-POST -s (\S+)/32 -j SNAT --to-source (\S+)")
+
+
+def pairs_from_save(text: str) -> set[tuple[IPv4Address, IPv4Address]]:
+    """The (public, private) pairs our association rules in iptables-save text stand for:
+    every DNAT of IPFLOATER-PRE/-OUT and every SNAT of IPFLOATER-POST (pure). Rules that
+    disagree give two pairs, for the caller to refuse; other shapes are not associations."""
+    pairs = set()
+    for line in text.splitlines():
+        try:
+            if m := _DNAT_LINE.fullmatch(line):
+                pairs.add((ipv4_from_text(m[2]), ipv4_from_text(m[3])))
+            elif m := _SNAT_LINE.fullmatch(line):
+                pairs.add((ipv4_from_text(m[2]), ipv4_from_text(m[1])))
+        except ValueError:
+            continue  # not an address of the shape we write (a port range, ...): not ours
+    return pairs
 
 
 class IptablesBackend:
@@ -264,3 +287,11 @@ class IptablesBackend:
     def flush(self) -> list[str]:
         """Remove every chain and jump of ours (on purpose: `ipfloaterd flush`)."""
         return self.sync(RuleSet(heads={}))
+
+    def live_pairs(self) -> set[tuple[IPv4Address, IPv4Address]]:
+        """The (public, private) associations our chains hold now, read back from the
+        kernel (for the start's safety check and `adopt`); changes nothing."""
+        if "nat" not in self._present_tables():
+            return set()
+        with self._mutex:
+            return pairs_from_save(self._save("nat"))

@@ -69,6 +69,7 @@ from collections import namedtuple
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network
 
+from .addresses import ipv4_from_text
 from .nat_iptables import NatError
 from .ruleset import ALL_CHAINS, CHAIN_IN, CHAIN_OUT, CHAIN_POST, CHAIN_PRE, Rule, RuleSet
 
@@ -475,6 +476,24 @@ def parse_table(objects: Iterable[dict]) -> TableState | None:
     return state
 
 
+def state_pairs(state: TableState | None) -> set[tuple[IPv4Address, IPv4Address]]:
+    """The (public, private) pairs our maps hold (pure): every DNAT element (public ->
+    private) and every SNAT element (private -> public); maps that disagree give two pairs."""
+    pairs: set[tuple[IPv4Address, IPv4Address]] = set()
+    if state is None:
+        return pairs
+    for name, public_first in ((MAP_DNAT, True), (MAP_SNAT, False)):
+        if state.maps.get(name) != MAP_TYPE:
+            continue
+        for key, value in state.elements.get(name, {}).items():
+            try:
+                a, b = ipv4_from_text(key), ipv4_from_text(value)
+            except ValueError:
+                continue
+            pairs.add((a, b) if public_first else (b, a))
+    return pairs
+
+
 def same_table(a: TableState | None, b: TableState | None) -> bool:
     if a is None or b is None:
         return a is b
@@ -575,6 +594,12 @@ class NftablesBackend:
                 return []
             self._run(delete_batch(), "flush")
         return [f"removed table {TABLE_NAME}"]
+
+    def live_pairs(self) -> set[tuple[IPv4Address, IPv4Address]]:
+        """The (public, private) associations our table holds now, read back from the
+        kernel (for the start's safety check and `adopt`); changes nothing."""
+        with self._mutex:
+            return state_pairs(self._read())
 
     def dump(self) -> dict[str, list[Rule | None]]:
         """Our chains as canonical rules (map elements expanded; None for foreign shapes)."""

@@ -4,7 +4,9 @@ Every mutating call runs under one lock: plan against the registry (pure), write
 change to SQLite inside an open transaction, apply the NAT delta in one commit, commit
 the transaction, then update the registry. A failure at any step before the commit
 rolls everything back, so a request is either fully applied or not at all. Side effects
-that cannot be rolled back (conntrack flush, ARP) come after and are repeatable.
+that cannot be rolled back (addresses, ARP, conntrack flush) come after the commit: once
+it is committed the change stands, so their failure is logged and left to reconcile
+(`repair_wanted` asks the daemon for a round soon), never reported as "not applied".
 `reconcile()` converges rules and addresses to the stored state from scratch.
 """
 
@@ -28,6 +30,15 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 
+def installed_afresh(rule_repairs: list[str], chains: list[str]) -> bool:
+    """The backend created our table, or every one of our chains: there was nothing of
+    ours to repair (one missing chain among others is drift, and a repair)."""
+    if any(line.startswith("created table") for line in rule_repairs):
+        return True
+    created = {line.split()[-1].rsplit("/", 1)[-1] for line in rule_repairs if line.startswith("created chain")}
+    return bool(chains) and set(chains) <= created
+
+
 class FloatingIPService:
     """Allocate / associate / disassociate / release, and reconcile."""
 
@@ -40,6 +51,7 @@ class FloatingIPService:
         self._conntrack_flush = Coalescer(host.flush_conntrack)
         self.registry = Registry(config.pool, store.allocations())
         self.warnings: list[str] = []  # preflight's, set by start(); /v1/health shows them
+        self.repair_wanted = threading.Event()  # set when a committed change's side effect failed
 
     # -- start-up and reconcile ------------------------------------------------------
 
@@ -60,7 +72,7 @@ class FloatingIPService:
                 if rules_in_place is not None:
                     rules_in_place(count)
 
-            repairs = self.reconcile(rules_done, installing=self.store.created)
+            repairs = self.reconcile(rules_done, at_start=True)
             if iface:
                 log.info("addresses on %s in place after %.3f s", iface, time.perf_counter() - started)
             self.store.sync_pool(self.config.pool)
@@ -78,18 +90,27 @@ class FloatingIPService:
         return desired_rules(registry.associations(), self.config.private_ranges,
                              registry.pool, self.config.block_public_ips)
 
-    def reconcile(self, rules_done: Callable[[], None] | None = None, installing: bool = False) -> list[str]:
+    def reconcile(self, rules_done: Callable[[], None] | None = None, at_start: bool = False) -> list[str]:
         """Repair drift: our chains, jumps and floating addresses back to the stored state
-        (`rules_done` runs once the rules are, before the addresses). `installing`: the
-        first start of a clean install, where what is put in place is no repair of anything."""
+        (`rules_done` runs once the rules are, before the addresses); the repairs.
+
+        At a start where the kernel held nothing of ours (a clean install, a reboot) the
+        rules and addresses are installed, not repaired: one info line says so, and no
+        repair is reported."""
         with self._lock:
-            repairs = self.backend.sync(self.desired())
+            desired = self.desired()
+            rule_repairs = self.backend.sync(desired)
             if rules_done is not None:
                 rules_done()
-            repairs += self._sync_addresses()
-        if installing:
-            log.info("first start: installed %s", "; ".join(repairs) or "nothing (already in place)")
-        for line in () if installing else repairs:
+            address_repairs = self._sync_addresses()
+            count = self.registry.association_count()
+        if at_start and installed_afresh(rule_repairs, desired.chains()):
+            log.info("installed rules for %d associations (%s)", count, "; ".join(rule_repairs))
+            for line in address_repairs:
+                log.info("installed: %s", line)
+            return []
+        repairs = rule_repairs + address_repairs
+        for line in repairs:
             log.warning("reconcile repaired: %s", line)
         return repairs
 
@@ -120,21 +141,27 @@ class FloatingIPService:
             for addr in addrs:
                 try:
                     self.host.gratuitous_arp(iface, addr)
-                except OSError as exc:
+                except Exception as exc:  # an announcement; neighbours learn the address anyway
                     log.warning("gratuitous ARP for %s on %s failed: %s", addr, iface, exc)
 
     # -- the change pipeline ---------------------------------------------------------
 
     def _commit(self, change: Change) -> None:
-        """Persist `change` and apply its NAT delta, all or nothing; then side effects."""
+        """Persist `change` and apply its NAT delta, all or nothing; then side effects.
+
+        Until the transaction commits, any failure (of the rules, of the state file, or of
+        something unforeseen) rolls back the file and puts the rules back as the registry
+        says: the answer is "not applied" and it is true. Once it commits, the change is
+        applied, whatever its side effects do."""
         if change.noop:
             return
         before_pairs, after_pairs = change.associations()
         removed, added = rule_delta(before_pairs, after_pairs)
-        applied = False
+        touched = False
         try:
             with self.store.transaction():
                 self.store.write(change)
+                touched = True
                 try:
                     self.backend.update(removed, added)
                 except NatError as exc:
@@ -142,9 +169,8 @@ class FloatingIPService:
                     trial = Registry(self.registry.pool, self.registry)
                     trial.apply(change)
                     self.backend.sync(self.desired(trial))
-                applied = True
         except Exception as exc:
-            if applied:
+            if touched:  # the rules may be half changed, whatever failed
                 self._restore_rules()
             if isinstance(exc, FipError):
                 raise
@@ -153,11 +179,17 @@ class FloatingIPService:
         self.registry.apply(change)
         self._after_commit(change)
 
+    def _side_effect_failed(self, what: str, exc: BaseException) -> None:
+        """A committed change's side effect failed: log it, ask for a repair round."""
+        log.error("%s failed after the change was committed (reconcile will repair it): %s", what, exc)
+        self.repair_wanted.set()
+
     def _restore_rules(self) -> None:
         try:
             self.backend.sync(self.desired())
         except Exception as exc:  # the periodic reconcile will try again
             log.error("could not restore the rules after a failed change: %s", exc)
+            self.repair_wanted.set()
 
     def _after_commit(self, change: Change) -> None:
         """Floating addresses follow the change (under the lock: they must not reorder)."""
@@ -170,8 +202,9 @@ class FloatingIPService:
             self._add_addresses(sorted(after - before))
             for addr in sorted(before - after):
                 self.host.del_address(iface, addr)
-        except hostnet.HostNetError as exc:
-            log.error("addresses of %s not updated (reconcile will retry): %s", sorted(before | after), exc)
+        except Exception as exc:  # committed: never "not applied" (netlink timeouts included)
+            self._side_effect_failed(f"updating the addresses {', '.join(map(str, sorted(before ^ after)))} "
+                                     f"on {iface}", exc)
 
     def _flush_conntrack(self, change: Change) -> None:
         """Cut the flows of moved or released addresses before the caller gets its answer.
@@ -187,8 +220,9 @@ class FloatingIPService:
             return
         try:
             counts = self._conntrack_flush(moved)
-        except hostnet.HostNetError as exc:
-            log.error("conntrack not flushed: %s", exc)
+        except Exception as exc:  # committed: old flows end at their timeout instead
+            log.error("conntrack not flushed for %s (the change stands): %s",
+                      ", ".join(map(str, sorted(moved))), exc)
             return
         for addr in sorted(moved):
             log.info("flushed %d conntrack entries of %s", counts.get(addr, 0), addr)

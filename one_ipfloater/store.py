@@ -79,6 +79,7 @@ class Store:
         leaves the fsync to the WAL checkpoint (survives a crash of the daemon, kill -9
         included, but a power cut may lose the last changes); up to 1.7x more changes/s here."""
         self.path = str(path)
+        self._history = False  # cached once the committed mark was read
         if synchronous not in ("full", "normal"):
             raise StoreError(f"DB_SYNC: {synchronous!r} is not full or normal")
         try:
@@ -103,6 +104,27 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+    # -- history: "new" and "emptied by releases" differ -------------------------------
+
+    def has_history(self) -> bool:
+        """True once this file has held an allocation (or an adoption was recorded): an
+        empty table then means "all released", not "a new or wrong file", and the start
+        may remove what the kernel still holds of ours."""
+        if self._history:
+            return True
+        row = self._db.execute("SELECT 1 FROM meta WHERE key='history'").fetchone()
+        if row is None and self._db.execute("SELECT 1 FROM allocations LIMIT 1").fetchone() is None:
+            return False
+        if row is None:  # a file of an older daemon that holds allocations: mark it now,
+            with self.transaction():  # so that it still counts once they are all released
+                self.mark_history()
+        self._history = True  # a committed mark never goes away
+        return True
+
+    def mark_history(self) -> None:
+        """Record that this file is the state of record; must run inside `transaction()`."""
+        self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES('history', ?)", (repr(time.time()),))
 
     @contextmanager
     def transaction(self) -> Iterator["Store"]:
@@ -152,6 +174,8 @@ class Store:
         swaps private addresses never trips a UNIQUE index; creation times survive.
         """
         now = time.time()
+        if change.after:  # (every time, not cached: a rolled-back mark must not count)
+            self.mark_history()
         created = {}
         for alloc in change.before:
             row = self._db.execute("SELECT created_at FROM allocations WHERE public_ip=?",

@@ -20,7 +20,8 @@ class FakeBackend:
         if self.fail_sync:
             raise NatError("sync refused")
         new = {c: list(desired.ordered(c)) for c in desired.chains()}
-        repairs = [f"rewrote {c}" for c in new if self.chains.get(c) != new[c]]
+        repairs = [f"created chain {c}" if c not in self.chains else f"rewrote {c}"
+                   for c in new if self.chains.get(c) != new[c]]
         self.chains = new
         return repairs
 
@@ -32,15 +33,33 @@ class FakeBackend:
         for chain, rules in added.items():
             self.chains[chain] = self.chains.get(chain, []) + sorted(rules)
 
+    def live_pairs(self):
+        """(public, private) of every association rule held (DNAT and SNAT chains)."""
+        pairs = set()
+        for chain, rules in self.chains.items():
+            for r in rules:
+                if r.target == "DNAT" and r.dst is not None:
+                    pairs.add((r.dst.network_address, r.to))
+                elif r.target == "SNAT" and r.src is not None:
+                    pairs.add((r.to, r.src.network_address))
+        return pairs
+
     def rule_count(self):
         return sum(len(v) for v in self.chains.values())
 
 
 class FakeHost:
+    """`fail[step] = exception` makes that step raise it: add, del, arp, conntrack."""
+
     def __init__(self):
         self.addresses = set()
         self.flushed = []
         self.arps = []
+        self.fail = {}
+
+    def _maybe_fail(self, step):
+        if step in self.fail:
+            raise self.fail[step]
 
     def interface_exists(self, iface):
         return iface == "pub0"
@@ -52,14 +71,18 @@ class FakeHost:
         return set(self.addresses)
 
     def add_addresses(self, iface, addrs):
+        self._maybe_fail("add")
         self.addresses.update(addrs)
 
     def del_address(self, iface, addr):
+        self._maybe_fail("del")
         self.addresses.discard(addr)
 
     def gratuitous_arp(self, iface, addr):
+        self._maybe_fail("arp")
         self.arps.append(addr)
 
     def flush_conntrack(self, addrs):
+        self._maybe_fail("conntrack")
         self.flushed.extend(sorted(addrs))
         return dict.fromkeys(addrs, 0)
