@@ -4,7 +4,7 @@ Why it exists: the floating-IP driver is a set of OpenNebula hooks. To test it, 
 demo it in the lab, something has to run those hooks the way onehem does: same argument
 expansion ($TEMPLATE / $API, base64 of the re-serialised XML, ARGUMENTS_STDIN), up to ten
 at a time, in no guaranteed order, with TIMEOUT, and with an execution log like
-``onehook log``. Facts follow shared/opennebula/NOTES.md and
+``onehook log``. Facts follow tests/data/opennebula/NOTES.md and
 samples/oned-7.4-behaviour.md.
 
 Tests synchronise with :meth:`HookExecutionManager.wait_idle`, never with sleeps::

@@ -5,7 +5,7 @@ floating-IP driver has to be exercised with the *real* pyone client against docu
 shaped like the ones a real oned 7.4 produces, and its hooks have to be fired the way
 the Hook Execution Manager fires them (see ``hem.py``).
 
-Every behaviour here follows shared/opennebula/NOTES.md and
+Every behaviour here follows tests/data/opennebula/NOTES.md and
 samples/oned-7.4-behaviour.md (response arrays, error codes and messages, update
 semantics, hook payloads, the state machine). Where those documents are silent the
 simulator makes a plausible choice and says so in a comment.

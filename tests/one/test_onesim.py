@@ -1,6 +1,6 @@
 """The oned simulator against the real pyone client (7.x in .venv, 6.10 in .venv-pyone6).
 
-Each expectation comes from shared/opennebula/NOTES.md or
+Each expectation comes from tests/data/opennebula/NOTES.md or
 samples/oned-7.4-behaviour.md; the section is named where it helps.
 """
 
