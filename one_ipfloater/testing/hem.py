@@ -251,11 +251,13 @@ class HookExecutionManager:
         if isinstance(event, StateEvent):
             if hook.type != "state" or attrs.get("RESOURCE", "").upper() != event.resource:
                 return False
+            # oned stores a VM hook's ON as STATE/LCM_STATE and onehem matches on those;
+            # ON only remains on resources the simulator does not translate.
             on = attrs.get("ON", "").upper()
-            if on == "CUSTOM":
-                wanted = (attrs.get("STATE", "").upper(), attrs.get("LCM_STATE", "").upper())
-            else:
+            if on and on != "CUSTOM":
                 wanted = HOOK_ON_STATES.get(on, ("", ""))
+            else:
+                wanted = (attrs.get("STATE", "").upper(), attrs.get("LCM_STATE", "").upper())
             return wanted == (event.state, event.lcm_state)
         if isinstance(event, ApiEvent):
             return hook.type == "api" and attrs.get("CALL", "") == event.call
