@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping
 
 from . import rpc
+from .shipped import hooks_dir
 from .vmxml import VmXmlError, safe_xml_root
 
 __all__ = ["HookTemplate", "TemplateError", "parse_hook_template", "read_templates",
@@ -69,9 +70,12 @@ def _quote(value: str) -> str:
 
 
 def default_hooks_dir() -> Path:
-    """``hooks/`` of a source checkout, else where a package would ship the templates."""
-    here = Path(__file__).resolve().parents[2] / "hooks"
-    return here if here.is_dir() else Path("/usr/share/one-ipfloater/hooks")
+    """The templates shipped with the package (or of the checkout it runs from)."""
+    found = hooks_dir()
+    if found is None:
+        raise TemplateError("the hook templates are not in this installation of "
+                            "one-ipfloater (reinstall the package, or pass --dir)")
+    return found
 
 
 def parse_hook_template(text: str, source: str = "<template>") -> HookTemplate:
