@@ -193,11 +193,11 @@ def install_hooks(one: Any, templates: List[HookTemplate], dry_run: bool = False
         hook_id = old.id if old is not None else None
         if not dry_run:
             if action == "replaced":
-                one.hook.delete(old.id)
+                one.call("one.hook.delete", old.id)
             if action in ("created", "replaced"):
-                hook_id = one.hook.allocate(tmpl.full_text())
+                hook_id = one.call("one.hook.allocate", tmpl.full_text())
             elif action == "updated":
-                one.hook.update(old.id, _text(stored_form(tmpl)), 0)
+                one.call("one.hook.update", old.id, _text(stored_form(tmpl)), 0)
         done.append({"name": tmpl.name, "id": hook_id,
                      "action": action if not dry_run or action == "unchanged"
                      else f"would be {action}"})

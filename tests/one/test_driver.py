@@ -304,8 +304,8 @@ def test_daemon_failures_write_error_and_allocate_nothing(env, kind):
                                             ("wrong password", "refused the credentials")])
 def test_oned_failures_end_with_one_line_and_touch_nothing(env, kind, fragment):
     vm = env.create(YES)
-    one = env.pyone(url=f"http://127.0.0.1:{closed_port()}/RPC2") if kind == "unreachable" \
-        else env.pyone("oneadmin:wrong")
+    one = env.driver_client(url=f"http://127.0.0.1:{closed_port()}/RPC2") \
+        if kind == "unreachable" else env.driver_client("oneadmin:wrong")
     r = env.converge(vm, one=one)
     assert not r.ok and r.phase == "" and fragment in r.message
     assert_one_line(r.message)
@@ -332,7 +332,7 @@ def test_ten_concurrent_converges_make_one_allocation(env):
     results = []
 
     def run():
-        one, daemon = env.pyone(), IpfloaterClient(env.daemon_url, TOKEN, timeout=10)
+        one, daemon = env.driver_client(), IpfloaterClient(env.daemon_url, TOKEN, timeout=10)
         barrier.wait()
         results.append(env.converge(vm, one=one, daemon=daemon))
 
@@ -361,7 +361,7 @@ def test_sync_converges_everything_and_releases_allocations_of_vanished_vms(env)
     env.daemon.allocate(owner="someone", ref="other:thing")
     env.daemon.allocate(owner="someone", ref="one:vm:abc")
     fresh = env.create(YES)  # deployed, its hook never ran
-    out = sync_all(env.one, env.daemon, lock_dir=env.lock_dir)
+    out = sync_all(env.client, env.daemon, lock_dir=env.lock_dir)
     assert out.ok, out.as_dict()
     assert sorted(out.released) == sorted([(done, done_pub), (999, ghost["public_ip"])])
     assert env.held(done) == {} and env.held(999) == {}
@@ -375,6 +375,6 @@ def test_sync_converges_everything_and_releases_allocations_of_vanished_vms(env)
 def test_sync_releases_nothing_when_oned_cannot_be_read(env):
     vm = env.create(YES)
     env.converge(vm)
-    out = sync_all(env.pyone("oneadmin:wrong"), env.daemon, lock_dir=env.lock_dir)
+    out = sync_all(env.driver_client("oneadmin:wrong"), env.daemon, lock_dir=env.lock_dir)
     assert not out.ok and out.released == [] and "refused the credentials" in out.errors[0]
     assert set(env.held(vm)) == {0}
