@@ -4,7 +4,9 @@ simulator, every allocation from the daemon's registry."""
 
 import threading
 from ipaddress import IPv4Address
+from pathlib import Path
 
+import pyone
 import pytest
 
 from one_ipfloater.client import IpfloaterClient
@@ -378,3 +380,26 @@ def test_sync_releases_nothing_when_oned_cannot_be_read(env):
     out = sync_all(env.driver_client("oneadmin:wrong"), env.daemon, lock_dir=env.lock_dir)
     assert not out.ok and out.released == [] and "refused the credentials" in out.errors[0]
     assert set(env.held(vm)) == {0}
+
+
+def test_oned_client_bounds_a_hung_oned_and_maps_error_codes(env):
+    """rpc.OneClient (standard library XML-RPC, public interfaces only): a peer that
+    accepts and never answers ends in a timeout error instead of a hung hook, and error
+    arrays become the pyone exceptions pyone itself raises."""
+    import socket
+
+    from one_ipfloater.one import rpc
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(1)
+        client = rpc.connect(f"http://127.0.0.1:{hung.getsockname()[1]}/RPC2", "a:b", 0.3)
+        with pytest.raises(rpc.ONE_ERRORS) as caught:
+            rpc.vm_xml(client, 0)
+        assert isinstance(caught.value, TimeoutError)
+        assert rpc.describe_one_error(caught.value, client).endswith(
+            "/RPC2 is unreachable (TimeoutError)")
+    with pytest.raises(pyone.OneNoExistsException, match=r"^\[one\.vm\.info\] Error getting"):
+        rpc.vm_xml(env.client, 4242)
+    with pytest.raises(pyone.OneAuthenticationException):
+        rpc.vm_xml(env.driver_client("oneadmin:wrong"), 0)
+    assert "_ServerProxy__" not in Path(rpc.__file__).read_text()
