@@ -26,6 +26,9 @@ import pytest
 from one_ipfloater.testing.hem import HookExecutionManager
 from tests.one.fipenv import TOKEN, env  # noqa: F401 (env: fixture)
 
+# one worker builds the wheel once (pytest-xdist --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("wheel")
+
 REPO = Path(__file__).resolve().parents[2]
 YES = 'NAME="a" NIC=[NETWORK="priv"] FLOATING_IP="YES"'
 # A PATH where `/usr/bin/env python3` finds a Python without the package.
