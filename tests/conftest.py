@@ -1,8 +1,15 @@
-"""Run-wide hooks: the reliability figures table, gathered from every test's report so
-that it is complete when pytest-xdist runs the tests in worker processes."""
+"""Run-wide hooks: the slow tests first, and the reliability figures table, gathered from
+every test's report so that it is complete when pytest-xdist runs the tests in worker
+processes."""
 
 FIGURES: list = []
 FIGURE = "reliability-figure"
+
+
+def pytest_collection_modifyitems(items):
+    """The long rounds (marked slow) start first: on parallel workers they then overlap
+    with the many short tests instead of running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable
 
 
 def pytest_runtest_logreport(report):
