@@ -159,7 +159,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     cfg = Settings(args)
     started = time.time()
-    data: dict = {"machine": machine(), "settings": vars(args) | {
+    # paths inside the repository are recorded relative to it: the results are committed
+    where = {key: os.path.relpath(getattr(args, key), HERE.parent)
+             for key in ("results", "markdown")}
+    data: dict = {"machine": machine(), "settings": vars(args) | where | {
         "change_cycles": cfg.change_cycles, "clients": cfg.clients,
         "cycles_per_client": cfg.cycles_per_client, "hook_runs": cfg.hook_runs},
         "hook_available": figures.hook_available(), "runs": [],

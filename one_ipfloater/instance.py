@@ -27,9 +27,10 @@ class InstanceBusy(RuntimeError):
         super().__init__(f"{what}: refused, {holder} runs in this network namespace (stop it first)")
 
 
-def holder_pid(name: str = NAME, timeout: float = 5.0) -> int | None:
+def holder_pid(name: str = NAME, timeout: float = 1.0) -> int | None:
     """The pid that listens on the abstract socket `name`, None if nobody or unknown."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(None)  # blocking whatever socket.setdefaulttimeout() says (see below)
         # a blocking connect bounded by SO_SNDTIMEO: it waits for room in a busy holder's
         # backlog, where a Python timeout (non-blocking) would fail at once with EAGAIN
         seconds = int(timeout)
@@ -48,6 +49,7 @@ def claim(what: str, name: str = NAME) -> socket.socket:
     """Hold this namespace's instance socket (keep the returned socket open as long as the
     claim should last; `release` or exiting ends it). InstanceBusy when taken."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # not inherited by children
+    sock.settimeout(None)  # a default timeout would end answer_probes' accept loop
     try:
         sock.bind("\0" + name)
     except OSError as exc:

@@ -1,6 +1,7 @@
 """``ipfloater-one``: the OpenNebula side's admin tool (run as oneadmin on the front-end).
 
     ipfloater-one [--config F] [--json] [-v] install-hooks [--dir DIR] [--dry-run]
+    ipfloater-one [--json] [-v] install-remotes [--remotes DIR] [--dry-run]
     ipfloater-one [--config F] [--json] [-v] sync
     ipfloater-one [--config F] [--json] [-v] show VMID
 
@@ -28,6 +29,8 @@ from .driver import clients_from_config, held_by_vm, read_vm, sync_all
 from .fipspec import FipSpec, desired_floating_ips, vm_phase
 from .hookinstall import TemplateError, default_hooks_dir, install_hooks, read_templates
 from .plan import owner_for, ownership_errors, plan_steps
+from .remotesinstall import RemotesError, default_remotes_dir, install_remotes
+from .shipped import hooks_dir
 
 PROG = "ipfloater-one"
 EXIT_ERROR = 1
@@ -60,7 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("install-hooks", parents=[common],
                        help="register the hook templates with oned (idempotent by NAME)")
     p.add_argument("--dir", type=Path, default=None,
-                   help=f"directory of *.hook templates (default {default_hooks_dir()})")
+                   help="directory of *.hook templates (default: the ones shipped with "
+                   f"the package, {hooks_dir() or 'missing'})")
+    p.add_argument("--dry-run", action="store_true", help="only say what would change")
+    p = sub.add_parser("install-remotes", parents=[common],
+                       help="put the hook script in OpenNebula's remotes, run by this "
+                       "Python (idempotent)")
+    p.add_argument("--remotes", type=Path, default=None,
+                   help="OpenNebula's remotes folder (default $ONE_LOCATION/var/remotes "
+                   "when ONE_LOCATION is set, else /var/lib/one/remotes)")
     p.add_argument("--dry-run", action="store_true", help="only say what would change")
     sub.add_parser("sync", parents=[common],
                    help="converge every VM and release addresses of VMs that are gone")
@@ -84,6 +95,11 @@ def cmd_install_hooks(args) -> Tuple[dict, str, bool]:
     lines = [f"{d['action']:<16} {d['name']}" + (f" (ID {d['id']})" if d["id"] is not None
                                                   else "") for d in done]
     return {"hooks": done}, "\n".join(lines), True
+
+
+def cmd_install_remotes(args) -> Tuple[dict, str, bool]:
+    done = install_remotes(args.remotes or default_remotes_dir(), dry_run=args.dry_run)
+    return done, f"{done['action']:<16} {done['path']} (python {done['python']})", True
 
 
 def cmd_sync(args) -> Tuple[dict, str, bool]:
@@ -137,7 +153,8 @@ def cmd_show(args) -> Tuple[dict, str, bool]:
     return data, "\n".join(lines), True
 
 
-COMMANDS = {"install-hooks": cmd_install_hooks, "sync": cmd_sync, "show": cmd_show}
+COMMANDS = {"install-hooks": cmd_install_hooks, "install-remotes": cmd_install_remotes,
+            "sync": cmd_sync, "show": cmd_show}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -149,7 +166,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         data, text, ok = COMMANDS[args.command](args)
     except ConfigError as exc:
         return _fail(exc, EXIT_USAGE)
-    except (TemplateError, Failure, ValueError) as exc:
+    except (TemplateError, RemotesError, Failure, ValueError) as exc:
         return _fail(exc)
     except ApiError as exc:
         return _fail(exc.message)

@@ -80,15 +80,15 @@ class Result:
 
 
 def clients_from_config(config) -> Tuple[Any, IpfloaterClient]:
-    """A pyone client and a daemon client from a OneConfig (reads both credentials;
-    raises ConfigError)."""
+    """An oned client (rpc.OneClient) and a daemon client from a OneConfig (reads both
+    credentials; raises ConfigError)."""
     one = rpc.connect(config.one_xmlrpc, config.session(), config.one_timeout)
     return one, IpfloaterClient(config.ipfloater_url, config.token(), config.ipfloater_timeout,
                                 use_env_proxy=config.use_env_proxy)
 
 
 def read_vm(one: Any, vm_id: int) -> Vm:
-    """The VM as oned has it now (``one.vm.info`` through pyone, parsed by parse_vm)."""
+    """The VM as oned has it now (``one.vm.info``, parsed by parse_vm)."""
     return parse_vm(rpc.vm_xml(one, vm_id))
 
 
@@ -101,7 +101,7 @@ def converge_vm(vm_id: int, one: Any, daemon: Any, *, lock_dir: Optional[str] = 
                 lock_timeout: float = 60.0) -> Result:
     """Bring the daemon and the VM's USER_TEMPLATE in line with what the VM asks for.
 
-    ``one``: a pyone client; ``daemon``: an IpfloaterClient. ``lock_dir`` None takes no
+    ``one``: an rpc.OneClient; ``daemon``: an IpfloaterClient. ``lock_dir`` None takes no
     lock (only for callers that never run two converges at once)."""
     result = Result(vm_id=vm_id)
     try:

@@ -5,6 +5,12 @@ registered (``one.hookpool.info``), allocate what is missing, ``one.hook.update`
 what differs, leave the rest. A hook's TYPE cannot be updated, so a changed TYPE is
 delete + allocate. Only flat ``KEY = "value"`` templates are accepted: that is all a hook
 needs, and it lets the comparison be exact.
+
+oned rewrites every hook it stores (tests/data/opennebula/NOTES.md, "Hook registration"):
+a VM state hook's ``ON`` becomes ``STATE`` + ``LCM_STATE``, ``REMOTE = "NO"`` is added, and
+``one.hook.update`` does not translate ``ON`` (a replace that sends it fails). So the
+templates are compared and sent in the form oned keeps (:func:`stored_form`), and only the
+attributes oned keeps are compared: a registered hook never equals its file.
 """
 
 from __future__ import annotations
@@ -15,12 +21,24 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping
 
 from . import rpc
+from .shipped import hooks_dir
 from .vmxml import VmXmlError, safe_xml_root
 
 __all__ = ["HookTemplate", "TemplateError", "parse_hook_template", "read_templates",
-           "registered_hooks", "install_hooks", "default_hooks_dir"]
+           "registered_hooks", "install_hooks", "default_hooks_dir", "stored_form"]
 
 NAME_PREFIX = "ipfloater-"
+# ON of a VM state hook -> the (STATE, LCM_STATE) oned stores instead (HookStateVM).
+ON_STATES = {
+    "RUNNING": ("ACTIVE", "RUNNING"),
+    "STOP": ("STOPPED", "LCM_INIT"),
+    "DONE": ("DONE", "LCM_INIT"),
+    "UNKNOWN": ("ACTIVE", "UNKNOWN"),
+}
+# What oned keeps of a hook template and what decides how the hook runs: the comparison
+# looks at these only (an attribute an operator added elsewhere is left alone).
+KEPT = ("COMMAND", "ARGUMENTS", "ARGUMENTS_STDIN", "TIMEOUT", "CALL", "RESOURCE", "STATE",
+        "LCM_STATE", "REMOTE")
 _LINE = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s"]+))\s*')
 
 
@@ -37,12 +55,14 @@ class HookTemplate:
     attrs: Mapping[str, str]
     source: str
 
-    def text(self) -> str:
-        """Template text without NAME and TYPE (what ``one.hook.update`` takes)."""
-        return "".join(f'{k} = "{_quote(v)}"\n' for k, v in self.attrs.items())
-
     def full_text(self) -> str:
-        return f'NAME = "{_quote(self.name)}"\nTYPE = "{_quote(self.type)}"\n' + self.text()
+        """NAME, TYPE and the attributes as written (what ``one.hook.allocate`` takes)."""
+        return (f'NAME = "{_quote(self.name)}"\nTYPE = "{_quote(self.type)}"\n'
+                + _text(self.attrs))
+
+
+def _text(attrs: Mapping[str, str]) -> str:
+    return "".join(f'{k} = "{_quote(v)}"\n' for k, v in attrs.items())
 
 
 def _quote(value: str) -> str:
@@ -50,9 +70,12 @@ def _quote(value: str) -> str:
 
 
 def default_hooks_dir() -> Path:
-    """``hooks/`` of a source checkout, else where a package would ship the templates."""
-    here = Path(__file__).resolve().parents[2] / "hooks"
-    return here if here.is_dir() else Path("/usr/share/one-ipfloater/hooks")
+    """The templates shipped with the package (or of the checkout it runs from)."""
+    found = hooks_dir()
+    if found is None:
+        raise TemplateError("the hook templates are not in this installation of "
+                            "one-ipfloater (reinstall the package, or pass --dir)")
+    return found
 
 
 def parse_hook_template(text: str, source: str = "<template>") -> HookTemplate:
@@ -77,7 +100,32 @@ def parse_hook_template(text: str, source: str = "<template>") -> HookTemplate:
         raise TemplateError(f"{source}: TYPE {kind!r} is not state or api")
     if not attrs.get("COMMAND"):
         raise TemplateError(f"{source}: COMMAND is missing")
+    if kind == "state":
+        on = attrs.get("ON", "").upper()
+        if on != "CUSTOM" and on not in ON_STATES:
+            raise TemplateError(f"{source}: ON {attrs.get('ON', '')!r} is not one of "
+                                f"{', '.join(sorted(ON_STATES))}, CUSTOM")
+        if on == "CUSTOM" and not (attrs.get("STATE") and attrs.get("LCM_STATE")):
+            raise TemplateError(f"{source}: ON \"CUSTOM\" needs STATE and LCM_STATE")
     return HookTemplate(name=name, type=kind, attrs=attrs, source=source)
+
+
+def stored_form(tmpl: HookTemplate) -> Dict[str, str]:
+    """The template as oned keeps it: ON replaced by STATE/LCM_STATE, REMOTE present.
+    This is also what an update sends, since oned's update does not translate ON."""
+    attrs = dict(tmpl.attrs)
+    if tmpl.type == "state" and attrs.get("RESOURCE", "").upper() == "VM":
+        on = attrs.pop("ON", "").upper()
+        if on == "CUSTOM":
+            attrs["STATE"], attrs["LCM_STATE"] = attrs["STATE"].upper(), attrs["LCM_STATE"].upper()
+        else:
+            attrs["STATE"], attrs["LCM_STATE"] = ON_STATES[on]
+    attrs["REMOTE"] = "YES" if attrs.get("REMOTE", "").strip().upper() == "YES" else "NO"
+    return attrs
+
+
+def _differs(want: Mapping[str, str], have: Mapping[str, str]) -> bool:
+    return any(want.get(key) != have.get(key) for key in KEPT)
 
 
 def read_templates(directory: Path) -> List[HookTemplate]:
@@ -138,18 +186,18 @@ def install_hooks(one: Any, templates: List[HookTemplate], dry_run: bool = False
             action = "created"
         elif old.type != tmpl.type:
             action = "replaced"
-        elif dict(old.attrs) != dict(tmpl.attrs):
+        elif _differs(stored_form(tmpl), old.attrs):
             action = "updated"
         else:
             action = "unchanged"
         hook_id = old.id if old is not None else None
         if not dry_run:
             if action == "replaced":
-                one.hook.delete(old.id)
+                one.call("one.hook.delete", old.id)
             if action in ("created", "replaced"):
-                hook_id = one.hook.allocate(tmpl.full_text())
+                hook_id = one.call("one.hook.allocate", tmpl.full_text())
             elif action == "updated":
-                one.hook.update(old.id, tmpl.text(), 0)
+                one.call("one.hook.update", old.id, _text(stored_form(tmpl)), 0)
         done.append({"name": tmpl.name, "id": hook_id,
                      "action": action if not dry_run or action == "unchanged"
                      else f"would be {action}"})

@@ -1,33 +1,37 @@
-"""Talking to oned through pyone, with the raw XML of documents kept intact.
+"""Talking to oned: the standard library's XML-RPC client, pyone's exception classes.
 
-Why raw XML: ``parse_vm`` (hardened, lenient, keeps CDATA values exactly) needs the
-document oned sent. pyone 6.10 and 7.x both turn every XML answer into generateDS
-bindings; exporting those back is lossy (6.10 drops 7.x elements such as PLAN_ID, empty
-values come back as None, CDATA is re-escaped). Both versions' XML-RPC client
-(``OneServer`` in 6.10, ``OneServerXRPC`` in 7.x) split the call in two steps:
-``_cast_parms`` (adds the session) and ``_do_request`` (pyone's requests transport,
-XML-RPC faults as ``OneException``); only the response step builds bindings. Calling
-the first two ourselves reads the document THROUGH pyone (its session, transport, timeout
-and error classes) and skips the binding step. Error arrays become the same pyone
-exceptions pyone itself raises, by the same codes.
+Why not pyone's client: the driver needs (1) the raw XML oned sent, because ``parse_vm``
+(hardened, lenient, keeps CDATA values exactly) must see it, while pyone 6.10 and 7.x turn
+every answer into generateDS bindings and exporting those back is lossy (6.10 drops 7.x
+elements such as PLAN_ID, empty values come back as None, CDATA is re-escaped); and (2) a
+timeout on every request, which pyone's requests transport does not set (its ``timeout``
+only sets the socket default, which requests overrides), so a hung oned would hold a hook
+until onehem kills it. Both are reachable in pyone only through private attributes.
+``xmlrpc.client.ServerProxy`` with a transport that sets the timeout gives both through
+public interfaces, and speaks the same wire contract.
 
-Writes use pyone's public API with the nested-dict form (XML with CDATA), never the
-flat form, which sends ``KEY="value"`` without escaping quotes.
+What stays pyone's: the exception classes. Error arrays become the same pyone exceptions
+pyone itself raises, by the same codes, so callers (and operators' scripts) catch one set
+of classes whichever client made the call. Template writes are XML with CDATA values (what
+pyone's nested-dict form sends), never ``KEY="value"`` lines, which carry quotes unescaped.
 """
 
 from __future__ import annotations
 
+import http.client
 import xmlrpc.client
 from typing import Any, Mapping
 from xml.parsers.expat import ExpatError
+from xml.sax.saxutils import escape
 
 import pyone
 
-__all__ = ["connect", "call_raw", "vm_xml", "vmpool_xml", "hookpool_xml",
+__all__ = ["OneClient", "connect", "call_raw", "vm_xml", "vmpool_xml", "hookpool_xml",
            "update_user_template", "describe_one_error", "endpoint", "ONE_ERRORS"]
 
 #: Exceptions a call to oned can end with (pyone's, transport, malformed answers).
-ONE_ERRORS = (pyone.OneException, OSError, xmlrpc.client.Error, ExpatError, ValueError)
+ONE_ERRORS = (pyone.OneException, OSError, xmlrpc.client.Error, ExpatError, ValueError,
+              http.client.HTTPException)
 
 _BY_CODE = {
     0x0100: pyone.OneAuthenticationException,
@@ -39,60 +43,68 @@ _BY_CODE = {
 }
 
 
-_TIMED_TRANSPORTS: dict = {}
+class _TimeoutTransport(xmlrpc.client.Transport):
+    """``xmlrpc.client.Transport`` whose connections time out (connect and every read)."""
+
+    def __init__(self, timeout: float):
+        super().__init__()
+        self.timeout = timeout
+
+    def make_connection(self, host):
+        connection = super().make_connection(host)
+        connection.timeout = self.timeout
+        return connection
 
 
-def _timed_transport(base: type) -> type:
-    """pyone's RequestsTransport calls ``requests.post`` without a timeout (its own
-    ``timeout`` only sets socket.setdefaulttimeout, which requests overrides), so a hung
-    oned would hold a hook until onehem kills it. This subclass adds the timeout."""
-    if base not in _TIMED_TRANSPORTS:
-        class TimedTransport(base):
-            timeout: float = 10.0
+class _SafeTimeoutTransport(xmlrpc.client.SafeTransport):
+    """The same for https endpoints (certificates verified by the default context)."""
 
-            def request(self, host, handler, request_body, verbose=False):
-                import requests
-                url = self._build_url(host, handler)
-                headers = getattr(self, "headers", None) or {
-                    "User-Agent": getattr(self, "user_agent", "pyone"), "Content-Type": "text/xml",
-                    "Accept": "*/*"}
-                resp = requests.post(url, data=request_body, headers=headers,
-                                     verify=getattr(self, "https_verify", True), timeout=self.timeout)
-                try:
-                    resp.raise_for_status()
-                except requests.RequestException as exc:
-                    raise xmlrpc.client.ProtocolError(url, resp.status_code, str(exc), resp.headers)
-                return self.parse_response(resp)
+    def __init__(self, timeout: float):
+        super().__init__()
+        self.timeout = timeout
 
-        _TIMED_TRANSPORTS[base] = TimedTransport
-    return _TIMED_TRANSPORTS[base]
+    def make_connection(self, host):
+        connection = super().make_connection(host)
+        connection.timeout = self.timeout
+        return connection
 
 
-def connect(url: str, session: str, timeout: float):
-    """A pyone XML-RPC client (``OneServer`` picks XML-RPC for an http(s) URL in 7.x)
-    whose every request, connect and read, is bounded by `timeout` seconds."""
-    one = pyone.OneServer(url, session=session, timeout=timeout)
-    transport = getattr(one, "_ServerProxy__transport", None)
-    if transport is not None and hasattr(transport, "_build_url") and hasattr(transport, "parse_response"):
-        transport.__class__ = _timed_transport(type(transport))
-        transport.timeout = timeout
-    return one
+class OneClient:
+    """oned's XML-RPC API with a session and a timeout: ``call("one.vm.info", 7)`` returns
+    the value of a successful answer or raises the pyone exception for its error code."""
+
+    def __init__(self, url: str, session: str, timeout: float):
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"ONE_XMLRPC {url!r}: need an http(s):// XML-RPC endpoint")
+        transport_class = _SafeTimeoutTransport if url.startswith("https://") \
+            else _TimeoutTransport
+        self.url = url
+        self._session = session
+        self._proxy = xmlrpc.client.ServerProxy(url, transport=transport_class(timeout))
+
+    def __repr__(self) -> str:  # never the session
+        return f"OneClient({self.url!r})"
+
+    def call(self, method: str, *params: Any) -> Any:
+        try:
+            response = getattr(self._proxy, method)(self._session, *params)
+        except xmlrpc.client.Fault as fault:  # xmlrpc-c refused the call (as pyone maps it)
+            raise pyone.OneException(str(fault)) from None
+        if not isinstance(response, (list, tuple)) or len(response) < 3:
+            raise ValueError(f"{method}: unexpected answer from oned: {str(response)[:80]!r}")
+        if response[0]:
+            return response[1]
+        raise _BY_CODE.get(response[2], pyone.OneException)(str(response[1]))
 
 
-def call_raw(one: Any, method: str, *params: Any) -> Any:
-    """Run ``method`` through pyone's proxy and return oned's value without bindings."""
-    try:
-        request, cast = one._do_request, one._cast_parms
-    except AttributeError:
-        raise pyone.OneException(
-            f"{type(one).__name__} cannot return raw documents; use an XML-RPC endpoint "
-            "(http://HOST:2633/RPC2)") from None
-    response = request(method, cast(params))
-    if not isinstance(response, (list, tuple)) or len(response) < 3:
-        raise ValueError(f"{method}: unexpected answer from oned: {str(response)[:80]!r}")
-    if response[0]:
-        return response[1]
-    raise _BY_CODE.get(response[2], pyone.OneException)(str(response[1]))
+def connect(url: str, session: str, timeout: float) -> OneClient:
+    """A client whose every request, connect and read, is bounded by `timeout` seconds."""
+    return OneClient(url, session, timeout)
+
+
+def call_raw(one: OneClient, method: str, *params: Any) -> Any:
+    """Run ``method`` and return oned's value as sent (documents as XML text)."""
+    return one.call(method, *params)
 
 
 def _xml(one: Any, method: str, *params: Any) -> str:
@@ -117,15 +129,25 @@ def hookpool_xml(one: Any) -> str:
     return _xml(one, "one.hookpool.info", -2, -1, -1)
 
 
-def update_user_template(one: Any, vm_id: int, attrs: Mapping[str, str]) -> None:
+def update_user_template(one: OneClient, vm_id: int, attrs: Mapping[str, str]) -> None:
     """Merge ``attrs`` into USER_TEMPLATE (type 1), sent as XML with CDATA values."""
     if not attrs:
         return
-    one.vm.update(vm_id, {"TEMPLATE": {k: _cdata_safe(v) for k, v in attrs.items()}}, 1)
+    bad = next((key for key in attrs if not _is_name(key)), None)
+    if bad is not None:
+        raise ValueError(f"attribute name {escape(str(bad))!r} is not a template name")
+    body = "".join(f"<{key}><![CDATA[{_cdata_safe(value)}]]></{key}>"
+                   for key, value in attrs.items())
+    one.call("one.vm.update", vm_id, f"<TEMPLATE>{body}</TEMPLATE>", 1)
+
+
+def _is_name(key: str) -> bool:
+    return bool(key) and key[0].isalpha() and all(c.isalnum() or c == "_" for c in key) \
+        and key.isascii()
 
 
 def _cdata_safe(value: str) -> str:
-    """pyone wraps values in CDATA unescaped; a ``]]>`` would end it early."""
+    """A ``]]>`` inside a value would end the CDATA section early."""
     return str(value).replace("]]>", "]] >")
 
 
@@ -135,9 +157,8 @@ def _one_line(text: str, limit: int = 200) -> str:
 
 
 def endpoint(one: Any) -> str:
-    """The oned URL a pyone client talks to (both pyone 6.10 and 7 are ServerProxies)."""
-    host = getattr(one, "_ServerProxy__host", "")
-    return f"http://{host}{getattr(one, '_ServerProxy__handler', '')}" if host else ""
+    """The oned URL a client talks to."""
+    return str(getattr(one, "url", ""))
 
 
 def describe_one_error(exc: BaseException, one: Any = None) -> str:

@@ -1,7 +1,7 @@
 """Parse OpenNebula VM documents (``one.vm.info``, hook ``$TEMPLATE``, pools) into frozen values.
 
 The parser is lenient about shape, because real documents from 5.2 to 7.4 differ (see
-shared/opennebula/samples), and strict about the few values the floating-IP logic relies on
+tests/data/opennebula/samples), and strict about the few values the floating-IP logic relies on
 (IDs, states, NIC addresses): a wrong value there raises :class:`VmXmlError` rather than
 silently steering a NAT rule. It is also hardened: no DTD, no entities, no network, a size cap.
 

@@ -4,7 +4,7 @@ Why it exists: the floating-IP driver is a set of OpenNebula hooks. To test it, 
 demo it in the lab, something has to run those hooks the way onehem does: same argument
 expansion ($TEMPLATE / $API, base64 of the re-serialised XML, ARGUMENTS_STDIN), up to ten
 at a time, in no guaranteed order, with TIMEOUT, and with an execution log like
-``onehook log``. Facts follow shared/opennebula/NOTES.md and
+``onehook log``. Facts follow tests/data/opennebula/NOTES.md and
 samples/oned-7.4-behaviour.md.
 
 Tests synchronise with :meth:`HookExecutionManager.wait_idle`, never with sleeps::
@@ -251,11 +251,13 @@ class HookExecutionManager:
         if isinstance(event, StateEvent):
             if hook.type != "state" or attrs.get("RESOURCE", "").upper() != event.resource:
                 return False
+            # oned stores a VM hook's ON as STATE/LCM_STATE and onehem matches on those;
+            # ON only remains on resources the simulator does not translate.
             on = attrs.get("ON", "").upper()
-            if on == "CUSTOM":
-                wanted = (attrs.get("STATE", "").upper(), attrs.get("LCM_STATE", "").upper())
-            else:
+            if on and on != "CUSTOM":
                 wanted = HOOK_ON_STATES.get(on, ("", ""))
+            else:
+                wanted = (attrs.get("STATE", "").upper(), attrs.get("LCM_STATE", "").upper())
             return wanted == (event.state, event.lcm_state)
         if isinstance(event, ApiEvent):
             return hook.type == "api" and attrs.get("CALL", "") == event.call

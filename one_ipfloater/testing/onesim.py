@@ -5,7 +5,7 @@ floating-IP driver has to be exercised with the *real* pyone client against docu
 shaped like the ones a real oned 7.4 produces, and its hooks have to be fired the way
 the Hook Execution Manager fires them (see ``hem.py``).
 
-Every behaviour here follows shared/opennebula/NOTES.md and
+Every behaviour here follows tests/data/opennebula/NOTES.md and
 samples/oned-7.4-behaviour.md (response arrays, error codes and messages, update
 semantics, hook payloads, the state machine). Where those documents are silent the
 simulator makes a plausible choice and says so in a comment.
@@ -468,6 +468,13 @@ class _Failure(Exception):
     def __init__(self, code: int, message: str, obj_id: int = -1):
         super().__init__(message)
         self.code, self.message, self.obj_id = code, message, obj_id
+
+
+class _NameTaken(_Failure):
+    """oned answers a taken NAME without the "Error allocating" prefix."""
+
+    def __init__(self, message: str):
+        super().__init__(ALLOCATE, message)
 
 
 class _TypeFault(Exception):
@@ -1283,11 +1290,17 @@ class OneSimulator:
         self._require_admin(user, "CREATE HOOK")
         try:
             hook_id = self._allocate_hook(template_text)
+        except _NameTaken:
+            raise
         except _Failure as failure:
             raise _Failure(ALLOCATE, f"Error allocating a new hook. {failure.message}")
         return hook_id, self._hook_xml(self._hooks[hook_id], with_log=False)
 
     def _rpc_hook_update(self, user: _User, params: Sequence[Any]) -> int:
+        """oned 7.4 (NOTES, "Hook registration"): update does NOT translate ON; the stored
+        template must hold valid STATE/LCM_STATE (state hooks of VMs) or CALL (api hooks)
+        and a COMMAND, else INTERNAL "Cannot update template. ..." and the old one stays.
+        Replace (0) keeps only what is sent (REMOTE too); merge (1) keeps the rest."""
         hook_id = _p_int(params, 1)
         template_text = _p_str(params, 2)
         update_type = _p_opt(params, 3, _p_int, 0)
@@ -1301,10 +1314,10 @@ class OneSimulator:
             raise _Failure(ACTION, f"Parse error: {exc}") from None
         merged = items if update_type == 0 else _merge_items(hook.template, items)
         merged = [(n, v) for n, v in merged if n not in ("NAME", "TYPE")]
-        try:
-            self._validate_hook(hook.type, {n: v for n, v in merged if isinstance(v, str)})
-        except _Failure as failure:
-            raise _Failure(ACTION, failure.message) from None
+        problem = self._stored_hook_problem(hook.type, {n: v for n, v in merged
+                                                        if isinstance(v, str)})
+        if problem:
+            raise _Failure(INTERNAL, f"Cannot update template. {problem}")
         hook.template = merged
         return hook.id
 
@@ -1914,6 +1927,41 @@ class OneSimulator:
         else:
             raise _Failure(ALLOCATE, f"Invalid Hook type: {hook_type}")
 
+    @staticmethod
+    def _stored_hook_problem(hook_type: str, attrs: Dict[str, str]) -> str:
+        """What oned's post-update check says of a stored template ("" when it is fine)."""
+        if not attrs.get("COMMAND"):
+            return "The COMMAND attribute is not defined."
+        if hook_type == "state" and attrs.get("RESOURCE", "").upper() == "VM":
+            if attrs.get("STATE", "") not in _STATE_NUM:
+                return "The STATE attribute is not defined or it's invalid."
+            if attrs.get("LCM_STATE", "") not in _LCM_NUM:
+                return "The LCM_STATE attribute is not defined or it's invalid."
+        if hook_type == "api" and not attrs.get("CALL"):
+            return "The CALL attribute is not defined or it's invalid."
+        return ""
+
+    @staticmethod
+    def _normalise_hook(hook_type: str, items: TemplateItems) -> TemplateItems:
+        """What oned 7.4 stores from an allocated template (NOTES, "Hook registration"):
+        NAME/TYPE leave it, a VM state hook's ON becomes STATE + LCM_STATE, REMOTE is
+        always there. Other resources keep their template as given (not observed)."""
+        attrs = {n: v for n, v in items if isinstance(v, str)}
+        drop = {"NAME", "TYPE"}
+        extra: TemplateItems = []
+        if hook_type == "state" and attrs.get("RESOURCE", "").upper() == "VM":
+            on = attrs.get("ON", "").upper()
+            state, lcm = ((attrs.get("STATE", "").upper(), attrs.get("LCM_STATE", "").upper())
+                          if on == "CUSTOM" else HOOK_ON_STATES[on])
+            drop |= {"ON", "STATE", "LCM_STATE"}
+            extra += [("STATE", state), ("LCM_STATE", lcm)]
+        # Observed: REMOTE="NO" added to templates without it. A given value is kept as
+        # YES/NO (the simulator's choice: oned reads it as a boolean).
+        remote = attrs.get("REMOTE", "")
+        drop.add("REMOTE")
+        extra.append(("REMOTE", "YES" if remote.strip().upper() == "YES" else "NO"))
+        return [(n, v) for n, v in items if n not in drop] + extra
+
     def _allocate_hook(self, template_text: str) -> int:
         try:
             items = parse_template(template_text)
@@ -1923,15 +1971,15 @@ class OneSimulator:
         name = attrs.get("NAME", "")
         if not name:
             raise _Failure(ALLOCATE, "No NAME in template for Hook.")
-        for hook in self._hooks.values():
-            if hook.name == name:
-                raise _Failure(ALLOCATE, f"NAME is already taken by HOOK {hook.id}.")
         hook_type = attrs.get("TYPE", "").lower()
         self._validate_hook(hook_type, attrs)
+        for hook in self._hooks.values():
+            if hook.name == name:  # the exact text of a real oned 7.4.0
+                raise _NameTaken(f"NAME is already taken by Hook {hook.id}.")
         hook_id = self._next_hook_id
         self._next_hook_id += 1
         self._hooks[hook_id] = _Hook(hook_id, name, hook_type,
-                                     [(n, v) for n, v in items if n not in ("NAME", "TYPE")])
+                                     self._normalise_hook(hook_type, items))
         return hook_id
 
     @staticmethod

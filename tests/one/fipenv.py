@@ -8,6 +8,7 @@ import socket
 import threading
 from typing import Dict, List, Optional
 
+import pyone
 import pytest
 
 from one_ipfloater.api import ApiServer
@@ -60,10 +61,14 @@ class FipEnv:
         self.svc = svc
         self.daemon_url = daemon_url
         self.lock_dir = lock_dir
-        self.one = self.pyone()
+        self.one = self.pyone()  # the tests act through pyone, as users and scripts do
+        self.client = self.driver_client()  # the driver's own client
         self.daemon = IpfloaterClient(daemon_url, TOKEN, timeout=10)
 
     def pyone(self, session: str = ":".join(ADMIN), url: Optional[str] = None):
+        return pyone.OneServer(url or self.sim.url, session=session, timeout=10)
+
+    def driver_client(self, session: str = ":".join(ADMIN), url: Optional[str] = None):
         return rpc.connect(url or self.sim.url, session, 10)
 
     def create(self, template: str, owner: str = "alice", deploy: bool = True) -> int:
@@ -73,7 +78,7 @@ class FipEnv:
         return vm_id
 
     def converge(self, vm_id: int, one=None, daemon=None) -> Result:
-        return converge_vm(vm_id, one or self.one, daemon or self.daemon,
+        return converge_vm(vm_id, one or self.client, daemon or self.daemon,
                            lock_dir=self.lock_dir, lock_timeout=30)
 
     def held(self, vm_id: int) -> Dict[int, object]:
@@ -95,7 +100,7 @@ class FipEnv:
 
     def set_template(self, vm_id: int, **attrs: str) -> None:
         """What ``onevm update --append`` does (merge), without running the driver."""
-        rpc.update_user_template(self.one, vm_id, attrs)
+        rpc.update_user_template(self.client, vm_id, attrs)
 
     def replace_template(self, vm_id: int, text: str) -> None:
         """What ``onevm update`` (editor, then replace) does."""

@@ -4,7 +4,9 @@ simulator, every allocation from the daemon's registry."""
 
 import threading
 from ipaddress import IPv4Address
+from pathlib import Path
 
+import pyone
 import pytest
 
 from one_ipfloater.client import IpfloaterClient
@@ -304,8 +306,8 @@ def test_daemon_failures_write_error_and_allocate_nothing(env, kind):
                                             ("wrong password", "refused the credentials")])
 def test_oned_failures_end_with_one_line_and_touch_nothing(env, kind, fragment):
     vm = env.create(YES)
-    one = env.pyone(url=f"http://127.0.0.1:{closed_port()}/RPC2") if kind == "unreachable" \
-        else env.pyone("oneadmin:wrong")
+    one = env.driver_client(url=f"http://127.0.0.1:{closed_port()}/RPC2") \
+        if kind == "unreachable" else env.driver_client("oneadmin:wrong")
     r = env.converge(vm, one=one)
     assert not r.ok and r.phase == "" and fragment in r.message
     assert_one_line(r.message)
@@ -332,7 +334,7 @@ def test_ten_concurrent_converges_make_one_allocation(env):
     results = []
 
     def run():
-        one, daemon = env.pyone(), IpfloaterClient(env.daemon_url, TOKEN, timeout=10)
+        one, daemon = env.driver_client(), IpfloaterClient(env.daemon_url, TOKEN, timeout=10)
         barrier.wait()
         results.append(env.converge(vm, one=one, daemon=daemon))
 
@@ -361,7 +363,7 @@ def test_sync_converges_everything_and_releases_allocations_of_vanished_vms(env)
     env.daemon.allocate(owner="someone", ref="other:thing")
     env.daemon.allocate(owner="someone", ref="one:vm:abc")
     fresh = env.create(YES)  # deployed, its hook never ran
-    out = sync_all(env.one, env.daemon, lock_dir=env.lock_dir)
+    out = sync_all(env.client, env.daemon, lock_dir=env.lock_dir)
     assert out.ok, out.as_dict()
     assert sorted(out.released) == sorted([(done, done_pub), (999, ghost["public_ip"])])
     assert env.held(done) == {} and env.held(999) == {}
@@ -375,7 +377,7 @@ def test_sync_converges_everything_and_releases_allocations_of_vanished_vms(env)
 def test_sync_releases_nothing_when_oned_cannot_be_read(env):
     vm = env.create(YES)
     env.converge(vm)
-    out = sync_all(env.pyone("oneadmin:wrong"), env.daemon, lock_dir=env.lock_dir)
+    out = sync_all(env.driver_client("oneadmin:wrong"), env.daemon, lock_dir=env.lock_dir)
     assert not out.ok and out.released == [] and "refused the credentials" in out.errors[0]
     assert set(env.held(vm)) == {0}
 
@@ -520,3 +522,26 @@ def test_forbidden_is_written_with_the_token_hint_and_stops_the_run(env):
     r = env.converge(vm, daemon=ForbiddingDaemon(env))
     assert_error_written(env, vm, r, "must hold an operator token")
     assert len(r.errors) == 1 and env.held(vm) == {}  # fatal: NIC 1 was not tried
+
+
+def test_oned_client_bounds_a_hung_oned_and_maps_error_codes(env):
+    """rpc.OneClient (standard library XML-RPC, public interfaces only): a peer that
+    accepts and never answers ends in a timeout error instead of a hung hook, and error
+    arrays become the pyone exceptions pyone itself raises."""
+    import socket
+
+    from one_ipfloater.one import rpc
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(1)
+        client = rpc.connect(f"http://127.0.0.1:{hung.getsockname()[1]}/RPC2", "a:b", 0.3)
+        with pytest.raises(rpc.ONE_ERRORS) as caught:
+            rpc.vm_xml(client, 0)
+        assert isinstance(caught.value, TimeoutError)
+        assert rpc.describe_one_error(caught.value, client).endswith(
+            "/RPC2 is unreachable (TimeoutError)")
+    with pytest.raises(pyone.OneNoExistsException, match=r"^\[one\.vm\.info\] Error getting"):
+        rpc.vm_xml(env.client, 4242)
+    with pytest.raises(pyone.OneAuthenticationException):
+        rpc.vm_xml(env.driver_client("oneadmin:wrong"), 0)
+    assert "_ServerProxy__" not in Path(rpc.__file__).read_text()

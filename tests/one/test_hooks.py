@@ -109,6 +109,45 @@ def test_install_hooks_registers_every_template_idempotently(rig, capsys, tmp_pa
     assert hooks["ipfloater-done"].id == names["ipfloater-done"].id
 
 
+def _stored(sim):
+    return {h.name: (h.id, h.type, h.template) for h in sim.hooks()}
+
+
+def test_second_install_changes_nothing_against_oned_74_storage(rig, capsys):
+    """oned 7.4 stores ON as STATE/LCM_STATE and adds REMOTE: a registered hook never
+    equals its file. A second run still finds nothing to do, sends nothing, exits 0."""
+    before = _stored(rig.env.sim)
+    assert before["ipfloater-running"][2]["STATE"] == "ACTIVE"
+    assert "ON" not in before["ipfloater-running"][2]  # the simulator stores like oned
+    for _ in range(2):
+        code, out = install([], capsys)
+        assert code == 0, out.err
+        assert out.out.count("unchanged") == len(before), out.out
+    assert _stored(rig.env.sim) == before
+
+
+def test_an_edited_hook_is_put_back_and_fires_on_the_same_state(rig, capsys):
+    sim, one = rig.env.sim, rig.env.one
+    before = _stored(sim)
+    hook_id = before["ipfloater-running"][0]
+    # an operator's `onehook update --append`: another state, run remotely, shorter timeout
+    one.hook.update(hook_id, 'LCM_STATE="BOOT"\nREMOTE="YES"\nTIMEOUT="5"', 1)
+    assert _stored(sim)["ipfloater-running"][2]["LCM_STATE"] == "BOOT"
+    code, out = install(["--json"], capsys)
+    assert code == 0, out.err
+    actions = {h["name"]: h["action"] for h in json.loads(out.out)["hooks"]}
+    assert actions.pop("ipfloater-running") == "updated"
+    assert set(actions.values()) == {"unchanged"}
+    assert _stored(sim) == before  # put back exactly as oned stored it at creation
+    code, out = install([], capsys)
+    assert code == 0 and out.out.count("unchanged") == len(before)
+    vm = rig.env.create(YES)  # deploy: PROLOG, BOOT, RUNNING
+    rig.settle()
+    running = rig.runs("ipfloater-running")
+    assert len(running) == 1 and running[0].success, [(r.exit_code, r.stderr) for r in running]
+    assert rig.env.ut(vm)["FLOATING_IP_STATUS"] == "ACTIVE"
+
+
 # --- lifecycle through hooks ---------------------------------------------------------------
 
 def test_deploy_writes_the_address_back_and_the_write_back_loop_ends(rig):

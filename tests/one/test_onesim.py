@@ -1,11 +1,13 @@
 """The oned simulator against the real pyone client (7.x in .venv, 6.10 in .venv-pyone6).
 
-Each expectation comes from shared/opennebula/NOTES.md or
+Each expectation comes from tests/data/opennebula/NOTES.md or
 samples/oned-7.4-behaviour.md; the section is named where it helps.
 """
 
+import re
 import threading
 import xmlrpc.client
+from pathlib import Path
 
 import pyone
 import pytest
@@ -692,3 +694,78 @@ def test_standalone_simulator_for_the_lab(tmp_path):
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+
+
+# --------------------------------------------------------------------------------------
+# Hooks stored the way a real oned 7.4.0 stores them (NOTES, "Hook registration")
+# --------------------------------------------------------------------------------------
+
+HOOKS_DIR = Path(__file__).resolve().parents[2] / "hooks"
+HOOK_INFO_SAMPLES = sorted(SAMPLES.glob("api-7.4.0-one.hook.info-*.xml"))
+
+
+def _hook_file(name):
+    return (HOOKS_DIR / f"{name}.hook").read_text()
+
+
+def _without_id(xml):
+    return re.sub(r"^<HOOK><ID>\d+</ID>", "<HOOK><ID>N</ID>", xml)
+
+
+@pytest.mark.parametrize("sample", HOOK_INFO_SAMPLES, ids=lambda p: p.name)
+def test_allocate_stores_a_hook_file_as_the_real_oned_does(sim, sample):
+    """The file (comments, ON, NAME/TYPE inside) comes back as oned 7.4.0 answered for it:
+    byte for byte, but the ID."""
+    name = sample.name.split("-one.hook.info-")[1][:-len(".xml")]
+    ok, hook_id, _ = raw(sim, "one.hook.allocate", ADMIN, _hook_file(name))
+    assert ok
+    ok, xml, _ = raw(sim, "one.hook.info", ADMIN, hook_id)
+    assert _without_id(xml) == _without_id(sample.read_text().strip())
+
+
+def test_hookpool_holds_every_hook_as_the_real_pool_does(sim):
+    for path in sorted(HOOKS_DIR.glob("*.hook")):
+        assert raw(sim, "one.hook.allocate", ADMIN, path.read_text())[0]
+    ok, xml, _ = raw(sim, "one.hookpool.info", ADMIN, -2, -1, -1)
+    real = (SAMPLES / "api-7.4.0-one.hookpool.info.xml").read_text()
+
+    def by_name(doc, drop_remote=()):
+        root = etree.fromstring(doc.encode())
+        out = {}
+        for hook in root:
+            template = hook.find("TEMPLATE")
+            if hook.findtext("NAME") in drop_remote:
+                template.remove(template.find("REMOTE"))
+            out[hook.findtext("NAME")] = etree.tostring(template)
+        return out
+    # The real pool's ipfloater-detachnic (ID 1, the oldest) has no REMOTE: it was most
+    # likely re-written by an earlier replace that omitted it (a replace drops what it
+    # does not send); every hook that was only allocated has REMOTE="NO".
+    assert by_name(xml, drop_remote={"ipfloater-detachnic"}) == by_name(real)
+
+
+def test_hook_update_does_not_translate_on(sim):
+    """A replace with the file of an ON=RUNNING hook fails as on the real oned, which
+    keeps the old template; STATE/LCM_STATE, COMMAND and REMOTE are what update checks."""
+    _, hook_id, _ = raw(sim, "one.hook.allocate", ADMIN, _hook_file("ipfloater-running"))
+    _, before, _ = raw(sim, "one.hook.info", ADMIN, hook_id)
+    assert raw(sim, "one.hook.update", ADMIN, hook_id, _hook_file("ipfloater-running"), 0) == [
+        False, "[one.hook.update] Cannot update template. The STATE attribute is not defined "
+        "or it's invalid.", 8192, -1, -1]
+    assert raw(sim, "one.hook.update", ADMIN, hook_id, 'STATE="ACTIVE" LCM_STATE="RUNNING" '
+               'RESOURCE="VM"', 0)[1] == ("[one.hook.update] Cannot update template. The "
+                                          "COMMAND attribute is not defined.")
+    assert raw(sim, "one.hook.info", ADMIN, hook_id)[1] == before
+    assert raw(sim, "one.hook.update", ADMIN, hook_id, 'TIMEOUT="9"', 1)[0]  # merge keeps
+    one = pyone.OneServer(sim.url, session=ADMIN)
+    assert one.hook.info(hook_id).TEMPLATE["REMOTE"] == "NO"
+    assert raw(sim, "one.hook.update", ADMIN, hook_id, 'COMMAND="c" RESOURCE="VM" '
+               'STATE="ACTIVE" LCM_STATE="RUNNING"', 0)[0]
+    assert "REMOTE" not in one.hook.info(hook_id).TEMPLATE  # replace drops what is not sent
+
+
+def test_duplicate_hook_name_text_of_the_real_oned(sim):
+    _, hook_id, _ = raw(sim, "one.hook.allocate", ADMIN, _hook_file("ipfloater-update"))
+    answer = raw(sim, "one.hook.allocate", ADMIN, _hook_file("ipfloater-update"))
+    assert answer[:3] == [False, f"[one.hook.allocate] NAME is already taken by Hook {hook_id}.",
+                          0x4000]

@@ -136,17 +136,17 @@ def test_converge_with_a_bad_lock_dir_changes_nothing(env, tmp_path):
     lock_dir.mkdir()
     os.chmod(lock_dir, 0o777)
     vm = env.create(YES)
-    r = converge_vm(vm, env.one, env.daemon, lock_dir=str(lock_dir), lock_timeout=5)
+    r = converge_vm(vm, env.client, env.daemon, lock_dir=str(lock_dir), lock_timeout=5)
     assert not r.ok and "is writable by group and others" in r.message
     assert "\n" not in r.message
     assert env.held(vm) == {} and env.updates(vm) == [] and os.listdir(lock_dir) == []
-    out = sync_all(env.one, env.daemon, lock_dir=str(lock_dir))
+    out = sync_all(env.client, env.daemon, lock_dir=str(lock_dir))
     assert out.errors == [f"LOCK_DIR: {lock_dir}: is writable by group and others "
                           "(mode 0777); chmod 700 it or choose another LOCK_DIR"]
     assert out.results == [] and env.held(vm) == {} and env.updates(vm) == []
     # The control: the same VM converges once the directory is private.
     os.chmod(lock_dir, 0o700)
-    assert converge_vm(vm, env.one, env.daemon, lock_dir=str(lock_dir)).ok
+    assert converge_vm(vm, env.client, env.daemon, lock_dir=str(lock_dir)).ok
     assert set(env.held(vm)) == {0}
 
 
@@ -162,7 +162,7 @@ def test_hook_exits_non_zero_with_one_line(env, tmp_path, monkeypatch, capsys):
                        "IPFLOATER_ONE_CONF": str(conf), "IPFLOATER_TOKEN": TOKEN}.items():
         monkeypatch.setenv(key, value)
     vm = env.create(YES)
-    payload = base64.b64encode(rpc.vm_xml(env.one, vm).encode()).decode()
+    payload = base64.b64encode(rpc.vm_xml(env.client, vm).encode()).decode()
     code = hook.main([payload], stdin=None)
     err = capsys.readouterr().err
     assert code != 0 and err.count("\n") == 1

@@ -7,26 +7,18 @@ import sqlite3
 
 import pytest
 
+from tests.conftest import FIGURE
 from tests.integration.conftest import _no_stale_labs, daemon, lab, servers  # noqa: F401 (fixtures)
-
-FIGURES: list[tuple[str, str, str]] = []
 
 
 @pytest.fixture
-def figures():
-    """record(suite, figure, value): printed in the summary and written to the results file."""
+def figures(request):
+    """record(suite, figure, value): printed in the summary at the end of the run (see
+    tests/conftest.py). Figures travel in the test's report (user_properties), so they
+    reach the summary from pytest-xdist workers too."""
     def record(suite: str, figure: str, value) -> None:
-        FIGURES.append((suite, figure, str(value)))
+        request.node.user_properties.append((FIGURE, (suite, figure, str(value))))
     return record
-
-
-def pytest_terminal_summary(terminalreporter):
-    if not FIGURES:
-        return
-    terminalreporter.section("reliability figures")
-    width = max(len(f"{s}: {f}") for s, f, _ in FIGURES)
-    for suite, figure, value in FIGURES:
-        terminalreporter.write_line(f"{f'{suite}: {figure}'.ljust(width)}  {value}")
 
 
 def stored_associations(daemon) -> dict[str, str]:

@@ -57,6 +57,7 @@ def big_lab():
             server.stop()
 
 
+@pytest.mark.slow  # 10 rounds of 500 calls per DB_SYNC: the longest tests of the suite
 @pytest.mark.parametrize("db_sync", ["full", "normal"])
 def test_kill_9_during_bursts(big_lab, tmp_path, figures, db_sync):
     lab = big_lab

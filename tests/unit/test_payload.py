@@ -13,7 +13,9 @@ from one_ipfloater.one.vmxml import parse_vm
 
 from tests.paths import SAMPLES
 ALL_XML = sorted(p.name for p in SAMPLES.glob("*.xml"))
-API_FILES = [n for n in ALL_XML if n.startswith("api-")]
+# API-hook payloads ($API); the api-*-one.hook* files are one.hook.info answers, not payloads.
+HOOK_INFO_FILES = [n for n in ALL_XML if n.startswith("api-") and "-one.hook" in n]
+API_FILES = [n for n in ALL_XML if n.startswith("api-") and n not in HOOK_INFO_FILES]
 HOOKARG_FILES = [n for n in ALL_XML if n.startswith("hookarg-") or "-hookarg-" in n]
 VM_FILES = [n for n in ALL_XML if n.startswith(("vm-", "hookarg-"))]
 
