@@ -1,0 +1,273 @@
+"""The HTTP server under the API: waitress, made strict and bounded for an edge router.
+
+waitress gives bounded worker threads, a bounded number of connections and a careful
+HTTP/1.1 parser. What it leaves open for a daemon that anyone on the management network
+may reach is closed here, in one place:
+
+- a WHOLE-request deadline (waitress only closes connections that are idle): a request
+  whose first byte came more than REQUEST_TIMEOUT ago and that is still incomplete
+  (headers trickled, body stalled) is answered 408 and closed;
+- framing it accepts but that two HTTP parsers may read differently (Transfer-Encoding
+  at all, a repeated Content-Length) is refused before any body is read;
+- its own error answers (400, 413, 431, 501, 500) are the API's JSON error object;
+- accept() failing for want of file descriptors pauses accepting instead of retrying in
+  a tight loop (waitress' accept is level-triggered), and the connection limit is kept
+  below RLIMIT_NOFILE so that this is the exception;
+- a client that goes away early costs a debug line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import resource
+import socket
+import time
+
+from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser, ParsingError
+from waitress.server import TcpWSGIServer
+from waitress.adjustments import Adjustments
+from waitress.task import ErrorTask, ThreadedTaskDispatcher
+from waitress.utilities import BadRequest, Error
+
+log = logging.getLogger(__name__)
+
+THREADS = 8
+# Descriptors kept for the daemon itself (state file, WAL, locks, netlink and xtables
+# sockets, the trigger pipe, logging) when the connection limit is derived from NOFILE.
+FD_RESERVE = 32
+MAX_CONNECTIONS = 4096
+MAX_HEADER_BYTES = 16384
+ACCEPT_PAUSE = 0.5  # seconds without accept() after EMFILE/ENFILE
+
+ERROR_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
+               411: "length_required", 413: "body_too_large", 414: "uri_too_long",
+               431: "headers_too_large", 500: "internal_error", 501: "not_implemented"}
+
+
+def error_body(status: int, message: str, code: str | None = None) -> bytes:
+    """The API's error object, as bytes (also for answers waitress makes itself)."""
+    payload = {"error": {"code": code or ERROR_CODES.get(status, "error"), "message": message}}
+    return json.dumps(payload, sort_keys=True).encode() + b"\n"
+
+
+class LengthRequired(BadRequest):
+    code = 411
+    reason = "Length Required"
+
+
+class RequestTimeout(BadRequest):
+    code = 408
+    reason = "Request Timeout"
+
+
+def connection_limit(nofile: int | None = None) -> int:
+    """Connections to accept at most: below the descriptor limit, so that accept()
+    practically never meets EMFILE."""
+    if nofile is None:
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if nofile == resource.RLIM_INFINITY:
+            nofile = MAX_CONNECTIONS + FD_RESERVE
+    return max(4, min(MAX_CONNECTIONS, nofile - FD_RESERVE))
+
+
+class StrictParser(HTTPRequestParser):
+    """waitress' parser, minus the framing that lets two parsers disagree."""
+
+    framing_error: Error | None = None
+
+    def parse_header(self, header_plus: bytes) -> None:
+        names = []
+        for line in header_plus.split(b"\r\n")[1:]:
+            name = line.split(b":", 1)[0].strip().lower()
+            names.append(name)
+        lengths = names.count(b"content-length")
+        if b"transfer-encoding" in names:
+            if lengths:
+                self.framing_error = BadRequest("Content-Length: not allowed with Transfer-Encoding")
+            else:
+                self.framing_error = LengthRequired(
+                    "Content-Length: required (Transfer-Encoding bodies are not accepted)")
+            raise ParsingError(self.framing_error.body)
+        if lengths > 1:
+            self.framing_error = BadRequest(f"Content-Length: given {lengths} times")
+            raise ParsingError(self.framing_error.body)
+        super().parse_header(header_plus)
+
+    def received(self, data: bytes) -> int:
+        consumed = super().received(data)
+        if self.error is not None and self.framing_error is not None:
+            self.error = self.framing_error
+        return consumed
+
+
+class JsonErrorTask(ErrorTask):
+    """waitress' own error answers, as the API's JSON error object; the connection closes."""
+
+    def execute(self):
+        err = self.request.error
+        body = error_body(err.code, self.message(err))
+        self.status = f"{err.code} {err.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+    def message(self, err: Error) -> str:
+        adj = self.channel.adj
+        if err.code == 413:
+            return (f"body: {self.request.content_length} bytes is over the limit of "
+                    f"{adj.max_request_body_size - 1}")
+        if err.code == 431:
+            return f"headers: over the limit of {adj.max_request_header_size} bytes"
+        if err.code == 501:
+            return f"Transfer-Encoding: not supported ({err.body})"
+        text = str(err.body)
+        return text if text.split(":", 1)[0] in ("Content-Length", "Transfer-Encoding") else f"request: {text}"
+
+
+class DeadlineChannel(HTTPChannel):
+    """A connection that remembers when its current request began."""
+
+    parser_class = StrictParser
+    error_task_class = JsonErrorTask
+    request_started: float | None = None
+
+    def received(self, data: bytes) -> bool:
+        if data and self.request is None:
+            self.request_started = time.monotonic()
+        result = super().received(data)
+        if self.request is None:
+            self.request_started = None
+        return result
+
+    def expire(self, status: int, message: str) -> None:
+        """Answer an unfinished request with `status` and close (from the loop thread)."""
+        body = error_body(status, message)
+        head = (f"HTTP/1.1 {status} {RequestTimeout.reason}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        with self.requests_lock:
+            self.request = None
+            self.request_started = None
+            if self.requests:  # one is being served: its answer comes first, then close
+                self.will_close = True
+                return
+            with self.outbuf_lock:
+                self.outbufs[-1].append(head + body)
+                self.current_outbuf_count += len(head) + len(body)
+                self.total_outbufs_len += len(head) + len(body)
+            self.close_when_flushed = True
+
+
+class ApiHTTPServer(TcpWSGIServer):
+    """waitress' TCP server with the request deadline and a calm accept on EMFILE."""
+
+    channel_class = DeadlineChannel
+    request_timeout = 10.0
+    _accept_paused_until = 0.0
+    _next_deadline_check = 0.0
+    stopping = False
+
+    def readable(self):
+        now = time.monotonic()
+        if now >= self._next_deadline_check:
+            self._next_deadline_check = now + min(1.0, self.request_timeout / 4)
+            self.expire_slow_requests(now)
+        accepting = super().readable()
+        return accepting and now >= self._accept_paused_until
+
+    def expire_slow_requests(self, now: float) -> None:
+        cutoff = now - self.request_timeout
+        for channel in list(self.active_channels.values()):
+            started = getattr(channel, "request_started", None)
+            if started is not None and started < cutoff and not channel.close_when_flushed:
+                log.debug("closing %s: request not complete after %.1f s", channel.addr, self.request_timeout)
+                channel.expire(408, f"request: not complete within {self.request_timeout:g} s")
+            elif channel.close_when_flushed and channel.last_activity < time.time() - self.request_timeout:
+                channel.will_close = True  # a client that does not even read its 408
+
+    def handle_accept(self):
+        try:
+            pair = self.accept()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                if time.monotonic() >= self._accept_paused_until:
+                    log.warning("accept: %s; not accepting for %.1f s", exc.strerror, ACCEPT_PAUSE)
+                self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE
+                return
+            log.debug("accept: %s", exc)
+            return
+        if pair is None:
+            return
+        conn, addr = pair
+        try:
+            self.set_socket_options(conn)
+        except OSError:  # the client left already
+            conn.close()
+            return
+        self.channel_class(self, conn, addr, self.adj, map=self._map)
+
+
+class _QuietWaitress(logging.Filter):
+    """Client disconnects and socket errors are the client's business: debug lines
+    without tracebacks; waitress' other messages pass."""
+
+    NOISE = ("Client disconnected", "Socket error", "server accept() threw")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith(self.NOISE):
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger("waitress").isEnabledFor(logging.DEBUG)
+        return True
+
+
+def make_server(app, host: str, port: int, request_timeout: float, max_body: int,
+                threads: int = THREADS, connections: int | None = None) -> ApiHTTPServer:
+    """A listening server (not yet serving); OSError when it cannot bind."""
+    logger = logging.getLogger("waitress")
+    if not any(isinstance(f, _QuietWaitress) for f in logger.filters):
+        logger.addFilter(_QuietWaitress())
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    adj = Adjustments(
+        host=host, port=port, ipv4=family == socket.AF_INET, ipv6=family == socket.AF_INET6,
+        threads=threads, connection_limit=connections or connection_limit(),
+        channel_timeout=max(1, int(round(request_timeout))), cleanup_interval=1,
+        asyncore_loop_timeout=1, asyncore_use_poll=True,  # select() stops at descriptor 1024
+        max_request_header_size=MAX_HEADER_BYTES, max_request_body_size=max_body + 1,
+        backlog=128, ident="ipfloaterd", expose_tracebacks=False, log_socket_errors=False,
+        clear_untrusted_proxy_headers=False)
+    dispatcher = ThreadedTaskDispatcher()
+    dispatcher.set_thread_count(adj.threads)
+    info = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)[0]
+    sockinfo = (info[0], info[1], info[2], info[4])
+    server = ApiHTTPServer(app, map={}, dispatcher=dispatcher, adj=adj, sockinfo=sockinfo)
+    server.request_timeout = request_timeout
+    return server
+
+
+def serve(server: ApiHTTPServer) -> None:
+    """Run the loop until `stop(server)`, then close every connection."""
+    from waitress import wasyncore
+    server.stopping = False
+    try:
+        while not server.stopping:
+            wasyncore.poll2(1.0, server._map)
+    except BaseException:
+        log.exception("API server loop failed")
+        raise
+    finally:
+        server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
+        wasyncore.close_all(server._map)
+
+
+def stop(server: ApiHTTPServer) -> None:
+    """Make `serve` return (from any thread or a signal handler)."""
+    server.stopping = True
+    try:
+        server.pull_trigger()  # wake the loop now rather than at its next timeout
+    except OSError:  # the loop saw `stopping` first and closed the trigger already
+        pass
