@@ -30,7 +30,7 @@ from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.server import TcpWSGIServer
 from waitress.adjustments import Adjustments
 from waitress.task import ErrorTask, ThreadedTaskDispatcher
-from waitress.utilities import BadRequest, Error
+from waitress.utilities import BadRequest, Error, ServerNotImplemented
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +79,20 @@ class StrictParser(HTTPRequestParser):
     framing_error: Error | None = None
 
     def parse_header(self, header_plus: bytes) -> None:
-        names = []
-        for line in header_plus.split(b"\r\n")[1:]:
-            name = line.split(b":", 1)[0].strip().lower()
-            names.append(name)
+        fields = [line.split(b":", 1) for line in header_plus.split(b"\r\n")[1:]]
+        names = [f[0].strip().lower() for f in fields]
         lengths = names.count(b"content-length")
         if b"transfer-encoding" in names:
+            codings = b",".join(f[1].strip(b" \t") for f in fields if f[0].strip().lower() == b"transfer-encoding"
+                                and len(f) == 2)
             if lengths:
                 self.framing_error = BadRequest("Content-Length: not allowed with Transfer-Encoding")
-            else:
+            elif [c.strip(b" \t").lower() for c in codings.split(b",") if c.strip(b" \t")] == [b"chunked"]:
                 self.framing_error = LengthRequired(
-                    "Content-Length: required (Transfer-Encoding bodies are not accepted)")
+                    "Content-Length: required (chunked bodies are not accepted)")
+            else:
+                self.framing_error = ServerNotImplemented(
+                    f"Transfer-Encoding: {codings.decode('latin-1')[:40]!r} is not supported")
             raise ParsingError(self.framing_error.body)
         if lengths > 1:
             self.framing_error = BadRequest(f"Content-Length: given {lengths} times")
@@ -123,8 +126,6 @@ class JsonErrorTask(ErrorTask):
                     f"{adj.max_request_body_size - 1}")
         if err.code == 431:
             return f"headers: over the limit of {adj.max_request_header_size} bytes"
-        if err.code == 501:
-            return f"Transfer-Encoding: not supported ({err.body})"
         text = str(err.body)
         return text if text.split(":", 1)[0] in ("Content-Length", "Transfer-Encoding") else f"request: {text}"
 
