@@ -38,7 +38,7 @@ def api(tmp_path):
     svc.start()
     server, url, stop = serve_in_thread(ApiApp(svc, Authenticator(TOKEN), max_body=4096),
                                         max_body=4096, request_timeout=DEADLINE)
-    yield server.effective_port, svc
+    yield server.effective_port, svc, server
     stop()
 
 
@@ -94,7 +94,7 @@ def request(method: str, path: str, headers: list[str] = (), body: bytes = b"", 
     (["Content-Length: 2 "], b"{}", None, None, None),  # trailing blank: legal, served
 ])
 def test_ambiguous_framing_is_refused_closed_and_smuggles_nothing(api, headers, body, status, code, fragment):
-    port, svc = api
+    port, svc, _server = api
     raw = request("POST", "/v1/floatingips", headers, body).decode("latin-1").encode("latin-1") + ALLOCATE
     got, closed = exchange(port, raw)
     answers = responses(got)
@@ -111,7 +111,7 @@ def test_ambiguous_framing_is_refused_closed_and_smuggles_nothing(api, headers, 
 
 
 def test_body_shorter_than_announced_is_408_at_the_deadline_and_nothing_runs(api):
-    port, svc = api
+    port, svc, _server = api
     # the "body" is a whole request: a parser that cut the body short would run it
     raw = request("POST", "/v1/floatingips", ["Content-Length: 400"]) + ALLOCATE
     started = time.monotonic()
@@ -126,7 +126,7 @@ def test_body_shorter_than_announced_is_408_at_the_deadline_and_nothing_runs(api
 def test_trickled_headers_are_cut_at_the_deadline_not_at_each_byte(api):
     """One byte every 0.1 s never leaves the connection idle, so waitress' idle timeout
     would never fire: the whole-request deadline does."""
-    port, svc = api
+    port, svc, _server = api
     data = request("GET", "/v1/version") + b"X" * 200  # never complete: headers go on
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         started, sent, reply = time.monotonic(), 0, b""
@@ -164,7 +164,7 @@ def test_trickled_headers_are_cut_at_the_deadline_not_at_each_byte(api):
     (request("GET", "/v1/version", ["Connection: close"], token=False), 401, "unauthorized"),
 ])
 def test_every_error_is_the_json_object(api, raw, status, code):
-    port, _svc = api
+    port, _svc, _server = api
     got, _closed = exchange(port, raw + b"\r\n" if raw.startswith(b"GARBAGE") else raw, wait=5)
     answers = responses(got)
     assert answers and answers[0][0] == status, got[:300]
@@ -201,7 +201,7 @@ def test_odd_json_is_a_400_not_a_500(tmp_path, body, fragment):
 
 
 def test_text_fields_are_matched_whole(api):
-    port, svc = api
+    port, svc, _server = api
     for value in ("uid:3\n", "uid:3\r", "uid\x003", "uid:3\x1b", "uid:3\u2028"):
         body = json.dumps({"owner": value}).encode()
         got, _ = exchange(port, request("POST", "/v1/floatingips", [f"Content-Length: {len(body)}"], body) +
@@ -212,7 +212,7 @@ def test_text_fields_are_matched_whole(api):
 
 
 def test_client_that_leaves_early_costs_no_traceback(api, caplog):
-    port, _svc = api
+    port, _svc, _server = api
     caplog.set_level(logging.DEBUG)
     for _ in range(20):
         with socket.create_connection(("127.0.0.1", port)) as sock:
@@ -253,7 +253,7 @@ def test_control_plain_waitress_accepts_the_ambiguous_framing(api, monkeypatch):
     Transfer-Encoding (and a chunked body) and runs the request: the check is what refuses."""
     from waitress.parser import HTTPRequestParser
     monkeypatch.setattr(httpserver.DeadlineChannel, "parser_class", HTTPRequestParser)
-    port, svc = api
+    port, svc, _server = api
     raw = request("POST", "/v1/floatingips", ["Content-Length: 2", "Transfer-Encoding: chunked"],
                   b"2\r\n{}\r\n0\r\n\r\n") + ALLOCATE
     got, _closed = exchange(port, raw, wait=3)
@@ -263,7 +263,7 @@ def test_control_plain_waitress_accepts_the_ambiguous_framing(api, monkeypatch):
 def test_control_without_the_deadline_a_trickle_holds_the_connection(api, monkeypatch):
     """Negative control: waitress' own idle timeout never fires while bytes keep coming."""
     monkeypatch.setattr(httpserver.ApiHTTPServer, "expire_slow_requests", lambda self, now: None)
-    port, _svc = api
+    port, _svc, _server = api
     data = request("GET", "/v1/version") + b"X" * 200
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         started, sent = time.monotonic(), 0
@@ -272,3 +272,23 @@ def test_control_without_the_deadline_a_trickle_holds_the_connection(api, monkey
             sent += 1
             readable, _, _ = select.select([sock], [], [], 0.1)
             assert not readable, "cut although the deadline is off"
+
+
+def test_emfile_on_accept_pauses_accepting_instead_of_spinning(api, monkeypatch):
+    """waitress' accept is level-triggered: if accept() fails with EMFILE and the listener
+    stays readable, the loop calls it again at once, forever. Ours stops listening a while."""
+    import errno
+    _port, _svc, server = api
+
+    def no_descriptors():
+        raise OSError(errno.EMFILE, "Too many open files")
+    monkeypatch.setattr(server, "accept", no_descriptors)
+    assert server.readable()
+    server.handle_accept()
+    assert not server.readable()  # paused: the loop sleeps in poll() instead of spinning
+    # control: waitress' own handler swallows the error and stays readable
+    from waitress.server import TcpWSGIServer
+    server._accept_paused_until = 0.0
+    TcpWSGIServer.handle_accept(server)
+    assert server.readable()
+
