@@ -1,5 +1,5 @@
 """Shared set-up for the OpenNebula-side tests: the oned simulator, the real pyone client
-and an in-process ipfloaterd (real ApiServer + FloatingIPService over the in-memory
+and an in-process ipfloaterd (real ApiApp on waitress + FloatingIPService over the in-memory
 kernel of tests/fakes.py), all on 127.0.0.1 with ephemeral ports. No root needed."""
 
 from __future__ import annotations
