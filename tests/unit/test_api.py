@@ -155,6 +155,18 @@ def test_cli_original_commands(daemon, capsys, monkeypatch):
     assert json.loads(out)["server"] == json.loads(out)["client"]
 
 
+def test_cli_changes_owned_addresses_only_with_owner_or_operator(daemon, capsys, monkeypatch):
+    url, _svc = daemon
+    monkeypatch.setenv("IPFLOATER_TOKEN", TOKEN)
+    assert run_cli(url, capsys, "getip", "10.77.0.11", "--owner", "one:uid:4")[0] == 0
+    code, _, err = run_cli(url, capsys, "redirect", "198.51.100.10", "10.77.0.12")
+    assert code == 1 and "belongs to 'one:uid:4'" in err  # no owner named: refused
+    code, out, _ = run_cli(url, capsys, "redirect", "198.51.100.10", "10.77.0.12", "--owner", "one:uid:4")
+    assert code == 0 and out == "198.51.100.10 -> 10.77.0.12\n"
+    assert run_cli(url, capsys, "releaseip", "198.51.100.10")[0] == 1
+    assert run_cli(url, capsys, "releaseip", "198.51.100.10", "--operator")[1] == "released 198.51.100.10\n"
+
+
 def test_cli_errors_are_one_line_and_nonzero(daemon, capsys, monkeypatch):
     url, _svc = daemon
     monkeypatch.setenv("IPFLOATER_TOKEN", TOKEN)
