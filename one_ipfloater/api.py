@@ -22,12 +22,11 @@ from . import hostnet
 from .addresses import AddressError, parse_ipv4
 from .auth import OPERATOR, OWNER, READER, Principal
 from .httpserver import error_body
-from .model import FipError, bad_request
+from .model import TEXT_FIELD_RE, FipError, bad_request
 
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/v1"
-TEXT_FIELD_RE = re.compile(r"[A-Za-z0-9_.:@/+-]{1,128}")  # always fullmatch: no "\n" at the end
 MAC_RE = re.compile(r"[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}")
 MAX_URI = 2048
 MAX_JSON_DEPTH = 32
@@ -332,19 +331,3 @@ _REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized", 
             431: "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented",
             503: "Service Unavailable"}
 
-
-def serve_in_thread(app: ApiApp, host: str = "127.0.0.1", port: int = 0, request_timeout: float = 10.0,
-                    max_body: int = 65536):
-    """Tests and the lab: a server on a thread; returns (server, url, stop())."""
-    import threading
-    from .httpserver import make_server, serve, stop
-    server = make_server(app, host, port, request_timeout, max_body)
-    thread = threading.Thread(target=serve, args=(server,), name="api", daemon=True)
-    thread.start()
-    host_text = f"[{host}]" if ":" in host else host
-    url = f"http://{host_text}:{server.effective_port}"
-
-    def shutdown() -> None:
-        stop(server)
-        thread.join(10)
-    return server, url, shutdown

@@ -26,11 +26,12 @@ import time
 from collections import namedtuple
 from typing import Optional
 
+from .model import TEXT_FIELD_RE
+
 OPERATOR, READER, OWNER = "operator", "reader", "owner"
 ROLES = (OPERATOR, READER, OWNER)
 TOKEN_FILE_NAME = "token-file"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-OWNER_RE = re.compile(r"[A-Za-z0-9_.:@/+-]{1,128}")  # the API's owner field
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
@@ -69,7 +70,7 @@ def check_role(role: str, owner: Optional[str]) -> None:
     if role not in ROLES:
         raise TokenError(f"--role: {role!r} is not one of {', '.join(ROLES)}")
     if role == OWNER:
-        if owner is None or not OWNER_RE.fullmatch(owner):
+        if owner is None or not TEXT_FIELD_RE.fullmatch(owner):
             raise TokenError(f"--owner: {owner!r} must be 1-128 characters of letters, digits and _.:@/+- "
                              "(required with --role owner)")
     elif owner is not None:

@@ -23,6 +23,7 @@ import json
 import logging
 import resource
 import socket
+import threading
 import time
 
 from waitress.channel import HTTPChannel
@@ -233,7 +234,8 @@ class _QuietWaitress(logging.Filter):
     """Client disconnects and socket errors are the client's business: debug lines
     without tracebacks; waitress' other messages pass."""
 
-    NOISE = ("Client disconnected", "Socket error", "server accept() threw")
+    NOISE = ("Client disconnected", "Socket error", "server accept() threw",
+             "Task queue depth")  # (a burst wider than the thread pool: normal, it waits its turn)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.getMessage().startswith(self.NOISE):
@@ -246,9 +248,10 @@ class _QuietWaitress(logging.Filter):
 def make_server(app, host: str, port: int, request_timeout: float, max_body: int,
                 threads: int = THREADS, connections: int | None = None) -> ApiHTTPServer:
     """A listening server (not yet serving); OSError when it cannot bind."""
-    logger = logging.getLogger("waitress")
-    if not any(isinstance(f, _QuietWaitress) for f in logger.filters):
-        logger.addFilter(_QuietWaitress())
+    for name in ("waitress", "waitress.queue"):  # a logger's filters do not see its children's records
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _QuietWaitress) for f in logger.filters):
+            logger.addFilter(_QuietWaitress())
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     adj = Adjustments(
         host=host, port=port, ipv4=family == socket.AF_INET, ipv6=family == socket.AF_INET6,
@@ -290,3 +293,18 @@ def stop(server: ApiHTTPServer) -> None:
         server.pull_trigger()  # wake the loop now rather than at its next timeout
     except OSError:  # the loop saw `stopping` first and closed the trigger already
         pass
+
+
+def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0, request_timeout: float = 10.0,
+                    max_body: int = 65536):
+    """Tests and the lab: a server on a thread; returns (server, url, stop())."""
+    server = make_server(app, host, port, request_timeout, max_body)
+    thread = threading.Thread(target=serve, args=(server,), name="api", daemon=True)
+    thread.start()
+    host_text = f"[{host}]" if ":" in host else host
+    url = f"http://{host_text}:{server.effective_port}"
+
+    def shutdown() -> None:
+        stop(server)
+        thread.join(10)
+    return server, url, shutdown

@@ -11,12 +11,17 @@ address, disassociate un-points it, release gives it back.
 from __future__ import annotations
 
 import bisect
+import re
 from collections import namedtuple
 from collections.abc import Iterable, Iterator, Sequence
 from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network
 
 from .addresses import AddressError, check_private_target
+
+
+# What an `owner` or a `ref` may be; always matched whole (fullmatch): no newline at the end.
+TEXT_FIELD_RE = re.compile(r"[A-Za-z0-9_.:@/+-]{1,128}")
 
 
 class FipError(Exception):

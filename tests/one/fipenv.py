@@ -10,7 +10,8 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from one_ipfloater.api import ApiApp, serve_in_thread
+from one_ipfloater.api import ApiApp
+from one_ipfloater.httpserver import serve_in_thread
 from one_ipfloater.auth import Authenticator
 from one_ipfloater.client import IpfloaterClient
 from one_ipfloater.config import parse_config_text

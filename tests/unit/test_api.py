@@ -8,7 +8,8 @@ import pytest
 import requests
 
 from one_ipfloater import cli
-from one_ipfloater.api import ApiApp, serve_in_thread
+from one_ipfloater.api import ApiApp
+from one_ipfloater.httpserver import serve_in_thread
 from one_ipfloater.auth import Authenticator
 from one_ipfloater.config import parse_config_text
 from one_ipfloater.service import FloatingIPService

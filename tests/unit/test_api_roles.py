@@ -9,7 +9,8 @@ import pytest
 import requests
 
 from one_ipfloater import hostnet
-from one_ipfloater.api import ApiApp, serve_in_thread
+from one_ipfloater.api import ApiApp
+from one_ipfloater.httpserver import serve_in_thread
 from one_ipfloater.auth import Authenticator, TokenError, TokenTable
 from one_ipfloater.config import parse_config_text
 from one_ipfloater.service import FloatingIPService
