@@ -5,7 +5,6 @@ kernel of tests/fakes.py), all on 127.0.0.1 with ephemeral ports. No root needed
 from __future__ import annotations
 
 import socket
-import threading
 from typing import Dict, List, Optional
 
 import pytest
