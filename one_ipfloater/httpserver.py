@@ -12,7 +12,8 @@ may reach is closed here, in one place:
 - its own error answers (400, 413, 431, 501, 500) are the API's JSON error object;
 - accept() failing for want of file descriptors pauses accepting instead of retrying in
   a tight loop (waitress' accept is level-triggered), and the connection limit is kept
-  below RLIMIT_NOFILE so that this is the exception;
+  below RLIMIT_NOFILE so that this is the exception; at the limit, connections that
+  have sent nothing for a second are closed first, so that waiting clients get a slot;
 - a client that goes away early costs a debug line, never a traceback.
 """
 
@@ -42,6 +43,7 @@ FD_RESERVE = 32
 MAX_CONNECTIONS = 4096
 MAX_HEADER_BYTES = 16384
 ACCEPT_PAUSE = 0.5  # seconds without accept() after EMFILE/ENFILE
+IDLE_UNDER_PRESSURE = 1.0  # seconds an idle connection is kept while others wait for a slot
 
 ERROR_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
                411: "length_required", 413: "body_too_large", 414: "uri_too_long",
@@ -207,6 +209,9 @@ class ApiHTTPServer(TcpWSGIServer):
                 channel.expire(408, f"request: not complete within {self.request_timeout:g} s")
             elif channel.close_when_flushed and channel.last_activity < time.time() - self.request_timeout:
                 channel.will_close = True  # a client that does not even read its 408
+            elif (self.in_connection_overflow and started is None and not channel.requests
+                  and channel.last_activity < time.time() - IDLE_UNDER_PRESSURE):
+                channel.will_close = True  # at the limit: idle connections make room first
 
     def handle_accept(self):
         try:

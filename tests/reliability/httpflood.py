@@ -47,16 +47,25 @@ def main() -> None:
     port, token, pid, mode, count, seconds = (int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4],
                                               int(sys.argv[5]), float(sys.argv[6]))
     before = proc_stats(pid)
-    conns, opened, refused = [], 0, 0
+    conns, pending, refused = [], [], 0
     for i in range(count):
-        try:
-            sock = socket.socket()
-            sock.setblocking(False)
-            sock.connect_ex(("127.0.0.1", port))
-            conns.append(sock)
-            opened += 1
-        except OSError:
-            refused += 1
+        sock = socket.socket()
+        sock.setblocking(False)
+        sock.connect_ex(("127.0.0.1", port))
+        pending.append(sock)
+    # connected = writable with no error (bounded wait: the backlog may hold some a while)
+    deadline = time.monotonic() + 10
+    while pending and time.monotonic() < deadline:
+        _, writable, _ = select.select([], pending, [], 0.2)
+        for sock in writable:
+            pending.remove(sock)
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                conns.append(sock)
+            else:
+                refused += 1
+                sock.close()
+    refused += len(pending)
+    opened = len(conns)
     prefix = b"GET /v1/version HTTP/1.1\r\nHost: x\r\nX-Slow: "
     stalled = b"POST /v1/floatingips HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{"
     sent = [0] * len(conns)
@@ -69,20 +78,22 @@ def main() -> None:
                 continue
             try:
                 if i % 2 == 0:  # trickle: one header byte per round, never the end
-                    sock.send((prefix + b"a" * 10000)[sent[i]:sent[i] + 1])
-                    sent[i] += 1
+                    sent[i] += sock.send((prefix + b"a" * 10000)[sent[i]:sent[i] + 1])
                 elif sent[i] == 0:  # a body announced, never finished
-                    sock.send(stalled)
-                    sent[i] = 1
-            except OSError:
+                    sent[i] = sock.send(stalled)
+            except BlockingIOError:
+                pass
+            except (BrokenPipeError, ConnectionResetError):
                 closed_by_server.add(i)
         readable, _, _ = select.select([s for i, s in enumerate(conns) if i not in closed_by_server], [], [], 0)
         for sock in readable:
             try:
                 data = sock.recv(4096)
-            except OSError:
+            except BlockingIOError:
+                continue
+            except ConnectionResetError:
                 data = b""
-            if not data:
+            if not data:  # EOF: the server closed it (a 408 may come first)
                 closed_by_server.add(conns.index(sock))
         status, took = good_call(port, token)
         answers.append(status)

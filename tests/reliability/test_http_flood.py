@@ -32,9 +32,10 @@ def test_slow_clients_cost_bounded_threads_and_are_cut_at_the_deadline(lab, tmp_
     assert out["opened"] == SLOW_CLIENTS
     # the well-behaved client got every answer (its latency is reported, not asserted)
     assert out["answers"] and set(out["answers"]) == {200}, out["answers"]
-    # a thread per connection would be 300+; waitress' pool is fixed
+    # http.server: a thread per connection (302 threads here); waitress' pool is fixed
     assert out["peak"]["threads"] <= out["before"]["threads"] + httpserver.THREADS + 2, out
-    # the deadline cut every slow client (trickling ones included) within the run
+    # the deadline cut every slow client within the run (a per-read timeout cut 150 of 300:
+    # never the trickling ones)
     assert out["closed_by_server"] == SLOW_CLIENTS, out
     grown_mb = (out["peak"]["rss_kb"] - out["before"]["rss_kb"]) / 1024
     assert grown_mb < 64, out
@@ -58,8 +59,8 @@ def test_descriptor_exhaustion_does_not_make_the_daemon_spin(lab, tmp_path, figu
         log = daemon.log()
     assert out["peak"]["fds"] <= nofile
     assert 200 in out["answers"], out["answers"]  # the good client got through during the flood
-    # a level-triggered accept loop on EMFILE burns a whole core (~1 s CPU per second)
-    assert out["cpu_s"] < 0.3 * out["seconds"], out
+    # http.server's accept loop retried EMFILE at once: 1.5 s of CPU over this 6 s flood
+    assert out["cpu_s"] < 0.1 * out["seconds"], out
     assert "Traceback" not in log
     figures("http", f"descriptor flood (NOFILE {nofile}, 400 connections, {out['seconds']} s): daemon CPU (s)",
             out["cpu_s"])
