@@ -165,6 +165,20 @@ class DeadlineChannel(HTTPChannel):
             self.request_started = None
         return result
 
+    def service(self):
+        """As waitress', minus the wake-up of the loop thread after each answer when
+        there is nothing for it to do (the worker sent the answer; with a request
+        look-ahead of 1 the loop keeps listening on this connection meanwhile)."""
+        _serving.channel = self
+        try:
+            super().service()
+        finally:
+            _serving.channel = None
+
+    def needs_loop(self) -> bool:
+        return bool(self.total_outbufs_len or self.will_close or self.close_when_flushed
+                    or not self.connected)
+
     def expire(self, status: int, message: str) -> None:
         """Answer an unfinished request with `status` and close (from the loop thread)."""
         body = error_body(status, message)
@@ -183,8 +197,17 @@ class DeadlineChannel(HTTPChannel):
             self.close_when_flushed = True
 
 
+_serving = threading.local()  # the channel a worker thread is serving, if any
+
+
 class ApiHTTPServer(TcpWSGIServer):
     """waitress' TCP server with the request deadline and a calm accept on EMFILE."""
+
+    def pull_trigger(self):
+        channel = getattr(_serving, "channel", None)
+        if channel is not None and not channel.needs_loop():
+            return
+        super().pull_trigger()
 
     channel_class = DeadlineChannel
     request_timeout = 10.0
@@ -262,7 +285,7 @@ def make_server(app, host: str, port: int, request_timeout: float, max_body: int
         host=host, port=port, ipv4=family == socket.AF_INET, ipv6=family == socket.AF_INET6,
         threads=threads, connection_limit=connections or connection_limit(),
         channel_timeout=max(1, int(round(request_timeout))), cleanup_interval=1,
-        asyncore_loop_timeout=1, asyncore_use_poll=True,  # select() stops at descriptor 1024
+        asyncore_loop_timeout=1, asyncore_use_poll=True, channel_request_lookahead=1,  # select() stops at descriptor 1024
         max_request_header_size=MAX_HEADER_BYTES, max_request_body_size=max_body + 1,
         backlog=128, ident="ipfloaterd", expose_tracebacks=False, log_socket_errors=False,
         clear_untrusted_proxy_headers=False)
