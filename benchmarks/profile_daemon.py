@@ -68,14 +68,14 @@ def profile_start(backend: str, public_if: bool, top: int) -> None:
             print(f"{label}: {runs[2] * 1000:.0f} ms (median of 5)")
     stats = pstats.Stats(out)
     # the time after the ready line (serving, idle until SIGTERM) is not start-up
-    serving = {"serve_forever", "select", "<method 'poll' of 'select.poll' objects>", "shutdown"}
-    idle = sum(ct for (_f, _l, func), (_cc, _nc, _tt, ct, _c) in stats.stats.items() if func == "serve_forever")
+    serving = {"serve", "poll2", "select", "<method 'poll' of 'select.poll' objects>", "shutdown"}
+    idle = sum(ct for (_f, _l, func), (_cc, _nc, _tt, ct, _c) in stats.stats.items() if func == "serve")
     total = stats.total_tt - idle
     rows = [(key, tt, ct, nc) for key, (cc, nc, tt, ct, _callers) in stats.stats.items()
             if key[2] not in serving]
     for title, index in (("own time", 1), ("cumulative time", 2)):
         print(f"\ntop {top} by {title} (share of {total:.2f} s of start-up profiled):")
-        def share(row) -> float:  # callers of serve_forever: minus the time spent serving
+        def share(row) -> float:  # callers of the serving loop: minus the time spent serving
             t = row[1] if index == 1 else row[2] - (idle if row[2] > total else 0)
             return 100 * min(t, total) / total
 

@@ -1,45 +1,57 @@
-"""The daemon's JSON REST API (v1) on the standard library's threading HTTP server.
+"""The daemon's JSON REST API (v1): a small WSGI application (served by httpserver.py).
 
 The API is small and has one client per cloud, so no web framework is needed; what a
-framework would give (routing, body limits, JSON errors, auth) is the ~150 lines below.
+framework would give (routing, body limits, JSON errors, auth) is the code below.
 Every answer is JSON; every error is `{"error": {"code": ..., "message": ...}}` with a
-stable code. Every route except /v1/health needs `Authorization: Bearer <token>`.
+stable code. Every route except /v1/health needs `Authorization: Bearer <token>`; the
+token's role (auth.py) decides what it may do, and an owner token always acts as its
+owner, whatever the request says.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
+import math
 import re
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import IPv4Address
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, urlsplit
 
 from . import hostnet
 from .addresses import AddressError, parse_ipv4
-from .model import FipError, bad_request
+from .auth import OPERATOR, OWNER, READER, Principal
+from .httpserver import error_body
+from .model import TEXT_FIELD_RE, FipError, bad_request
 
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/v1"
-TEXT_FIELD_RE = re.compile(r"^[A-Za-z0-9_.:@/+-]{1,128}$")
-MAC_RE = re.compile(r"^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$")
+MAC_RE = re.compile(r"[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}")
+MAX_URI = 2048
+MAX_JSON_DEPTH = 32
+MAX_INT_DIGITS = 20
+METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH")
+
+
+def _show(value: Any) -> str:
+    """repr of a bad value, cut short: error messages stay one readable line."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _ip(value: Any, field: str) -> IPv4Address:
     try:
         return parse_ipv4(value, field)
     except AddressError as exc:
-        raise bad_request(str(exc)) from None
+        raise bad_request(str(exc)[:200]) from None
 
 
 def _text(value: Any, field: str) -> Optional[str]:
     if value is None:
         return None
-    if not isinstance(value, str) or not TEXT_FIELD_RE.match(value):
-        raise bad_request(f"{field}: {value!r} must be 1-128 characters of letters, digits and _.:@/+-")
+    if not isinstance(value, str) or not TEXT_FIELD_RE.fullmatch(value):
+        raise bad_request(f"{field}: {_show(value)} must be 1-128 characters of letters, digits and _.:@/+-")
     return value
 
 
@@ -47,7 +59,7 @@ def _flag(value: Any, field: str) -> bool:
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise bad_request(f"{field}: {value!r} is not a boolean")
+        raise bad_request(f"{field}: {_show(value)} is not a boolean")
     return value
 
 
@@ -56,113 +68,202 @@ def _fields(body: Any, allowed: set[str], required: set[str] = frozenset()) -> d
         raise bad_request(f"body: expected a JSON object, got {type(body).__name__}")
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise bad_request(f"{unknown[0]}: unknown field (allowed: {', '.join(sorted(allowed))})")
+        raise bad_request(f"{_show(unknown[0])[1:-1]}: unknown field (allowed: {', '.join(sorted(allowed))})")
     for name in sorted(required):
         if body.get(name) is None:
             raise bad_request(f"{name}: missing (required)")
     return body
 
 
-class ApiHandler(BaseHTTPRequestHandler):
-    """Routes /v1/... to the service; one instance per request."""
+def _int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"number with {len(text)} digits")
+    return int(text)
 
-    server_version = "ipfloaterd"
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in two writes; with Nagle's algorithm the body would wait
-    # for the client's delayed ACK (~40 ms per request on a kept-alive connection).
-    disable_nagle_algorithm = True
+
+def _float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number {text[:20]} out of range")
+    return number
+
+
+def _constant(text: str):
+    raise ValueError(f"{text} is not JSON")
+
+
+def _depth(value: Any, limit: int) -> None:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            raise ValueError(f"nested deeper than {limit} levels")
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+
+
+def parse_json(raw: bytes) -> Any:
+    """The body as JSON; anything odd (nesting, absurd numbers, NaN) is a 400."""
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw.decode("utf-8"), parse_int=_int, parse_float=_float,
+                           parse_constant=_constant)
+        _depth(value, MAX_JSON_DEPTH)
+    except RecursionError:
+        raise bad_request(f"body: not valid JSON (nested deeper than {MAX_JSON_DEPTH} levels)") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise bad_request(f"body: not valid JSON ({str(exc)[:120]})") from None
+    return value
+
+
+def _forbidden(message: str) -> FipError:
+    return FipError("forbidden", message, 403)
+
+
+class Request:
+    """One request as the routes see it: method, route, query, body and who asks."""
+
+    def __init__(self, method: str, path: str, route: list[str], query: dict, raw: bytes,
+                 principal: Principal):
+        self.method, self.path, self.route, self.query = method, path, route, query
+        self.raw = raw
+        self.principal = principal
+        self._body = None
+
+    def body(self, allowed: set[str], required: set[str] = frozenset()) -> dict:
+        if self._body is None:
+            self._body = parse_json(self.raw)
+        return _fields(self._body, allowed, required)
+
+    # -- what the token allows --------------------------------------------------------
+
+    def owner(self, value: Any, field: str = "owner") -> Optional[str]:
+        """The owner the request acts as: an owner token's own, whatever was sent."""
+        given = _text(value, field)
+        p = self.principal
+        if p.role == OWNER:
+            if given is not None and given != p.owner:
+                raise _forbidden(f"{field}: token {p.name!r} acts for {p.owner!r} only, not {given!r}")
+            return p.owner
+        return given
+
+    def operator(self, value: Any) -> bool:
+        explicit = _flag(value, "operator")
+        if explicit and self.principal.role != OPERATOR:
+            raise _forbidden(f"operator: token {self.principal.name!r} ({self.principal.role}) "
+                             "may not make operator requests")
+        return explicit
+
+    @property
+    def unowned_ok(self) -> bool:
+        """Allocations without an owner: operator tokens only."""
+        return self.principal.role == OPERATOR
+
+
+class ApiApp:
+    """The WSGI application: routes /v1/... to the service."""
+
+    def __init__(self, service, authenticate: Callable[[str], Optional[Principal]], max_body: int = 65536):
+        self.service = service
+        self.authenticate = authenticate
+        self.max_body = max_body
 
     # -- plumbing --------------------------------------------------------------------
 
-    def log_message(self, fmt, *args):  # route access logs through logging, never tokens
-        log.debug("%s %s", self.address_string(), fmt % args)
+    def __call__(self, environ: dict, start_response) -> list[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        status, payload, who = self._handle(environ, method)
+        data = json.dumps(payload, sort_keys=True).encode() + b"\n" if status < 400 else \
+            error_body(status, payload["error"]["message"], payload["error"]["code"])
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+        if status == 413:  # the body was not read: what follows on the connection is not a request
+            headers.append(("Connection", "close"))
+        if method not in ("GET", "HEAD"):
+            outcome = payload["error"]["code"] if status >= 400 else "ok"
+            log.info("%s %s by %s: %d %s", method, environ.get("PATH_INFO", "")[:200], who, status, outcome)
+        else:
+            log.debug("%s %s by %s: %d", method, environ.get("PATH_INFO", "")[:200], who, status)
+        start_response(f"{status} {_REASONS.get(status, 'Error')}", headers)
+        return [] if method == "HEAD" else [data]
 
-    def _send(self, status: int, payload: dict) -> None:
-        data = json.dumps(payload, sort_keys=True).encode() + b"\n"
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-
-    def _error(self, status: int, code: str, message: str) -> None:
-        self._send(status, {"error": {"code": code, "message": message}})
-
-    def _authorized(self) -> bool:
-        header = self.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        expected = self.server.token.encode()
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)
-
-    def _read_body(self) -> bytes:
-        """Read the whole request body (bounded) before anything else, so that every
-        answer, errors included, leaves the connection in a clean state."""
-        length_text = self.headers.get("Content-Length")
-        if length_text is None:
-            if self.headers.get("Transfer-Encoding"):
-                self.close_connection = True
-                raise FipError("length_required", "Content-Length: required (chunked bodies are not accepted)", 411)
-            return b""
-        if not length_text.isdigit():
-            self.close_connection = True
-            raise bad_request(f"Content-Length: {length_text!r} is not a number")
-        length = int(length_text)
-        if length > self.server.max_body:
-            self.close_connection = True
-            raise FipError("body_too_large", f"body: {length} bytes is over the limit of {self.server.max_body}", 413)
-        return self.rfile.read(length) if length else b""
-
-    def _json(self) -> Any:
-        if not self._raw_body.strip():
-            return {}
+    def _handle(self, environ: dict, method: str) -> tuple[int, dict, str]:
+        who = "-"
         try:
-            return json.loads(self._raw_body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise bad_request(f"body: not valid JSON ({exc})") from None
-
-    def _dispatch(self) -> None:
-        url = urlsplit(self.path)
-        parts = [p for p in url.path.split("/") if p]
-        try:
-            self._raw_body = self._read_body()
-            query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True,
-                                                   strict_parsing=False).items()}
+            uri = environ.get("REQUEST_URI") or environ.get("PATH_INFO", "/")
+            if len(uri) > MAX_URI:
+                raise FipError("uri_too_long", f"path: {len(uri)} characters is over the limit of {MAX_URI}", 414)
+            if method not in METHODS:
+                raise FipError("not_implemented", f"method: {_show(method)} is not supported", 501)
+            raw = self._read_body(environ)
+            url = urlsplit(uri)
+            path = url.path
+            parts = [p for p in path.split("/") if p]
             if not parts or "/" + parts[0] != API_PREFIX:
-                raise FipError("not_found", f"path: {url.path!r} is not an API route", 404)
+                raise FipError("not_found", f"path: {_show(path)} is not an API route", 404)
             route = parts[1:]
-            if route == ["health"] and self.command in ("GET", "HEAD"):
-                self._send(200, {"status": "ok"})
-                return
-            if not self._authorized():
-                self._error(401, "unauthorized", "missing or invalid token")
-                return
-            status, payload = self._route(route, query)
-            self._send(status, payload)
+            if route == ["health"] and method in ("GET", "HEAD"):
+                return 200, {"status": "ok", "warnings": list(getattr(self.service, "warnings", []))}, who
+            principal = self._principal(environ)
+            if principal is None:
+                return 401, {"error": {"code": "unauthorized", "message": "missing or invalid token"}}, who
+            who = principal.name
+            query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+            req = Request(method, path, route, query, raw, principal)
+            status, payload = self._route(req)
+            return status, payload, who
         except FipError as exc:
-            self._error(exc.status, exc.code, exc.message)
+            return exc.status, {"error": {"code": exc.code, "message": exc.message}}, who
         except Exception:  # a bug: answer, log, keep serving
-            log.exception("internal error on %s %s", self.command, url.path)
-            self._error(500, "internal_error", "internal error (see the daemon log)")
+            log.exception("internal error on %s %s", method, environ.get("PATH_INFO", "")[:200])
+            return 500, {"error": {"code": "internal_error", "message": "internal error (see the daemon log)"}}, who
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = lambda self: self._dispatch()
+    def _principal(self, environ: dict) -> Optional[Principal]:
+        header = environ.get("HTTP_AUTHORIZATION", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            return None
+        return self.authenticate(given.strip())
+
+    def _read_body(self, environ: dict) -> bytes:
+        """The whole body (bounded; the server checked the framing)."""
+        length_text = environ.get("CONTENT_LENGTH") or "0"
+        if not (length_text.isascii() and length_text.isdigit()):
+            raise bad_request(f"Content-Length: {_show(length_text)} is not a number")
+        length = int(length_text)
+        if length > self.max_body:
+            raise FipError("body_too_large", f"body: {length} bytes is over the limit of {self.max_body}", 413)
+        return environ["wsgi.input"].read(length) if length else b""
 
     # -- routes ----------------------------------------------------------------------
 
-    def _route(self, route: list[str], query: dict) -> tuple[int, dict]:
-        svc = self.server.service
-        method = self.command
-        if route == ["version"] and method == "GET":
+    def _route(self, req: Request) -> tuple[int, dict]:
+        svc = self.service
+        method, route, query, p = req.method, req.route, req.query, req.principal
+        known = self._known_methods(route)
+        if known and method not in known:
+            raise FipError("method_not_allowed", f"method: {method} is not allowed here (use {', '.join(known)})", 405)
+        if not known:
+            raise FipError("not_found", f"path: {_show(req.path)} is not an API route", 404)
+        if p.role == READER and method != "GET":
+            raise _forbidden(f"token {p.name!r} (reader) may only read")
+        if route == ["version"]:
             return 200, svc.version()
-        if route == ["pool"] and method == "GET":
+        if route == ["pool"]:
             return 200, svc.pool()
-        if route == ["reconcile"] and method == "POST":
-            _fields(self._json(), set())
+        if route == ["reconcile"]:
+            if p.role != OPERATOR:
+                raise _forbidden(f"reconcile: token {p.name!r} ({p.role}) may not reconcile")
+            req.body(set())
             return 200, {"repairs": svc.reconcile()}
-        if route == ["neighbours"] and method == "GET":
+        if route == ["neighbours"]:
+            if p.role == OWNER:
+                raise _forbidden(f"neighbours: token {p.name!r} (owner) may not list the router's neighbours")
             mac = query.get("mac")
-            if mac is not None and not MAC_RE.match(mac):
-                raise bad_request(f"mac: {mac!r} is not a MAC address")
+            if mac is not None and not MAC_RE.fullmatch(mac):
+                raise bad_request(f"mac: {_show(mac)} is not a MAC address")
             entries = hostnet.neighbours()
             if mac is not None:
                 entries = [e for e in entries if e["mac"] == mac.lower().replace("-", ":")]
@@ -171,47 +272,42 @@ class ApiHandler(BaseHTTPRequestHandler):
             if method == "GET":
                 unknown = sorted(set(query) - {"private_ip", "ref", "owner", "ref_prefix"})
                 if unknown:
-                    raise bad_request(f"{unknown[0]}: unknown query parameter")
+                    raise bad_request(f"{_show(unknown[0])[1:-1]}: unknown query parameter")
                 private = _ip(query["private_ip"], "private_ip") if "private_ip" in query else None
                 items = svc.list(private_ip=private, ref=_text(query.get("ref"), "ref"),
-                                 owner=_text(query.get("owner"), "owner"),
+                                 owner=req.owner(query.get("owner")),
                                  ref_prefix=_text(query.get("ref_prefix"), "ref_prefix"))
                 return 200, {"floatingips": [self._view(a) for a in items]}
-            if method == "POST":
-                body = _fields(self._json(), {"public_ip", "private_ip", "owner", "ref", "allow_move", "operator"})
-                alloc, created = svc.allocate(
-                    public_ip=_ip(body["public_ip"], "public_ip") if body.get("public_ip") is not None else None,
-                    private_ip=_ip(body["private_ip"], "private_ip") if body.get("private_ip") is not None else None,
-                    owner=_text(body.get("owner"), "owner"), ref=_text(body.get("ref"), "ref"),
-                    allow_move=_flag(body.get("allow_move"), "allow_move"),
-                    operator=_flag(body.get("operator"), "operator"))
-                return (201 if created else 200), self._view(alloc)
-        if len(route) in (2, 3) and route[0] == "floatingips":
-            public_ip = _ip(route[1], "public_ip")
-            sub = route[2:]
-            if sub == [] and method == "GET":
-                return 200, self._view(svc.show(public_ip))
-            if sub == [] and method == "DELETE":
-                body = _fields(self._json(), {"owner", "operator"})
-                alloc = svc.release(public_ip, owner=_text(body.get("owner"), "owner"),
-                                    operator=_flag(body.get("operator"), "operator"))
-                return 200, {**self._view(alloc), "status": "released"}
-            if sub == ["association"] and method == "PUT":
-                body = _fields(self._json(), {"private_ip", "owner", "allow_move", "operator"}, {"private_ip"})
-                alloc = svc.associate(public_ip, _ip(body["private_ip"], "private_ip"),
-                                      owner=_text(body.get("owner"), "owner"),
-                                      allow_move=_flag(body.get("allow_move"), "allow_move"),
-                                      operator=_flag(body.get("operator"), "operator"))
-                return 200, self._view(alloc)
-            if sub == ["association"] and method == "DELETE":
-                body = _fields(self._json(), {"owner", "operator"})
-                alloc = svc.disassociate(public_ip, owner=_text(body.get("owner"), "owner"),
-                                         operator=_flag(body.get("operator"), "operator"))
-                return 200, self._view(alloc)
-        known = self._known_methods(route)
-        if known:
-            raise FipError("method_not_allowed", f"method: {method} is not allowed here (use {', '.join(known)})", 405)
-        raise FipError("not_found", f"path: {self.path.split('?')[0]!r} is not an API route", 404)
+            body = req.body({"public_ip", "private_ip", "owner", "ref", "allow_move", "operator"})
+            alloc, created = svc.allocate(
+                public_ip=_ip(body["public_ip"], "public_ip") if body.get("public_ip") is not None else None,
+                private_ip=_ip(body["private_ip"], "private_ip") if body.get("private_ip") is not None else None,
+                owner=req.owner(body.get("owner")), ref=_text(body.get("ref"), "ref"),
+                allow_move=_flag(body.get("allow_move"), "allow_move"),
+                operator=req.operator(body.get("operator")), unowned_ok=req.unowned_ok)
+            return (201 if created else 200), self._view(alloc)
+        public_ip = _ip(route[1], "public_ip")
+        if len(route) == 2 and method == "GET":
+            alloc = svc.show(public_ip)
+            if p.role == OWNER and alloc.owner != p.owner:
+                raise FipError("owner_mismatch", f"public_ip: {public_ip} does not belong to {p.owner!r}", 403)
+            return 200, self._view(alloc)
+        if len(route) == 2:  # DELETE
+            body = req.body({"owner", "operator"})
+            alloc = svc.release(public_ip, owner=req.owner(body.get("owner")),
+                                operator=req.operator(body.get("operator")), unowned_ok=req.unowned_ok)
+            return 200, {**self._view(alloc), "status": "released"}
+        if method == "PUT":
+            body = req.body({"private_ip", "owner", "allow_move", "operator"}, {"private_ip"})
+            alloc = svc.associate(public_ip, _ip(body["private_ip"], "private_ip"),
+                                  owner=req.owner(body.get("owner")),
+                                  allow_move=_flag(body.get("allow_move"), "allow_move"),
+                                  operator=req.operator(body.get("operator")), unowned_ok=req.unowned_ok)
+            return 200, self._view(alloc)
+        body = req.body({"owner", "operator"})
+        alloc = svc.disassociate(public_ip, owner=req.owner(body.get("owner")),
+                                 operator=req.operator(body.get("operator")), unowned_ok=req.unowned_ok)
+        return 200, self._view(alloc)
 
     @staticmethod
     def _known_methods(route: list[str]) -> list[str]:
@@ -226,33 +322,12 @@ class ApiHandler(BaseHTTPRequestHandler):
         return []
 
     def _view(self, alloc) -> dict:
-        return alloc.as_dict(in_pool=alloc.public_ip in self.server.service.registry.pool)
+        return alloc.as_dict(in_pool=alloc.public_ip in self.service.registry.pool)
 
 
-class ApiServer(ThreadingHTTPServer):
-    """HTTP server bound to the service, the token and the request limits."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-    # listen() backlog. socketserver's default of 5 overflowed when OpenNebula ran twenty
-    # hooks at once (a burst of 20 connections before the accept loop caught up): the
-    # kernel reset some of them (tests/reliability, 20 clients x 200 requests).
-    request_queue_size = 128
-
-    def __init__(self, address: tuple[str, int], service, token: str, max_body: int = 65536,
-                 timeout: float = 10.0):
-        self.service = service
-        self.token = token
-        self.max_body = max_body
-        self.request_timeout = timeout
-        family_v6 = ":" in address[0]
-        if family_v6:
-            import socket
-            self.address_family = socket.AF_INET6
-        super().__init__(address, ApiHandler)
-
-    def get_request(self):
-        sock, addr = super().get_request()
-        sock.settimeout(self.request_timeout)  # a slow or stuck client cannot hold a thread forever
-        return sock, addr
+_REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+            404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
+            411: "Length Required", 413: "Payload Too Large", 414: "URI Too Long", 422: "Unprocessable Entity",
+            431: "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented",
+            503: "Service Unavailable"}
 

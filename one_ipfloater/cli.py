@@ -66,8 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("public_ip", type=_ip_arg("public_ip"))
     p.add_argument("private_ip", type=_ip_arg("private_ip"))
     p.add_argument("--owner", help="record this owner on the allocation")
+    p.add_argument("--operator", action="store_true",
+                   help="explicit operator request: move another owner's address (operator tokens only)")
     p = sub.add_parser("releaseip", help="release a floating IP, given the public or the private IP")
     p.add_argument("ip", type=_ip_arg("ip"))
+    p.add_argument("--owner", help="the owner of the address")
+    p.add_argument("--operator", action="store_true",
+                   help="explicit operator request: release another owner's address (operator tokens only)")
     sub.add_parser("status", help="show the allocations and their redirections")
     sub.add_parser("ippool", help="show the public addresses in the pool")
     sub.add_parser("version", help="show the client and server versions")
@@ -97,7 +102,8 @@ def _execute(args, client: IpfloaterClient):
         if current is None:
             alloc = client.allocate(public_ip=args.public_ip, private_ip=args.private_ip, owner=args.owner)
         else:
-            alloc = client.associate(args.public_ip, args.private_ip, allow_move=True, owner=args.owner)
+            alloc = client.associate(args.public_ip, args.private_ip, allow_move=True, owner=args.owner,
+                                     **({"operator": True} if args.operator else {}))
         return alloc, f"{alloc['public_ip']} -> {alloc['private_ip']}"
     if cmd == "releaseip":
         try:
@@ -110,7 +116,7 @@ def _execute(args, client: IpfloaterClient):
                 raise ApiError("not_found", f"ip: {args.ip} is neither an allocated floating IP "
                                             f"nor a private IP with one", 404) from None
             public = served[0]["public_ip"]
-        alloc = client.release(public)
+        alloc = client.release(public, owner=args.owner, **({"operator": True} if args.operator else {}))
         return alloc, f"released {alloc['public_ip']}"
     if cmd == "status":
         items = client.list()

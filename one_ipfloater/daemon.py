@@ -4,6 +4,8 @@
     ipfloaterd --config FILE flush       remove every rule and address of ours (state kept)
     ipfloaterd --config FILE adopt       rebuild the state file from our live rules
     ipfloaterd --config FILE check       every check `run` makes (config, paths, host), creating nothing
+    ipfloaterd --config FILE token add NAME --role operator|reader|owner [--owner O]
+    ipfloaterd --config FILE token list | token revoke NAME
 
 Stopping the daemon leaves the rules in place, so floating IPs stay up across restarts
 and upgrades; the next start reconciles them with the stored state. A state file that is
@@ -21,6 +23,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import threading
 
@@ -206,19 +209,27 @@ def run(config: DaemonConfig, ready_fd: int | None = None, config_path: str = DE
     gc.freeze()  # the start-up's objects live as long as we do: out of every later collection
     gc.enable()
     limit_malloc_arenas()  # before the API's threads exist
-    from .api import ApiServer  # the HTTP stack is imported once the rules are in place
+    # the HTTP stack is imported once the rules are in place
+    from .api import ApiApp
+    from .auth import Authenticator, TokenTable
+    from .httpserver import make_server, serve, stop as stop_server
     try:
-        server = ApiServer((config.rest_ip, config.rest_port), service, token,
-                           max_body=config.max_body_bytes, timeout=config.request_timeout)
+        tokens = TokenTable(config.db_path)
+    except sqlite3.Error as exc:
+        raise DaemonError(f"DB: cannot read the tokens of {config.db_path}: {exc}") from None
+    app = ApiApp(service, Authenticator(token, tokens), max_body=config.max_body_bytes)
+    try:
+        server = make_server(app, config.rest_ip, config.rest_port, config.request_timeout,
+                             config.max_body_bytes)
     except OSError as exc:
         raise DaemonError(f"REST_IP/REST_PORT: cannot listen on {config.rest_ip}:{config.rest_port}: "
-                          f"{exc.strerror}") from None
+                          f"{exc.strerror or exc}") from None
     stop = threading.Event()
 
     def on_signal(signum, _frame):
         log.info("signal %d: stopping (rules stay in place)", signum)
         stop.set()
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        stop_server(server)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -246,11 +257,11 @@ def run(config: DaemonConfig, ready_fd: int | None = None, config_path: str = DE
 
     threading.Thread(target=reconcile_loop, name="reconcile", daemon=True).start()
     threading.Thread(target=on_stop, name="reconcile-stop", daemon=True).start()
-    host, port = server.server_address[:2]
-    log.info("listening on %s:%d (API v1)", host, port)
+    host, port = server.effective_host, int(server.effective_port)
+    log.info("listening on %s:%d (API v1, at most %d connections)", host, port, server.adj.connection_limit)
     supervisor.ready(host, port, len(service.registry))
-    server.serve_forever()
-    server.server_close()
+    serve(server)
+    tokens.close()
     store.close()
     os.close(lock_fd)
     instance.release(namespace_claim, prober)
@@ -329,20 +340,74 @@ def adopt(config: DaemonConfig) -> int:
     return 0
 
 
+def token_command(config: DaemonConfig, args) -> int:
+    """`token add|list|revoke`: works while the daemon runs (it sees the change at once)."""
+    from .auth import TokenError, TokenTable
+    Store(config.db_path, config.db_sync).close()  # creates the state file as the daemon would
+    table = TokenTable(config.db_path)
+    try:
+        if args.token_command == "add":
+            secret = table.add(args.name, args.role, args.owner)
+            if args.json:
+                print(json.dumps({"name": args.name, "role": args.role, "owner": args.owner, "token": secret}))
+            else:
+                print(secret)
+            log.info("token %r added (role %s%s)", args.name, args.role,
+                     f", owner {args.owner}" if args.owner else "")
+        elif args.token_command == "revoke":
+            table.revoke(args.name)
+            log.info("token %r revoked", args.name)
+            if args.json:
+                print(json.dumps({"name": args.name, "status": "revoked"}))
+        else:
+            tokens = table.list()
+            if args.json:
+                print(json.dumps({"tokens": tokens}))
+            else:
+                for t in tokens:
+                    print(f"{t['name']}\t{t['role']}\t{t['owner'] or '-'}")
+    except TokenError as exc:
+        print(f"ipfloaterd: {exc}", file=sys.stderr)
+        return 2
+    except sqlite3.Error as exc:
+        raise DaemonError(f"DB: {config.db_path}: {exc}") from None
+    finally:
+        table.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineArgumentParser(
-        prog="ipfloaterd",
-        description="Floating IP daemon: 1:1 NAT from a public address pool to private VM addresses.")
-    parser.add_argument("command", nargs="?", default="run", choices=("run", "flush", "adopt", "check"),
-                        help="run (default): serve the API; flush: remove all our rules and "
-                             "addresses (state kept); adopt: rebuild the state file from our live "
-                             "rules (operator-owned); check: every check run makes, creating nothing; JSON out")
-    parser.add_argument("-c", "--config", default=os.environ.get("IPFLOATERD_CONF", DEFAULT_CONFIG),
+    """Subcommands (run is the default); common options go before or after them."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", default=argparse.SUPPRESS,
                         help=f"config file (default {DEFAULT_CONFIG}, or $IPFLOATERD_CONF)")
-    parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+    common.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default=argparse.SUPPRESS,
                         help="override LOG_LEVEL from the config")
-    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    common.add_argument("--ready-fd", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser = OneLineArgumentParser(
+        prog="ipfloaterd", parents=[common],
+        description="Floating IP daemon: 1:1 NAT from a public address pool to private VM addresses.")
     parser.add_argument("--version", action="version", version=f"ipfloaterd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineArgumentParser)
+    sub.add_parser("run", parents=[common], help="serve the API (the default)")
+    sub.add_parser("flush", parents=[common], help="remove all our rules and addresses (state kept)")
+    sub.add_parser("adopt", parents=[common],
+                   help="rebuild the state file from our live rules (operator-owned; refused while a daemon runs)")
+    sub.add_parser("check", parents=[common], help="every check run makes, creating nothing; JSON out")
+    token = sub.add_parser("token", parents=[common], help="API tokens: add, list, revoke")
+    tsub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True,
+                                parser_class=OneLineArgumentParser)
+    add = tsub.add_parser("add", parents=[common], help="create a token; prints its secret once")
+    add.add_argument("name", metavar="NAME", help="a name for the token (logged with each change it makes)")
+    add.add_argument("--role", required=True, help="operator (everything), reader (GET only) or "
+                                                   "owner (acts as --owner only)")
+    add.add_argument("--owner", help="the owner an owner token acts as (e.g. one:uid:5)")
+    add.add_argument("--json", action="store_true", help="print a JSON object instead of the bare secret")
+    lst = tsub.add_parser("list", parents=[common], help="names, roles and owners (never secrets)")
+    lst.add_argument("--json", action="store_true", help="JSON output")
+    rev = tsub.add_parser("revoke", parents=[common], help="delete a token (a running daemon refuses it at once)")
+    rev.add_argument("name", metavar="NAME")
+    rev.add_argument("--json", action="store_true", help="JSON output")
     return parser
 
 
@@ -356,21 +421,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    command = args.command or "run"
+    config_path = getattr(args, "config", None) or os.environ.get("IPFLOATERD_CONF", DEFAULT_CONFIG)
     try:
-        config = load_config(args.config)
+        config = load_config(config_path)
     except ConfigError as exc:
         print(f"ipfloaterd: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.log_level or config.log_level, stream=sys.stderr,
+    logging.basicConfig(level=getattr(args, "log_level", None) or config.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        if args.command == "check":
-            return check(config, args.config)
-        if args.command == "flush":
+        if command == "check":
+            return check(config, config_path)
+        if command == "flush":
             return flush(config)
-        if args.command == "adopt":
+        if command == "adopt":
             return adopt(config)
-        return run(config, args.ready_fd, args.config)
+        if command == "token":
+            return token_command(config, args)
+        return run(config, getattr(args, "ready_fd", None), config_path)
     except (DaemonError, StoreError) as exc:
         print(f"ipfloaterd: {exc}", file=sys.stderr)
         return 1

@@ -11,12 +11,17 @@ address, disassociate un-points it, release gives it back.
 from __future__ import annotations
 
 import bisect
+import re
 from collections import namedtuple
 from collections.abc import Iterable, Iterator, Sequence
 from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network
 
 from .addresses import AddressError, check_private_target
+
+
+# What an `owner` or a `ref` may be; always matched whole (fullmatch): no newline at the end.
+TEXT_FIELD_RE = re.compile(r"[A-Za-z0-9_.:@/+-]{1,128}")
 
 
 class FipError(Exception):
@@ -181,11 +186,13 @@ class Registry:
     # -- planning --------------------------------------------------------------------
 
     def plan_allocate(self, public_ip: IPv4Address | None, owner: str | None,
-                      ref: str | None) -> tuple[Allocation, Change]:
+                      ref: str | None, operator: bool = False,
+                      unowned_ok: bool = True) -> tuple[Allocation, Change]:
         """Take an address (a given one or the lowest free one).
 
         With a `ref` the call is idempotent: the same ref returns the address it already
-        holds, so a hook that runs twice never takes two addresses.
+        holds, so a hook that runs twice never takes two addresses; but only to the
+        caller that may change that allocation (else the ref would hand it over).
         """
         if ref is not None:
             held = self.by_ref(ref)
@@ -193,7 +200,7 @@ class Registry:
                 if public_ip is not None and held.public_ip != public_ip:
                     raise FipError("ref_conflict",
                                    f"ref: {ref!r} already holds {held.public_ip}, not {public_ip}", 409)
-                self._check_owner(held, owner, operator=False)
+                self.check_owner(held, owner, operator, unowned_ok)
                 return held, Change()
         if public_ip is not None:
             if public_ip not in self.pool:
@@ -210,16 +217,18 @@ class Registry:
 
     def plan_associate(self, public_ip: IPv4Address, private_ip: IPv4Address,
                        private_ranges: Sequence[IPv4Network], owner: str | None = None,
-                       allow_move: bool = False, operator: bool = False) -> tuple[Allocation, Change]:
+                       allow_move: bool = False, operator: bool = False,
+                       unowned_ok: bool = True) -> tuple[Allocation, Change]:
         """Point an allocated address at a private address (idempotent).
 
         Moving an address that already points elsewhere needs `allow_move`; taking a
         private address that another floating IP serves needs it too (that one is then
-        disassociated). An address owned by someone else can only be moved by an operator.
+        disassociated), and that other floating IP must be one the caller may change:
+        `allow_move` never displaces another owner's association.
         """
         self.check_target(private_ip, private_ranges)
         alloc = self.require(public_ip)
-        self._check_owner(alloc, owner, operator)
+        self.check_owner(alloc, owner, operator, unowned_ok)
         if alloc.private_ip == private_ip:
             return alloc, Change()
         if alloc.private_ip is not None and not allow_move:
@@ -233,23 +242,27 @@ class Registry:
             if not allow_move:
                 raise FipError("private_in_use",
                                f"private_ip: {private_ip} is already served by {other.public_ip}", 409)
+            if not self.may_change(other, owner, operator, unowned_ok):
+                raise FipError("private_in_use",
+                               f"private_ip: {private_ip} is served by {other.public_ip} of another owner "
+                               f"({other.owner!r}); only an explicit operator request may take it", 409)
             before.append(other)
             after.append(other._replace(private_ip=None))
         return after[0], Change(before=tuple(before), after=tuple(after))
 
     def plan_disassociate(self, public_ip: IPv4Address, owner: str | None = None,
-                          operator: bool = False) -> tuple[Allocation, Change]:
+                          operator: bool = False, unowned_ok: bool = True) -> tuple[Allocation, Change]:
         alloc = self.require(public_ip)
-        self._check_owner(alloc, owner, operator)
+        self.check_owner(alloc, owner, operator, unowned_ok)
         if alloc.private_ip is None:
             return alloc, Change()
         new = alloc._replace(private_ip=None)
         return new, Change(before=(alloc,), after=(new,))
 
     def plan_release(self, public_ip: IPv4Address, owner: str | None = None,
-                     operator: bool = False) -> tuple[Allocation, Change]:
+                     operator: bool = False, unowned_ok: bool = True) -> tuple[Allocation, Change]:
         alloc = self.require(public_ip)
-        self._check_owner(alloc, owner, operator)
+        self.check_owner(alloc, owner, operator, unowned_ok)
         return alloc, Change(before=(alloc,))
 
     def check_target(self, private_ip: IPv4Address, private_ranges: Sequence[IPv4Network]) -> None:
@@ -262,7 +275,26 @@ class Registry:
             raise FipError("private_not_allowed", f"private_ip: {private_ip} is an address of the router itself", 422)
 
     @staticmethod
-    def _check_owner(alloc: Allocation, owner: str | None, operator: bool) -> None:
-        if owner is not None and alloc.owner not in (None, owner) and not operator:
-            raise FipError("owner_mismatch",
-                           f"owner: {alloc.public_ip} belongs to {alloc.owner!r}, not {owner!r}", 403)
+    def may_change(alloc: Allocation, owner: str | None, operator: bool = False,
+                   unowned_ok: bool = True) -> bool:
+        """Ownership rule. An owned allocation: its own owner, or an explicit operator
+        request; leaving `owner` out is no wildcard. An unowned one: callers trusted
+        with unowned allocations (`unowned_ok`: operator tokens), or explicit operator."""
+        if operator:
+            return True
+        if alloc.owner is None:
+            return unowned_ok
+        return owner == alloc.owner
+
+    @classmethod
+    def check_owner(cls, alloc: Allocation, owner: str | None, operator: bool = False,
+                    unowned_ok: bool = True) -> None:
+        if cls.may_change(alloc, owner, operator, unowned_ok):
+            return
+        if alloc.owner is None:
+            raise FipError("owner_mismatch", f"owner: {alloc.public_ip} has no owner; only an operator may change it", 403)
+        if owner is None:
+            raise FipError("owner_mismatch", f"owner: {alloc.public_ip} belongs to {alloc.owner!r}; "
+                           "name that owner or make an explicit operator request", 403)
+        raise FipError("owner_mismatch",
+                       f"owner: {alloc.public_ip} belongs to {alloc.owner!r}, not {owner!r}", 403)

@@ -241,7 +241,7 @@ class FloatingIPService:
 
     def allocate(self, public_ip: IPv4Address | None = None, private_ip: IPv4Address | None = None,
                  owner: str | None = None, ref: str | None = None, allow_move: bool = False,
-                 operator: bool = False) -> tuple[Allocation, bool]:
+                 operator: bool = False, unowned_ok: bool = True) -> tuple[Allocation, bool]:
         """Take an address and optionally associate it, in one atomic change.
 
         Returns (allocation, created): created is False when `ref` already held it.
@@ -249,14 +249,14 @@ class FloatingIPService:
         with self._lock:
             if private_ip is not None:
                 self.registry.check_target(private_ip, self.config.private_ranges)
-            alloc, change = self.registry.plan_allocate(public_ip, owner, ref)
+            alloc, change = self.registry.plan_allocate(public_ip, owner, ref, operator, unowned_ok)
             created = not change.noop
             if private_ip is not None and alloc.private_ip != private_ip:
                 self.registry.apply(change)
                 try:
                     alloc, assoc = self.registry.plan_associate(
                         alloc.public_ip, private_ip, self.config.private_ranges, owner,
-                        allow_move=allow_move, operator=operator)
+                        allow_move=allow_move, operator=operator, unowned_ok=unowned_ok)
                 finally:
                     self.registry.apply(change.inverse())
                 change = change.then(assoc)
@@ -268,17 +268,19 @@ class FloatingIPService:
         return alloc, created
 
     def associate(self, public_ip: IPv4Address, private_ip: IPv4Address, owner: str | None = None,
-                  allow_move: bool = False, operator: bool = False) -> Allocation:
+                  allow_move: bool = False, operator: bool = False, unowned_ok: bool = True) -> Allocation:
         return self._run(lambda: self.registry.plan_associate(
-            public_ip, private_ip, self.config.private_ranges, owner, allow_move, operator), "associated")
+            public_ip, private_ip, self.config.private_ranges, owner, allow_move, operator, unowned_ok),
+            "associated")
 
     def disassociate(self, public_ip: IPv4Address, owner: str | None = None,
-                     operator: bool = False) -> Allocation:
-        return self._run(lambda: self.registry.plan_disassociate(public_ip, owner, operator), "disassociated")
+                     operator: bool = False, unowned_ok: bool = True) -> Allocation:
+        return self._run(lambda: self.registry.plan_disassociate(public_ip, owner, operator, unowned_ok),
+                         "disassociated")
 
     def release(self, public_ip: IPv4Address, owner: str | None = None,
-                operator: bool = False) -> Allocation:
-        return self._run(lambda: self.registry.plan_release(public_ip, owner, operator), "released")
+                operator: bool = False, unowned_ok: bool = True) -> Allocation:
+        return self._run(lambda: self.registry.plan_release(public_ip, owner, operator, unowned_ok), "released")
 
     # -- queries -----------------------------------------------------------------------
 

@@ -1,17 +1,18 @@
 """Shared set-up for the OpenNebula-side tests: the oned simulator, the real pyone client
-and an in-process ipfloaterd (real ApiServer + FloatingIPService over the in-memory
+and an in-process ipfloaterd (real ApiApp on waitress + FloatingIPService over the in-memory
 kernel of tests/fakes.py), all on 127.0.0.1 with ephemeral ports. No root needed."""
 
 from __future__ import annotations
 
 import socket
-import threading
 from typing import Dict, List, Optional
 
 import pyone
 import pytest
 
-from one_ipfloater.api import ApiServer
+from one_ipfloater.api import ApiApp
+from one_ipfloater.httpserver import serve_in_thread
+from one_ipfloater.auth import Authenticator
 from one_ipfloater.client import IpfloaterClient
 from one_ipfloater.config import parse_config_text
 from one_ipfloater.one import rpc
@@ -112,11 +113,8 @@ def start_daemon(tmp_path, first: int = POOL_FIRST, last: int = POOL_LAST):
                                                   db=tmp_path / "state.db"))
     svc = FloatingIPService(config, Store(config.db_path), FakeBackend(), FakeHost())
     svc.start()
-    server = ApiServer(("127.0.0.1", 0), svc, TOKEN, max_body=65536, timeout=10)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    return server, svc, f"http://127.0.0.1:{server.server_address[1]}"
+    server, url, stop = serve_in_thread(ApiApp(svc, Authenticator(TOKEN)), request_timeout=10)
+    return stop, svc, url
 
 
 def start_sim() -> OneSimulator:
@@ -136,5 +134,4 @@ def env(tmp_path):
         yield FipEnv(sim, svc, url, str(tmp_path / "locks"))
     finally:
         sim.stop()
-        server.shutdown()
-        server.server_close()
+        server()  # stops the API server

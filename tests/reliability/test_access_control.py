@@ -104,3 +104,46 @@ def test_owner_protection_over_the_api(lab, tmp_path):
         assert [o[0] for o in out] == [201, 403, 403, 200]
         assert out[1][1]["error"]["code"] == "owner_mismatch"
         assert out[3][1]["private_ip"] == "10.77.0.12" and out[3][1]["owner"] == "one:uid:1"
+
+
+PROBE = ("import json, sys, requests\n"
+         "u = 'http://127.0.0.1:' + sys.argv[1] + '/v1'\n"
+         "def c(tok, m, p, b=None):\n"
+         "    r = requests.request(m, u + p, json=b, headers={'Authorization': 'Bearer ' + tok}, timeout=5)\n"
+         "    return [r.status_code, r.json()]\n"
+         "print(json.dumps([c(*step) for step in json.loads(sys.argv[2])]))\n")
+
+
+def _calls(lab, daemon, steps):
+    out = lab.run(lab.ns_router, [sys.executable, "-c", PROBE, str(daemon.port), json.dumps(steps)]).stdout
+    return json.loads(out)
+
+
+def _token(daemon, *args):
+    import subprocess
+    return subprocess.run(daemon.argv("token", *args), capture_output=True, text=True, timeout=30)
+
+
+def test_tokens_added_and_revoked_while_the_daemon_runs(lab, tmp_path, figures):
+    with DaemonProcess(lab.ns_router, tmp_path / "d") as daemon:
+        reader = _token(daemon, "add", "watch", "--role", "reader").stdout.strip()
+        alice = json.loads(_token(daemon, "add", "alice", "--role", "owner", "--owner", "one:uid:1",
+                                  "--json").stdout)["token"]
+        first = _calls(lab, daemon, [
+            [alice, "POST", "/floatingips", {"private_ip": "10.77.0.11"}],
+            [reader, "GET", "/floatingips"],
+            [reader, "DELETE", "/floatingips/198.51.100.10", {}],
+            [alice, "PUT", "/floatingips/198.51.100.10/association", {"private_ip": "10.77.0.12", "owner": "one:uid:2"}],
+            [alice, "DELETE", "/floatingips/198.51.100.10", {"operator": True}],
+            [reader, "POST", "/reconcile", {}]])
+        assert [s for s, _ in first] == [201, 200, 403, 403, 403, 403], first
+        assert first[0][1]["owner"] == "one:uid:1"
+        assert _token(daemon, "revoke", "watch").returncode == 0
+        after = _calls(lab, daemon, [[reader, "GET", "/floatingips"], [alice, "GET", "/floatingips"]])
+        assert [s for s, _ in after] == [401, 200], after  # seen at the next request, no restart
+        assert daemon.running()
+        log = daemon.log()
+        assert "by alice: 201" in log and reader not in log and alice not in log
+        listed = json.loads(_token(daemon, "list", "--json").stdout)["tokens"]
+        assert [t["name"] for t in listed] == ["alice"] and "token" not in listed[0]
+    figures("access", "roles enforced over a real daemon", "operator, reader, owner; revoke live")

@@ -2,13 +2,14 @@
 
 import json
 import socket
-import threading
 
 import pytest
 import requests
 
 from one_ipfloater import cli
-from one_ipfloater.api import ApiServer
+from one_ipfloater.api import ApiApp
+from one_ipfloater.httpserver import serve_in_thread
+from one_ipfloater.auth import Authenticator
 from one_ipfloater.config import parse_config_text
 from one_ipfloater.service import FloatingIPService
 from one_ipfloater.store import Store
@@ -28,13 +29,9 @@ def daemon(tmp_path):
     config = parse_config_text(CONF.format(db=tmp_path / "state.db"))
     svc = FloatingIPService(config, Store(config.db_path), FakeBackend(), FakeHost())
     svc.start()
-    server = ApiServer(("127.0.0.1", 0), svc, TOKEN, max_body=4096, timeout=5)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
+    _server, url, stop = serve_in_thread(ApiApp(svc, Authenticator(TOKEN)), max_body=4096, request_timeout=5)
     yield url, svc
-    server.shutdown()
-    server.server_close()
+    stop()
 
 
 def call(url, method, path, body=None, token=TOKEN, raw=None, headers=None):
@@ -50,14 +47,17 @@ def test_lifecycle_over_http(daemon):
     assert status == 201 and body["public_ip"] == "198.51.100.10" and body["status"] == "associated"
     assert call(url, "GET", "/v1/floatingips/198.51.100.10")[1]["private_ip"] == "10.77.0.11"
     status, body = call(url, "PUT", "/v1/floatingips/198.51.100.10/association", {"private_ip": "10.77.0.12"})
+    assert status == 403 and body["error"]["code"] == "owner_mismatch"  # leaving owner out is no wildcard
+    status, body = call(url, "PUT", "/v1/floatingips/198.51.100.10/association",
+                        {"private_ip": "10.77.0.12", "owner": "uid:3"})
     assert status == 409 and body["error"]["code"] == "address_in_use"
     status, body = call(url, "PUT", "/v1/floatingips/198.51.100.10/association",
-                        {"private_ip": "10.77.0.12", "allow_move": True})
+                        {"private_ip": "10.77.0.12", "allow_move": True, "owner": "uid:3"})
     assert status == 200 and body["private_ip"] == "10.77.0.12"
     assert call(url, "GET", "/v1/floatingips?private_ip=10.77.0.12")[1]["floatingips"][0]["public_ip"] == "198.51.100.10"
-    status, body = call(url, "DELETE", "/v1/floatingips/198.51.100.10/association")
+    status, body = call(url, "DELETE", "/v1/floatingips/198.51.100.10/association", {"owner": "uid:3"})
     assert status == 200 and body["status"] == "allocated"
-    status, body = call(url, "DELETE", "/v1/floatingips/198.51.100.10")
+    status, body = call(url, "DELETE", "/v1/floatingips/198.51.100.10", {"owner": "uid:3"})
     assert status == 200 and body["status"] == "released"
     pool = call(url, "GET", "/v1/pool")[1]
     assert pool["free"] == 3 and {a["status"] for a in pool["addresses"]} == {"free"}
@@ -65,7 +65,7 @@ def test_lifecycle_over_http(daemon):
 
 def test_health_needs_no_token_everything_else_does(daemon):
     url, _svc = daemon
-    assert call(url, "GET", "/v1/health", token=None) == (200, {"status": "ok"})
+    assert call(url, "GET", "/v1/health", token=None) == (200, {"status": "ok", "warnings": []})
     for method, path in (("GET", "/v1/version"), ("GET", "/v1/pool"), ("GET", "/v1/floatingips"),
                          ("POST", "/v1/floatingips"), ("POST", "/v1/reconcile")):
         for token in (None, "wrong", TOKEN[:-1]):
@@ -153,6 +153,18 @@ def test_cli_original_commands(daemon, capsys, monkeypatch):
     assert json.loads(out)["free"] == 3
     code, out, _ = run_cli(url, capsys, "--json", "version")
     assert json.loads(out)["server"] == json.loads(out)["client"]
+
+
+def test_cli_changes_owned_addresses_only_with_owner_or_operator(daemon, capsys, monkeypatch):
+    url, _svc = daemon
+    monkeypatch.setenv("IPFLOATER_TOKEN", TOKEN)
+    assert run_cli(url, capsys, "getip", "10.77.0.11", "--owner", "one:uid:4")[0] == 0
+    code, _, err = run_cli(url, capsys, "redirect", "198.51.100.10", "10.77.0.12")
+    assert code == 1 and "belongs to 'one:uid:4'" in err  # no owner named: refused
+    code, out, _ = run_cli(url, capsys, "redirect", "198.51.100.10", "10.77.0.12", "--owner", "one:uid:4")
+    assert code == 0 and out == "198.51.100.10 -> 10.77.0.12\n"
+    assert run_cli(url, capsys, "releaseip", "198.51.100.10")[0] == 1
+    assert run_cli(url, capsys, "releaseip", "198.51.100.10", "--operator")[1] == "released 198.51.100.10\n"
 
 
 def test_cli_errors_are_one_line_and_nonzero(daemon, capsys, monkeypatch):
