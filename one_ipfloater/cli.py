@@ -1,8 +1,9 @@
 """`ipfloater`: the command-line client, compatible with the original ipfloater's CLI.
 
-    ipfloater [-i IP] [-p PORT] [--token-file F] [--json] COMMAND ...
+    ipfloater [-i IP] [-p PORT] [--token-file F] [--json] COMMAND ... [--json]
 
-Human-readable output by default, `--json` for scripts; every error is one line on
+Human-readable output by default, `--json` (before or after the command) for scripts;
+`--version` prints the client's version without asking the daemon; every error is one line on
 stderr and a non-zero exit (1: refused by the daemon, 2: bad arguments, 3: no daemon).
 """
 
@@ -14,7 +15,7 @@ import os
 import sys
 
 from . import __version__
-from .cliutil import OneLineArgumentParser
+from .cliutil import OneLineArgumentParser, SummaryHelpFormatter, anywhere, command_summary
 from .addresses import AddressError, parse_ipv4
 from .client import (DEFAULT_TOKEN_FILE, ApiError, IpfloaterClient, UrlError, check_host,
                      check_port, check_timeout, check_url, read_token)
@@ -40,9 +41,13 @@ def _table(rows: list[dict], columns: list[str]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    common = anywhere((("--json",), "machine-readable JSON output (before or after the command)"))
     parser = OneLineArgumentParser(
-        prog="ipfloater",
-        description="Client of ipfloaterd, the daemon that maps floating (public) IPs to private IPs.")
+        prog="ipfloater", parents=[common], formatter_class=SummaryHelpFormatter,
+        description="Client of ipfloaterd, the daemon that maps floating (public) IPs to\n"
+                    "private IPs.")
+    parser.add_argument("--version", action="version", version=f"ipfloater {__version__}",
+                        help="show the client's version and exit (`version` asks the server too)")
     parser.add_argument("-i", "--server-ip", default=os.environ.get("IPFLOATER_SERVER_IP", "127.0.0.1"),
                         help="address where ipfloaterd listens (default 127.0.0.1)")
     parser.add_argument("-p", "--server-port", default=os.environ.get("IPFLOATER_SERVER_PORT", "7003"),
@@ -56,32 +61,38 @@ def build_parser() -> argparse.ArgumentParser:
                         help="send requests (and the token) through the proxy named by "
                         "$HTTP_PROXY/$HTTPS_PROXY/$ALL_PROXY (default: ignore them and connect "
                         "directly); redirects are never followed")
-    parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("getip", help="allocate a floating IP for a private IP (prints the public IP)")
-    p.add_argument("private_ip", type=_ip_arg("private_ip"))
+    def command(name, help_text):
+        return sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+
+    p = command("getip", "allocate a floating IP for a private IP (prints the public IP)")
+    p.add_argument("private_ip", type=_ip_arg("private_ip"),
+                   help="private IP address for which a floating IP is requested")
     p.add_argument("--owner", help="record this owner on the allocation")
-    p = sub.add_parser("redirect", help="point a floating IP at a private IP (moves it if needed)")
-    p.add_argument("public_ip", type=_ip_arg("public_ip"))
-    p.add_argument("private_ip", type=_ip_arg("private_ip"))
+    p = command("redirect", "point a floating IP at a private IP (moves it if needed)")
+    p.add_argument("public_ip", type=_ip_arg("public_ip"), help="the floating IP address")
+    p.add_argument("private_ip", type=_ip_arg("private_ip"),
+                   help="private IP address the floating IP is to forward to")
     p.add_argument("--owner", help="record this owner on the allocation")
     p.add_argument("--operator", action="store_true",
                    help="explicit operator request: move another owner's address (operator tokens only)")
-    p = sub.add_parser("releaseip", help="release a floating IP, given the public or the private IP")
-    p.add_argument("ip", type=_ip_arg("ip"))
+    p = command("releaseip", "release a floating IP, given the public or the private IP")
+    p.add_argument("ip", type=_ip_arg("ip"),
+                   help="the floating IP, or the private IP it forwards to")
     p.add_argument("--owner", help="the owner of the address")
     p.add_argument("--operator", action="store_true",
                    help="explicit operator request: release another owner's address (operator tokens only)")
-    sub.add_parser("status", help="show the allocations and their redirections")
-    sub.add_parser("ippool", help="show the public addresses in the pool")
-    sub.add_parser("version", help="show the client and server versions")
-    p = sub.add_parser("arp", help="look a MAC address up in the router's neighbour table")
-    p.add_argument("mac")
-    p = sub.add_parser("show", help="show one floating IP")
-    p.add_argument("public_ip", type=_ip_arg("public_ip"))
-    sub.add_parser("reconcile", help="repair the router's rules and addresses now; prints the repairs")
-    sub.add_parser("health", help="check that the daemon answers (no token needed)")
+    command("status", "show the allocations and their redirections")
+    command("ippool", "show the public addresses in the pool")
+    command("version", "show the client and server versions")
+    p = command("arp", "look a MAC address up in the router's neighbour table")
+    p.add_argument("mac", help="the MAC address whose IP address is requested")
+    p = command("show", "show one floating IP")
+    p.add_argument("public_ip", type=_ip_arg("public_ip"), help="the floating IP address")
+    command("reconcile", "repair the router's rules and addresses now; prints the repairs")
+    command("health", "check that the daemon answers (no token needed)")
+    parser.epilog = command_summary("ipfloater", sub)
     return parser
 
 
@@ -156,6 +167,7 @@ def _endpoint(args) -> tuple[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.json = getattr(args, "json", False)
     try:
         url, timeout = _endpoint(args)
     except UrlError as exc:

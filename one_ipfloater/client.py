@@ -115,8 +115,11 @@ def _ca_bundle(env: Mapping[str, str]) -> Any:
     return env.get("REQUESTS_CA_BUNDLE") or env.get("CURL_CA_BUNDLE") or True
 
 
-def read_token(token_file: Optional[str] = None, env: Optional[dict] = None) -> str:
-    """The token from $IPFLOATER_TOKEN, else from the token file."""
+def read_token(token_file: Optional[str] = None, env: Optional[dict] = None,
+               file_setting: str = "--token-file") -> str:
+    """The token from $IPFLOATER_TOKEN, else from the token file. ``file_setting`` is
+    how the caller's user names the token file (an option, or a configuration key), so
+    that the error points at something that exists."""
     env = os.environ if env is None else env
     if env.get("IPFLOATER_TOKEN"):
         return env["IPFLOATER_TOKEN"].strip()
@@ -124,7 +127,7 @@ def read_token(token_file: Optional[str] = None, env: Optional[dict] = None) -> 
     try:
         return Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ApiError("no_token", f"token file {path}: {exc.strerror} (set IPFLOATER_TOKEN or --token-file)") from None
+        raise ApiError("no_token", f"token file {path}: {exc.strerror} (set $IPFLOATER_TOKEN or {file_setting})") from None
 
 
 class IpfloaterClient:

@@ -40,3 +40,41 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         where = f" {sub}" if sub else ""
         sys.stderr.write(f"{root}: {message} (see {root}{where} --help)\n")
         sys.exit(2)
+
+
+class SummaryHelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Keeps the line breaks of the description and epilog: the epilog is the list of
+    commands with their arguments (see `command_summary`)."""
+
+
+def anywhere(*flags: tuple) -> argparse.ArgumentParser:
+    """A parent parser for flags that a command line may carry before or after the
+    command (`prog --json status` and `prog status --json`): give it to the main parser
+    and to every subparser. Each flag is `(names, help)`, a store_true whose default is
+    SUPPRESS, so a subparser that did not see it does not reset what the main parser
+    saw; read it with `getattr(args, dest, False)`."""
+    parent = argparse.ArgumentParser(add_help=False)
+    for names, help_text in flags:
+        parent.add_argument(*names, action="store_true", default=argparse.SUPPRESS, help=help_text)
+    return parent
+
+
+def command_summary(prog: str, sub) -> str:
+    """One line per command with its arguments, as the original ipfloater's help listed
+    them, so that `prog --help` alone says how to call each command."""
+    lines = [f"commands and their arguments (`{prog} COMMAND --help` explains each):"]
+    for name, parser in sub.choices.items():
+        words = [name]
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction) or action.default is argparse.SUPPRESS:
+                continue  # -h and the flags accepted anywhere
+            if not action.option_strings:
+                words.append(action.metavar or action.dest)
+                continue
+            metavar = action.metavar or action.dest.upper()
+            if action.nargs == 0:
+                words.append(f"[{action.option_strings[-1]}]")
+            else:
+                words.append(f"[{action.option_strings[-1]} {metavar}]")
+        lines.append(f"  {prog} {' '.join(words)}")
+    return "\n".join(lines)

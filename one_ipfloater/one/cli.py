@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence, Tuple
 
 import pyone
 
-from ..cliutil import OneLineArgumentParser
+from ..cliutil import OneLineArgumentParser, anywhere
 from ..client import ApiError
 from . import rpc
 from .config import ConfigError, load_one_config
@@ -49,9 +49,7 @@ class Failure(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="machine-readable JSON output")
+    common = anywhere((("--json",), "machine-readable JSON output (before or after the command)"))
     parser = OneLineArgumentParser(prog=PROG, parents=[common],
                      description="Floating IPs for OpenNebula VMs: hook registration, "
                      "full resync and per-VM inspection.")

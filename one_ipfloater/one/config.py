@@ -54,7 +54,8 @@ class OneConfig:
     def token(self, env: Optional[Mapping[str, str]] = None) -> str:
         """The daemon token: $IPFLOATER_TOKEN, else IPFLOATER_TOKEN_FILE."""
         try:
-            return read_token(self.ipfloater_token_file, dict(os.environ if env is None else env))
+            return read_token(self.ipfloater_token_file, dict(os.environ if env is None else env),
+                              file_setting=f"IPFLOATER_TOKEN_FILE in {self.source}")
         except ApiError as exc:
             raise ConfigError(f"IPFLOATER_TOKEN_FILE: {exc.message}") from None
 

@@ -5,7 +5,11 @@ checks would fail differently (exit 1 or 3), so each row also proves nothing was
 
 from __future__ import annotations
 
+import argparse
+import ast
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -106,3 +110,121 @@ def test_ipfloater_one_malformed_input(tmp_path, lines, env, argv, fragment):
     proc = run("ipfloater-one", ["--config", str(conf), *argv], env)
     assert_one_line_exit_2(proc, "ipfloater-one", fragment)
     assert not (tmp_path / "locks").exists()  # nothing was tried
+
+
+# --- the client's own surface: --version, --json anywhere, help with arguments ---
+
+def test_ipfloater_version_needs_no_daemon():
+    from one_ipfloater import __version__
+    proc = run("ipfloater", ["-p", "9", "--version"], {})
+    assert proc.returncode == 0 and proc.stdout == f"ipfloater {__version__}\n", proc
+
+
+@pytest.mark.parametrize("argv", [["--json", "status"], ["status", "--json"],
+                                  ["--json", "status", "--json"]])
+def test_ipfloater_json_before_or_after_the_command(argv):
+    """Nobody listens on port 9: the error is the JSON form wherever --json stands."""
+    proc = run("ipfloater", ["-p", "9", "--timeout", "2", *argv], {})
+    assert proc.returncode == 3 and proc.stdout == "", proc
+    assert json.loads(proc.stderr)["error"]["code"] == "unreachable"
+
+
+def test_ipfloater_without_json_is_text():
+    """The control: the same call without --json is a plain line, not JSON."""
+    proc = run("ipfloater", ["-p", "9", "--timeout", "2", "status"], {})
+    assert proc.returncode == 3 and proc.stderr.startswith("ipfloater: ")
+    with pytest.raises(ValueError):
+        json.loads(proc.stderr)
+
+
+# The original client's commands and the arguments its help listed.
+ORIGINAL_COMMANDS = {"getip": ["private_ip"], "redirect": ["public_ip", "private_ip"],
+                     "releaseip": ["ip"], "status": [], "ippool": [], "version": [],
+                     "arp": ["mac"]}
+
+
+def test_ipfloater_help_lists_each_command_with_its_arguments():
+    proc = run("ipfloater", ["--help"], {})
+    assert proc.returncode == 0
+    lines = proc.stdout.splitlines()
+    for command, arguments in ORIGINAL_COMMANDS.items():
+        usage = [re.sub(r"\[[^]]*\]", "", ln).split() for ln in lines
+                 if ln.split()[:2] == ["ipfloater", command]]
+        assert usage and usage[0][2:] == arguments, (command, proc.stdout)
+
+
+@pytest.mark.parametrize("command", sorted(ORIGINAL_COMMANDS))
+def test_ipfloater_command_help_explains_each_argument(command):
+    proc = run("ipfloater", [command, "--help"], {})
+    assert proc.returncode == 0 and proc.stdout.startswith(f"usage: ipfloater {command}")
+    assert "--json" in proc.stdout
+    for argument in ORIGINAL_COMMANDS[command]:
+        described = [ln for ln in proc.stdout.splitlines()
+                     if ln.split()[:1] == [argument] and len(ln.split()) > 1]
+        assert described, (argument, proc.stdout)
+
+
+# --- every option a message names exists ---
+
+def _all_options() -> set:
+    """Every option string of every parser the package ships, subcommands included."""
+    from one_ipfloater import cli, daemon
+    from one_ipfloater.one import cli as one_cli, hook
+    found, todo = set(), [cli.build_parser(), daemon.build_parser(), one_cli.build_parser(),
+                          hook._parser()]
+    while todo:
+        parser = todo.pop()
+        for action in parser._actions:
+            found.update(action.option_strings)
+            todo.extend((getattr(action, "choices", None) or {}).values()
+                        if isinstance(action, argparse._SubParsersAction) else [])
+    return found
+
+
+def _message_texts(tree):
+    """The literal text of every raised exception's and logged/printed message."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Raise, ast.Call)):
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.Constant) and isinstance(sub.value, str):
+                    yield sub.lineno, sub.value
+
+
+def test_messages_name_only_options_that_exist():
+    import one_ipfloater
+    package = Path(one_ipfloater.__file__).parent
+    options = _all_options()
+    wrong = []
+    for source in sorted(package.rglob("*.py")):
+        if "testing" in source.relative_to(package).parts or source.name in (
+                "ruleset.py", "nat_iptables.py", "nat_nftables.py", "nat.py", "preflight.py",
+                "hostnet.py"):
+            continue  # the netfilter tools' own options, not ours
+        for lineno, text in _message_texts(ast.parse(source.read_text())):
+            for option in re.findall(r"(?<![\w-])--[a-z][a-z-]*", text):
+                if option not in options:
+                    wrong.append(f"{source.name}:{lineno}: {option} in {text!r}")
+    assert options >= {"--token-file", "--json", "--version", "--dir", "--remotes"}
+    assert not wrong, wrong
+
+
+def test_ipfloater_one_token_error_names_its_config_key(tmp_path):
+    """ipfloater-one has no --token-file: its missing-token error names the config key."""
+    auth = tmp_path / "auth"
+    auth.write_text("oneadmin:pw\n")
+    conf = tmp_path / "ipfloater.conf"
+    conf.write_text(f"[ONE_IPFLOATER]\nONE_AUTH = {auth}\nIPFLOATER_TOKEN_FILE = {tmp_path}/none\n"
+                    f"ONE_TIMEOUT = 2\nIPFLOATER_TIMEOUT = 2\nLOCK_DIR = {tmp_path}/locks\n")
+    env = {k: v for k, v in BASE_ENV.items()}
+    proc = subprocess.run([str(BIN / "ipfloater-one"), "--config", str(conf), "sync"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert_one_line_exit_2(proc, "ipfloater-one", f"IPFLOATER_TOKEN_FILE in {conf}")
+    assert "--token-file" not in proc.stderr
+
+
+def test_ipfloater_token_error_names_its_option(tmp_path):
+    env = {k: v for k, v in BASE_ENV.items()}
+    proc = subprocess.run([str(BIN / "ipfloater"), "-p", "9", "--token-file",
+                           str(tmp_path / "none"), "status"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 3 and "--token-file)" in proc.stderr, proc.stderr
