@@ -1,5 +1,5 @@
 """Shared pieces of the scale benchmarks (issue 6): namespaces, the pre-filled state file,
-the daemon under test, rule counting, the machine description and small statistics.
+the daemon under test, rule counting and the machine description.
 
 Everything runs in network namespaces made here (`ip netns add bench-<hex>-<n>`) and
 deleted afterwards; the root namespace's firewall and addresses are never touched.
@@ -20,11 +20,10 @@ import platform
 import secrets
 import shutil
 import sqlite3
-import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Optional
@@ -44,7 +43,6 @@ POOL_SPEC = f"{FIRST_PUBLIC}-{FREE_PUBLIC.broadcast_address}"   # 4,112 addresse
 PRIVATE_RANGE = IPv4Network("10.80.0.0/16")
 FIRST_PRIVATE = IPv4Address("10.80.0.1")      # association i: 10.80.0.1 + i
 FREE_PRIVATE = IPv4Address("10.80.128.1")     # targets of the changes: 10.80.128.1 + k
-HOOK_NETWORK = "10.80.200.0/24"               # the simulated OpenNebula network of the hook VMs
 PUBLIC_IF = "pub0"
 TOKEN = "bench-" + "t" * 26
 
@@ -131,7 +129,7 @@ def timed(argv: list[str], timeout: float = 120.0) -> float:
 def prefill_state(path: Path, live: int) -> None:
     """A state file holding `live` associations, written directly with store.py's schema
     (the daemon's Store is not used, so nothing of the daemon is timed here), as a
-    daemon that ran before leaves it: in WAL mode, with the pool (POOL_SPEC) recorded."""
+    daemon that ran before leaves it: in WAL mode."""
     if path.exists():
         path.unlink()
     db = sqlite3.connect(str(path))
@@ -141,9 +139,6 @@ def prefill_state(path: Path, live: int) -> None:
         db.execute("INSERT INTO meta(key, value) VALUES('schema', ?)", (str(store_module.SCHEMA_VERSION),))
         if live:  # as a daemon that held allocations leaves it (no one-off mark at the start)
             db.execute("INSERT INTO meta(key, value) VALUES('history', ?)", (repr(time.time()),))
-        first, last = (int(IPv4Address(a)) for a in POOL_SPEC.split("-"))
-        db.executemany("INSERT INTO pool(public_ip, sort_key) VALUES(?, ?)",
-                       ((str(IPv4Address(i)), i) for i in range(first, last + 1)))
         now = time.time()
         db.executemany(
             "INSERT INTO allocations(public_ip, owner, ref, private_ip, created_at, updated_at) "
@@ -247,7 +242,7 @@ def expected_counts(backend: str, live: int, public_if: bool) -> dict:
     return out
 
 
-# -- the machine and statistics --------------------------------------------------------------
+# -- the machine ---------------------------------------------------------------------------
 
 def _first_line(argv: list[str]) -> str:
     try:
@@ -273,18 +268,3 @@ def machine() -> dict:
         "nft": _first_line(["nft", "--version"]),
         "iproute2": _first_line(["ip", "-V"]),
     }
-
-
-@dataclass
-class Series:
-    """Values of one measured quantity, one per repetition."""
-
-    values: list = field(default_factory=list)
-
-    def add(self, value: float) -> None:
-        self.values.append(value)
-
-    def summary(self) -> Optional[tuple[float, float, float]]:
-        if not self.values:
-            return None
-        return min(self.values), statistics.median(self.values), max(self.values)

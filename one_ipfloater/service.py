@@ -75,7 +75,6 @@ class FloatingIPService:
             repairs = self.reconcile(rules_done, at_start=True)
             if iface:
                 log.info("addresses on %s in place after %.3f s", iface, time.perf_counter() - started)
-            self.store.sync_pool(self.config.pool)
             for alloc in self.registry:
                 if alloc.public_ip not in self.registry.pool:
                     log.warning("%s is allocated but no longer in IP_POOL; it stays until released",

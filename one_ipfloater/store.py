@@ -1,4 +1,4 @@
-"""Durable state in SQLite: the pool and the allocations.
+"""Durable state in SQLite: the allocations (the pool is the configuration's: IP_POOL).
 
 SQLite in WAL mode with synchronous=FULL: once `commit()` returns, the change survives a
 kill -9 or a power cut. Writes go through `transaction()`, which the service holds open
@@ -8,11 +8,9 @@ while it changes the kernel rules, so a change whose rules fail is rolled back w
 from __future__ import annotations
 
 import os
-import socket
 import sqlite3
-import struct
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from ipaddress import IPv4Address
 
@@ -21,12 +19,11 @@ from .addresses import ipv4_from_text
 from .model import Allocation, Change
 
 SCHEMA_VERSION = 1
+# Files of earlier daemons also hold a `pool` table (a copy of
+# IP_POOL rewritten at each start, read by nothing). It is left alone, not dropped: an
+# older daemon that opens the file again recreates and fills it, as it always did.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS pool (
-    public_ip TEXT PRIMARY KEY,
-    sort_key  INTEGER NOT NULL UNIQUE
-);
 CREATE TABLE IF NOT EXISTS allocations (
     public_ip  TEXT PRIMARY KEY,
     owner      TEXT,
@@ -40,9 +37,6 @@ CREATE TABLE IF NOT EXISTS allocations (
 
 class StoreError(RuntimeError):
     """The state file cannot be used; the message names the path."""
-
-
-_PACK_U32 = struct.Struct("!I").pack
 
 
 def _ipv4(value: object, column: str) -> IPv4Address:
@@ -72,7 +66,7 @@ def _create_private(path: str) -> bool:
 
 
 class Store:
-    """Pool and allocations; one connection, used under the service's lock."""
+    """Allocations; one connection, used under the service's lock."""
 
     def __init__(self, path: str, synchronous: str = "full"):
         """`synchronous`: "full" fsyncs every commit (survives a power cut); "normal"
@@ -137,24 +131,6 @@ class Store:
             raise
         else:
             self._db.execute("COMMIT")
-
-    # -- pool --------------------------------------------------------------------------
-
-    def sync_pool(self, pool: Sequence[IPv4Address]) -> None:
-        """Record the configured pool (addresses that left the config but are still
-        allocated keep their allocation until released).
-
-        Nothing is written when the record already matches: rewriting 4,112 rows and the
-        fsync cost ~11 ms at every start, reading them back ~1 ms. (inet_ntop writes the
-        same text as str(IPv4Address) in a third of the time.)"""
-        wanted = sorted(map(int, pool))
-        with self.transaction():
-            stored = [key for (key,) in self._db.execute("SELECT sort_key FROM pool ORDER BY sort_key")]
-            if stored == wanted:
-                return
-            self._db.execute("DELETE FROM pool")
-            self._db.executemany("INSERT INTO pool(public_ip, sort_key) VALUES(?, ?)",
-                                 ((socket.inet_ntop(socket.AF_INET, _PACK_U32(key)), key) for key in wanted))
 
     # -- allocations -----------------------------------------------------------------
 

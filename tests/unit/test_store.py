@@ -1,5 +1,7 @@
-"""The SQLite store: reading allocations back, bad stored values, recording the pool."""
+"""The SQLite store: reading allocations back, bad stored values, files of older daemons."""
 
+import os
+import sqlite3
 from ipaddress import IPv4Address
 
 import pytest
@@ -79,39 +81,47 @@ def test_bad_stored_address_is_one_line_naming_column_and_value(store, public, p
     assert str(err.value) == f"DB: {store.path}: {message}"
 
 
-def stored_pool(store):
-    return store._db.execute("SELECT public_ip, sort_key FROM pool ORDER BY sort_key").fetchall()
+# The schema of the daemons that recorded IP_POOL in the state file at every start.
+OLD_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE pool (public_ip TEXT PRIMARY KEY, sort_key INTEGER NOT NULL UNIQUE);
+CREATE TABLE allocations (public_ip TEXT PRIMARY KEY, owner TEXT, ref TEXT UNIQUE,
+    private_ip TEXT UNIQUE, created_at REAL NOT NULL, updated_at REAL NOT NULL);
+INSERT INTO meta VALUES('schema', '1');
+INSERT INTO meta VALUES('history', '1.0');
+INSERT INTO allocations VALUES('198.51.100.12', 'alice', 'vm:7', '10.77.0.12', 1.0, 2.0);
+"""
 
 
-def test_sync_pool_writes_only_when_the_pool_changed(store):
-    store.sync_pool(POOL)
-    assert stored_pool(store) == [(str(a), int(a)) for a in POOL]
-    changes = store._db.total_changes
-    store.sync_pool(list(reversed(POOL)))  # same pool, other order: nothing to write
-    assert store._db.total_changes == changes
-    smaller = POOL[:3] + POOL[5:]
-    store.sync_pool(smaller)
-    assert store._db.total_changes > changes
-    assert stored_pool(store) == [(str(a), int(a)) for a in smaller]
-    store.sync_pool(POOL + [A("203.0.113.1")])
-    assert stored_pool(store) == [(str(a), int(a)) for a in POOL + [A("203.0.113.1")]]
+def tables(path):
+    db = sqlite3.connect(path)
+    try:
+        return sorted(n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'"))
+    finally:
+        db.close()
 
 
-@given(st.sets(st.integers(0, 2**32 - 1), max_size=20))
-def test_sync_pool_records_the_text_ipaddress_writes(tmp_path_factory, ints):
-    store = Store(str(tmp_path_factory.mktemp("pool") / "state.db"))
-    store.sync_pool([A(n) for n in ints])
-    assert stored_pool(store) == [(str(A(n)), n) for n in sorted(ints)]
-    store.close()
+def test_a_new_file_has_no_pool_table(store):
+    """The pool is IP_POOL's; nothing reads a copy of it, so none is written."""
+    assert tables(store.path) == ["allocations", "meta"]
 
 
-def test_sync_pool_survives_reopening(tmp_path):
+def test_an_old_file_with_a_pool_table_loads_and_is_left_alone(tmp_path):
     path = str(tmp_path / "state.db")
-    first = Store(path)
-    first.sync_pool(POOL)
-    first.close()
-    again = Store(path)
-    changes = again._db.total_changes
-    again.sync_pool(POOL)
-    assert again._db.total_changes == changes and stored_pool(again) == [(str(a), int(a)) for a in POOL]
-    again.close()
+    db = sqlite3.connect(path)
+    db.executescript(OLD_SCHEMA)
+    db.executemany("INSERT INTO pool VALUES(?, ?)", [(str(a), int(a)) for a in POOL])
+    db.commit()
+    db.close()
+    os.chmod(path, 0o600)
+    store = Store(path)
+    try:
+        assert store.allocations() == [Allocation(A("198.51.100.12"), "alice", "vm:7", A("10.77.0.12"))]
+        assert store.has_history()
+        assert store._db.total_changes == 0  # opening and reading wrote nothing
+    finally:
+        store.close()
+    assert tables(path) == ["allocations", "meta", "pool"]
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT count(*) FROM pool").fetchone() == (len(POOL),)
+    db.close()
