@@ -15,7 +15,7 @@ import re
 from collections import namedtuple
 from ipaddress import IPv4Address, IPv4Network
 
-from .addresses import AddressError, parse_networks, parse_pool
+from .addresses import AddressError, never_floating_overlap, parse_networks, parse_pool
 
 SECTION = "IPFLOATER"
 DEFAULT_DB = "/var/lib/ipfloater/ipfloater.db"
@@ -124,19 +124,14 @@ def _lowest_inside(pool: tuple[IPv4Address, ...], ranges: tuple[IPv4Network, ...
     return found
 
 
-# Blocks no VM address can lie in: a range that touches one is a typo (or 0.0.0.0/0), and
-# NAT rules for it would hairpin or SNAT the router's own loopback and control traffic.
-_NEVER_PRIVATE = tuple((IPv4Network(net), what) for net, what in (
-    ("0.0.0.0/8", "'this network' (0.0.0.0/8)"), ("127.0.0.0/8", "loopback (127.0.0.0/8)"),
-    ("169.254.0.0/16", "link-local (169.254.0.0/16)"), ("224.0.0.0/4", "multicast (224.0.0.0/4)"),
-    ("240.0.0.0/4", "reserved or broadcast (240.0.0.0/4)")))
-
-
 def _check_private_ranges(ranges: tuple[IPv4Network, ...]) -> None:
+    """A range that touches a NEVER_FLOATING block is a typo (or 0.0.0.0/0): NAT rules for
+    it would hairpin or SNAT the router's own loopback and control traffic."""
     for net in ranges:
-        for bad, what in _NEVER_PRIVATE:
-            if net.overlaps(bad):
-                raise ConfigError(f"PRIVATE_IP_RANGES: {net} overlaps {what}, which no VM address can be")
+        bad = never_floating_overlap(net)
+        if bad is not None:
+            raise ConfigError(f"PRIVATE_IP_RANGES: {net} overlaps {bad[1]} ({bad[0]}), "
+                              "which no VM address can be")
 
 
 def _check_paths(values: dict) -> None:

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from ipaddress import AddressValueError, IPv4Address, IPv4Network, IPv6Address
+from ipaddress import AddressValueError, IPv4Address, IPv6Address
 from typing import Dict, List, Optional, Tuple
 
+from ..addresses import ipv4_from_text, never_floating
 from .vmxml import (ACTIVE, CLONING, CLONING_FAILURE, DONE, HOLD, INIT, PENDING, POWEROFF,
                     RUNNING, STOPPED, SUSPENDED, UNDEPLOYED, Vm)
 
@@ -40,7 +41,6 @@ ATTR_FLOATING_IP_NIC = "FLOATING_IP_NIC"
 _DOTTED_QUAD = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
 _NIC_ID = re.compile(r"[0-9]{1,9}")
 _REF = re.compile(r"one:vm:(0|[1-9][0-9]{0,9}):nic:(0|[1-9][0-9]{0,9})")
-_THIS_NETWORK = IPv4Network("0.0.0.0/8")
 
 
 @dataclass(frozen=True)
@@ -69,34 +69,21 @@ def _show(value: object, limit: int = 60) -> str:
 
 def parse_public_ip(text: str) -> IPv4Address:
     """A public address as a user may ask for it: a plain dotted quad, nothing around it but
-    spaces, and usable as a unicast NAT address. Raises ValueError saying why not. (Whether
-    it is in the pool is the daemon's business.)"""
+    spaces, and not in a block the daemon would refuse too (addresses.NEVER_FLOATING, the
+    one policy of both sides). Raises ValueError saying why not. (Whether it is in the pool
+    is the daemon's business.)"""
     if not isinstance(text, str):
         raise ValueError(f"{_show(text)} is not an IPv4 address")
     t = text.strip()
-    if not _DOTTED_QUAD.fullmatch(t):
-        if ":" in t:
-            try:
-                IPv6Address(t)
-            except (AddressValueError, ValueError):
-                pass
-            else:
-                raise ValueError(f"{_show(text)} is an IPv6 address; floating IPs are IPv4")
-        raise ValueError(f"{_show(text)} is not an IPv4 address")
     try:
-        ip = IPv4Address(t)
-    except (AddressValueError, ValueError):  # octet > 255, leading zero
+        ip = ipv4_from_text(t)
+    except ValueError:
+        if ":" in t and _looks_ipv6(t):
+            raise ValueError(f"{_show(text)} is an IPv6 address; floating IPs are IPv4") from None
         raise ValueError(f"{_show(text)} is not an IPv4 address") from None
-    for test, what in (
-        (ip.is_unspecified or ip in _THIS_NETWORK, "in 0.0.0.0/8 (this host/network)"),
-        (ip.is_loopback, "a loopback address"),
-        (ip.is_multicast, "a multicast address"),
-        (ip.is_link_local, "a link-local address"),
-        (ip == IPv4Address("255.255.255.255"), "the broadcast address"),
-        (ip.is_reserved, "a reserved address (240.0.0.0/4)"),
-    ):
-        if test:
-            raise ValueError(f"{_show(text)} is {what}")
+    bad = never_floating(ip)
+    if bad is not None:
+        raise ValueError(f"{_show(text)} is a {bad[1]} address ({bad[0]})")
     return ip
 
 

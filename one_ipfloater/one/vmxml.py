@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from ipaddress import AddressValueError, IPv4Address
+from ipaddress import IPv4Address
 from types import MappingProxyType
 from typing import Mapping, Optional, Tuple, Union
 
 from lxml import etree
+
+from ..addresses import ipv4_from_text
 
 __all__ = [
     "MAX_XML_BYTES",
@@ -325,8 +327,8 @@ def _ipv4(text: Optional[str], path: str) -> IPv4OrNone:
     if text is None or text.strip() == "":
         return None
     try:
-        return IPv4Address(text.strip())
-    except (AddressValueError, ValueError):
+        return ipv4_from_text(text.strip())
+    except ValueError:
         raise VmXmlError(f"{path}: {_show(text)} is not an IPv4 address") from None
 
 

@@ -3,10 +3,10 @@
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
-from hypothesis import example, given, settings, strategies as st
+from hypothesis import assume, example, given, settings, strategies as st
 
 from one_ipfloater.addresses import (MAX_POOL_SIZE, AddressError, _first_never_floating, check_private_target,
-                                    collapse, parse_ipv4, parse_networks, parse_pool)
+                                    collapse, never_floating, parse_ipv4, parse_networks, parse_pool)
 from one_ipfloater.config import ConfigError, _lowest_inside, parse_config_text
 
 A = IPv4Address
@@ -35,6 +35,7 @@ def test_cidr_excludes_network_and_broadcast_but_32_is_kept():
     ("127.0.0.1", "cannot be a floating"),
     ("224.0.0.1", "cannot be a floating"),
     ("0.0.0.0", "cannot be a floating"),
+    ("0.1.2.3", "cannot be a floating"),  # 'this network' (0.0.0.0/8), as the front-end says
     ("2001:db8::1", "not an IPv4"),
     ("198.51.100.1; rm -rf /", "not a valid CIDR"),
     ("198.51.100.1;reboot", "not an IPv4"),
@@ -100,13 +101,14 @@ def test_errors_name_the_lowest_offender_and_the_items(text, message):
     assert str(err.value) == f"IP_POOL: {message}"
 
 
-NEVER_FLOATING_EDGES = [int(A(a)) for a in ("0.0.0.0", "127.0.0.0", "128.0.0.0", "169.254.0.0", "169.255.0.0",
+NEVER_FLOATING_EDGES = [int(A(a)) for a in ("0.0.0.0", "1.0.0.0", "127.0.0.0", "128.0.0.0", "169.254.0.0", "169.255.0.0",
                                              "224.0.0.0", "240.0.0.0", "255.255.255.255")]
 
 
 def old_check_public(addr: IPv4Address) -> bool:
-    """The per-address check parse_pool made before it worked on spans."""
-    return not (addr.is_unspecified or addr.is_loopback or addr.is_multicast or addr.is_link_local
+    """The per-address check parse_pool made before it worked on spans, with 0.0.0.0/8
+    whole (the front-end's and PRIVATE_IP_RANGES' policy: one policy for both sides)."""
+    return not (addr in IPv4Network("0.0.0.0/8") or addr.is_loopback or addr.is_multicast or addr.is_link_local
                 or addr == IPv4Address("255.255.255.255") or addr.is_reserved)
 
 
@@ -259,3 +261,25 @@ def test_config_structure_errors(text, fragment):
     with pytest.raises(ConfigError) as err:
         parse_config_text(text, "test.conf")
     assert fragment in str(err.value)
+
+
+@settings(max_examples=500)
+@given(st.one_of(near_edges, anywhere))
+def test_both_sides_refuse_the_same_addresses(value):
+    """The daemon's IP_POOL, its PRIVATE_IP_RANGES and the front-end's FLOATING_IP refuse
+    the same addresses (addresses.NEVER_FLOATING): a VM never asks for one the daemon
+    could not have, and no private range holds one the front-end calls never floating."""
+    from one_ipfloater.one.fipspec import parse_public_ip
+    addr = A(value)
+    assume(addr != A("198.51.100.10"))  # the pool itself may not lie in a private range
+    outcomes = []
+    for check in (lambda: parse_pool(str(addr)), lambda: parse_public_ip(str(addr)),
+                  lambda: parse_config_text(
+                      "[IPFLOATER]\nIP_POOL = 198.51.100.10\nPRIVATE_IP_RANGES = %s/32\n" % addr)):
+        try:
+            check()
+            outcomes.append(True)
+        except (ValueError, ConfigError):
+            outcomes.append(False)
+    assert outcomes in ([True] * 3, [False] * 3), (addr, outcomes)
+    assert outcomes[0] == (never_floating(addr) is None)
