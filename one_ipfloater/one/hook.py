@@ -15,6 +15,7 @@ import logging
 import sys
 from typing import BinaryIO, List, Optional, Sequence
 
+from ..cliutil import OneLineArgumentParser
 from .config import ConfigError, load_one_config
 from .driver import clients_from_config, converge_vm
 from .payload import MAX_PAYLOAD_BYTES, PayloadError, decode_hook_payload
@@ -23,17 +24,8 @@ PROG = "ipfloater-hook"
 log = logging.getLogger(PROG)
 
 
-class UsageError(Exception):
-    """Bad command line (or stdin options); one line."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not usage + message
-        raise UsageError(message)
-
-
-def _parser() -> _Parser:
-    p = _Parser(prog=PROG, description="Converge the floating IPs of the VM named in an "
+def _parser() -> OneLineArgumentParser:
+    p = OneLineArgumentParser(prog=PROG, description="Converge the floating IPs of the VM named in an "
                 "OpenNebula hook payload ($TEMPLATE or $API, base64).")
     p.add_argument("payload", nargs="*", help="the payload; default: read from stdin "
                    "(ARGUMENTS_STDIN = yes), which may also carry the options")
@@ -67,10 +59,7 @@ def _fail(message: str, code: int = 1) -> int:
 def main(argv: Optional[Sequence[str]] = None, stdin: Optional[BinaryIO] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     stdin = sys.stdin.buffer if stdin is None and sys.stdin is not None else stdin
-    try:
-        args = _arguments(argv, stdin)
-    except UsageError as exc:
-        return _fail(exc, 2)
+    args = _arguments(argv, stdin)  # bad options (argv or stdin): one line, exit 2
     logging.basicConfig(stream=sys.stderr, format=f"{PROG}: %(levelname)s %(message)s",
                         level=logging.DEBUG if args.verbose else logging.WARNING)
     try:

@@ -228,3 +228,14 @@ def test_ipfloater_token_error_names_its_option(tmp_path):
                            str(tmp_path / "none"), "status"],
                           capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 3 and "--token-file)" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("argv, stdin", [(["--bogus"], ""), ([], "eA== --nope\n")],
+                         ids=["argv", "stdin"])
+def test_ipfloater_hook_bad_option_is_one_line(argv, stdin):
+    """The hook parses options from argv and, with ARGUMENTS_STDIN, from stdin: both are
+    refused the way every other command refuses them (cliutil.OneLineArgumentParser)."""
+    proc = subprocess.run([str(BIN / "ipfloater-hook"), *argv], input=stdin, capture_output=True,
+                          text=True, env=BASE_ENV, timeout=60)
+    assert_one_line_exit_2(proc, "ipfloater-hook", "unrecognized arguments: --")
+    assert "(see ipfloater-hook --help)" in proc.stderr
