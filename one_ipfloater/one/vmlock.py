@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import stat
-import time
 from typing import Iterator, Optional
+
+from ..locking import flock_exclusive
 
 __all__ = ["LockError", "vm_lock", "open_lock_dir", "check_lock_dir"]
 
@@ -115,19 +115,9 @@ def vm_lock(lock_dir: Optional[str], vm_id: int, timeout: float = 60.0) -> Itera
     finally:
         os.close(dir_fd)
     try:
-        deadline = time.monotonic() + timeout
-        delay = 0.005
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise LockError(f"VM {vm_id}: another hook held "
-                                    f"{os.path.join(lock_dir, name)} for over "
-                                    f"{timeout:g}s") from None
-                time.sleep(delay)  # back-off poll: flock has no timed wait
-                delay = min(delay * 2, 0.05)
+        if not flock_exclusive(fd, timeout):
+            raise LockError(f"VM {vm_id}: another hook held {os.path.join(lock_dir, name)} "
+                            f"for over {timeout:g}s")
         yield
     finally:
         os.close(fd)

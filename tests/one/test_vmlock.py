@@ -170,3 +170,26 @@ def test_hook_exits_non_zero_with_one_line(env, tmp_path, monkeypatch, capsys):
     assert env.held(vm) == {} and env.updates(vm) == [] and os.listdir(lock_dir) == []
     os.chown(lock_dir, os.geteuid(), os.getegid())  # control: the same hook then works
     assert hook.main([payload], stdin=None) == 0 and set(env.held(vm)) == {0}
+
+
+# --- the wait for another hook is bounded (locking.flock_exclusive) -----------------------
+
+def test_a_lock_held_too_long_is_one_line_naming_vm_and_file(tmp_path):
+    from tests.unit.test_locking import hold_in_child
+    lock_dir = tmp_path / "locks"
+    with vm_lock(str(lock_dir), 7):
+        pass  # creates the directory and the lock file as a hook would
+    child = hold_in_child(lock_dir / "vm-7.lock")
+    try:
+        with pytest.raises(LockError) as err:
+            with vm_lock(str(lock_dir), 7, timeout=0.1):
+                raise AssertionError("entered a lock another process holds")
+        assert str(err.value) == f"VM 7: another hook held {lock_dir}/vm-7.lock for over 0.1s"
+        with vm_lock(str(lock_dir), 8, timeout=0):  # another VM's lock is free
+            pass
+        child.stdin.close()
+        with vm_lock(str(lock_dir), 7, timeout=60):  # taken once the holder is gone
+            pass
+    finally:
+        child.kill()
+        child.wait(timeout=60)
