@@ -42,6 +42,13 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def fail(prog: str, message: object, code: int = 1) -> int:
+    """Write `prog: message` as ONE line on stderr (whitespace runs, newlines included,
+    become one space: `onehook show` and scripts read one line) and return `code`."""
+    sys.stderr.write(f"{prog}: {' '.join(str(message).split())}\n")
+    return code
+
+
 class SummaryHelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Keeps the line breaks of the description and epilog: the epilog is the list of
     commands with their arguments (see `command_summary`)."""

@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence, Tuple
 
 import pyone
 
-from ..cliutil import OneLineArgumentParser, anywhere
+from ..cliutil import OneLineArgumentParser, anywhere, fail
 from ..client import ApiError
 from . import rpc
 from .config import ConfigError, load_one_config
@@ -174,9 +174,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0 if ok else EXIT_ERROR
 
 
-def _fail(message: Any, code: int = EXIT_ERROR) -> int:
-    sys.stderr.write(f"{PROG}: {' '.join(str(message).split())}\n")
-    return code
+def _fail(message: object, code: int = EXIT_ERROR) -> int:
+    return fail(PROG, message, code)
 
 
 if __name__ == "__main__":  # pragma: no cover

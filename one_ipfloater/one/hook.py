@@ -15,7 +15,7 @@ import logging
 import sys
 from typing import BinaryIO, List, Optional, Sequence
 
-from ..cliutil import OneLineArgumentParser
+from ..cliutil import OneLineArgumentParser, fail
 from .config import ConfigError, load_one_config
 from .driver import clients_from_config, converge_vm
 from .payload import MAX_PAYLOAD_BYTES, PayloadError, decode_hook_payload
@@ -51,9 +51,8 @@ def _arguments(argv: Sequence[str], stdin: Optional[BinaryIO]) -> argparse.Names
     return args
 
 
-def _fail(message: str, code: int = 1) -> int:
-    sys.stderr.write(f"{PROG}: {' '.join(str(message).split())}\n")
-    return code
+def _fail(message: object, code: int = 1) -> int:
+    return fail(PROG, message, code)
 
 
 def main(argv: Optional[Sequence[str]] = None, stdin: Optional[BinaryIO] = None) -> int:
