@@ -234,7 +234,7 @@ class IptablesBackend(NatBackend):
 
     def _tool(self, kind: str) -> str:
         """iptables-legacy-save/-restore where both flavours exist (Debian), else plain.
-        (A PATH walk of our own: `shutil` would add 2 ms to the start before the rules.)"""
+        (A PATH walk of our own: importing `shutil` would lengthen the start before the rules.)"""
         path = os.environ.get("PATH", os.defpath).split(os.pathsep)
         for name in (f"iptables-legacy-{kind}", f"iptables-{kind}"):
             if any(os.access(os.path.join(directory, name), os.X_OK) for directory in path if directory):
@@ -250,8 +250,8 @@ class IptablesBackend(NatBackend):
 
     def _restore(self, script: str) -> None:
         """Run the script; it is handed over as an in-memory file, not through a pipe: a
-        600 kB script at 4,096 associations otherwise crosses in 4 kB writes, each a
-        poll and a wake-up of iptables-restore (~3 ms of a 30 ms load)."""
+        script of thousands of associations would otherwise cross in 4 kB writes, each a
+        poll and a wake-up of iptables-restore."""
         env = {**os.environ, "XTABLES_LOCKFILE": self.lock_path} if self.lock_path else None
         with open(os.memfd_create("ipfloater-restore"), "w+b") as script_file:
             script_file.write(script.encode())

@@ -1,6 +1,8 @@
 """What both NAT backends need to know, computed from the associations (pure).
 
-All our rules live in chains of our own, reached by one jump rule each from the
+The rules are written here in iptables' terms, which the iptables backend renders as
+they are; the nftables backend renders the same NAT as base chains of its own table and
+two maps (nftables.py). All our rules live in chains of our own, reached by one jump rule each from the
 built-in chains; nothing else in the tables is ours, so reconcile can rewrite our chains
 freely and never touch anybody else's rules. Rules per association (public P, private V):
 
@@ -48,7 +50,7 @@ class Rule(namedtuple("Rule", "src dst ctstate_dnat target to", defaults=(None, 
 
     Named tuples, not dataclasses, for this and the other records the daemon needs
     before its rules are in place: `dataclasses` imports `inspect` and generates code
-    per class, 6-8 ms of a start that should take under 0.1 s."""
+    per class, a measurable share of the start (benchmarks/ANALYSIS.md)."""
 
     __slots__ = ()
 
@@ -70,8 +72,8 @@ class Rule(namedtuple("Rule", "src dst ctstate_dnat target to", defaults=(None, 
 
 
 def _host(addr: IPv4Address) -> IPv4Network:
-    """addr/32; built from the integer, 3x faster than from the address (which the
-    ipaddress module formats and parses again): it matters at thousands of rules."""
+    """addr/32; built from the integer, not from the address (which the ipaddress
+    module would format and parse again): it matters at thousands of rules."""
     return IPv4Network((int(addr), 32))
 
 

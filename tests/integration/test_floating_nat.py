@@ -7,7 +7,7 @@ route to 10.0.0.0/8, a router with pub0 198.51.100.1/24 and priv0 10.77.0.1/24, 
 
 import pytest
 
-from tests.integration.conftest import (TCP, UDP, break_hairpin, break_jump, foreign_iptables,
+from tests.integration.conftest import (TCP, UDP, backend_of, break_hairpin, break_jump, foreign_iptables,
                                         our_rules, wipe_nat)
 
 pytestmark = pytest.mark.netns
@@ -74,7 +74,8 @@ def test_hairpin_other_vm_reaches_vm_by_floating_ip(lab, daemon, servers):
     break_hairpin(lab, daemon)
     assert not lab.tcp_probe(lab.vm_ns(2), fip, TCP, timeout=1.5)["ok"]
     repairs = daemon.cli_json("reconcile")["repairs"]
-    assert repairs == ["rewrote nat/IPFLOATER-POST: 2 rules -> 3"]
+    assert repairs == {"iptables": ["rewrote nat/IPFLOATER-POST: 2 rules -> 3"],  # each backend's words
+                       "nftables": ["rewrote chain postrouting: 2 rules -> 3"]}[backend_of(daemon)]
     assert lab.tcp_probe(lab.vm_ns(2), fip, TCP)["ok"]
 
 
