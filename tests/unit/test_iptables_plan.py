@@ -4,7 +4,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from hypothesis import given, strategies as st
 
-from one_ipfloater.nat.iptables import body_lines, parse_save, plan_restore, rule_line
+from one_ipfloater.nat.iptables import IptablesBackend, body_lines, parse_save, plan_restore, rule_line
 from one_ipfloater.nat.ruleset import ALL_CHAINS, NatSpec, desired_spec
 
 A = IPv4Address
@@ -77,3 +77,34 @@ def test_body_lines_are_the_rules_formatted_one_by_one(mapping, block):
     desired = desired_spec(pairs, (IPv4Network("10.77.0.0/24"),), [A("198.51.100.10")], block)
     for _table, chain, _builtin in ALL_CHAINS:
         assert body_lines(chain, desired) == [rule_line(chain, r) for r in desired.body(chain)]
+
+
+class _ScriptedTables(IptablesBackend):
+    """sync() against iptables-save text instead of the kernel; records the scripts."""
+
+    def __init__(self, saved: dict[str, str]):
+        super().__init__(lock_path="")
+        self.saved, self.scripts = saved, []
+
+    def _present_tables(self):
+        return set(self.saved)
+
+    def _save(self, table):
+        return self.saved[table]
+
+    def _restore(self, script):
+        self.scripts.append(script)
+
+
+def test_sync_says_installed_afresh_only_when_none_of_our_chains_was_there():
+    """A fact the service acts on (an install is logged, not reported as repairs), not
+    words it parses: empty tables are an install, one chain of ours missing is drift."""
+    empty = _ScriptedTables({"nat": "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n"}).sync(DESIRED)
+    assert empty.installed_afresh and "created chain nat/IPFLOATER-PRE" in empty
+    assert _ScriptedTables({}).sync(DESIRED).installed_afresh
+    one_missing = CONVERGED.replace(":IPFLOATER-OUT - [0:0]\n", "").replace(
+        "-A IPFLOATER-OUT -d 198.51.100.10/32 -j DNAT --to-destination 10.77.0.11\n", "")
+    drift = _ScriptedTables({"nat": one_missing}).sync(DESIRED)
+    assert "created chain nat/IPFLOATER-OUT" in drift and not drift.installed_afresh
+    converged = _ScriptedTables({"nat": CONVERGED}).sync(DESIRED)
+    assert converged == [] and not converged.installed_afresh
