@@ -7,13 +7,11 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from one_ipfloater.nat import nftables as nft
 from one_ipfloater.config import ConfigError, parse_config_text
-from one_ipfloater.nat import choose_backend, live_pairs_everywhere, make_backend, remove_other_backends
-from one_ipfloater.nat import NatError, NatUnavailable, Repairs
+from one_ipfloater.nat import (NatError, NatUnavailable, choose_backend, live_pairs_everywhere, make_backend,
+                               nftables as nft, remove_other_backends)
 from one_ipfloater.nat.iptables import IptablesBackend
-from one_ipfloater.nat.ruleset import (CHAIN_IN, CHAIN_POST, CHAIN_PRE, Rule, desired_spec,
-                                   pair_delta)
+from one_ipfloater.nat.ruleset import Rule, desired_spec, pair_delta
 
 A, N = IPv4Address, IPv4Network
 RANGES = (N("10.77.0.0/24"),)
