@@ -4,7 +4,8 @@ Only chains named IPFLOATER-* and the jump rules to them are ever modified. The
 associations are rendered straight from the pairs as `iptables-save` lines and read back
 from `iptables-save` output (`pairs_from_save`).
 
-Two mechanisms, each where the other is slow (benchmarks/RESULTS.md has the figures):
+Two mechanisms, each where the other is slow (the README, "Rules it installs", and
+benchmarks/RESULTS.md have the figures):
 - full syncs (`sync`, `flush`) read the tables with `iptables-legacy-save` and write what
   differs with one `iptables-legacy-restore --noflush` per table: one atomic commit of
   thousands of rules, where libiptc's Python binding adds them one by one, many times

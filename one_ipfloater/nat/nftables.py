@@ -38,7 +38,7 @@ through ctypes, with its JSON API: one context per backend, JSON commands in, JS
 listings out. This is the library the Debian `python3-nftables` module (not importable
 from a virtualenv) wraps. An `nft` process per change would cost many times the change
 itself, under the service's lock inside an open DB transaction, and raw netlink would
-mean encoding nf_tables expressions by hand (benchmarks/RESULTS.md has the figures).
+mean encoding nf_tables expressions by hand (the README, "Rules it installs", has the figures).
 Where the library cannot be loaded the backend raises NatUnavailable.
 """
 
