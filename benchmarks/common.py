@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Optional
 
 from one_ipfloater import store as store_module
-from one_ipfloater.ruleset import desired_rules
+from one_ipfloater.nat.ruleset import desired_spec
 from one_ipfloater.testing.daemonproc import DaemonProcess
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,8 +152,8 @@ def prefill_state(path: Path, live: int) -> None:
 
 
 def desired(live: int):
-    """The RuleSet the daemon builds for `live` stored associations (for the baselines)."""
-    return desired_rules([association(i) for i in range(live)], [PRIVATE_RANGE])
+    """The NatSpec the daemon builds for `live` stored associations (for the baselines)."""
+    return desired_spec([association(i) for i in range(live)], [PRIVATE_RANGE])
 
 
 # -- the daemon under test -----------------------------------------------------------------

@@ -19,9 +19,9 @@ import json
 import statistics
 from pathlib import Path
 
-from one_ipfloater.nat_iptables import plan_restore
-from one_ipfloater.nat_nftables import BASE_CHAINS, MAP_DNAT, MAP_SNAT
-from one_ipfloater.ruleset import CHAIN_OUT, CHAIN_POST, CHAIN_PRE
+from one_ipfloater.nat.iptables import plan_restore
+from one_ipfloater.nat.nftables import BASE_CHAINS, MAP_DNAT, MAP_SNAT
+from one_ipfloater.nat.ruleset import CHAIN_OUT, CHAIN_POST, CHAIN_PRE
 
 from .common import (PRIVATE_RANGE, PUBLIC_IF, PYTHON, Daemon, Namespace, association, count_rules,
                      desired, free_private, free_public, run, timed)

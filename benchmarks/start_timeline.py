@@ -45,11 +45,11 @@ def main() -> int:
         (hostnet, "all_local_addresses", "router addresses (clash check)"),
         (service.FloatingIPService, "desired", "desired rule set")]
     if os.environ.get("TIMELINE_BACKEND") == "nftables":
-        from one_ipfloater import nat_nftables as nft
+        from one_ipfloater.nat import nftables as nft
         phases += [(nft, "desired_state", "nftables: desired table"), (nft.NftablesBackend, "_read", "nftables: table read"),
                    (nft, "document", "nftables: JSON batch"), (nft.NftablesBackend, "sync", "nftables: sync in all")]
     else:
-        from one_ipfloater import nat_iptables as ipt
+        from one_ipfloater.nat import iptables as ipt
         phases += [(ipt, "plan_restore", "iptables: restore script planned"),
                    (ipt.IptablesBackend, "_restore", "iptables: iptables-restore ran"),
                    (ipt.IptablesBackend, "sync", "iptables: sync in all")]

@@ -51,7 +51,7 @@ _SETTINGS = (  # (field, default); the first two have none
     ("gratuitous_arp", True),
     ("xtables_lock", DEFAULT_XTABLES_LOCK),
     ("log_level", "INFO"),
-    ("nat_backend", "iptables"),
+    ("nat_backend", "auto"),
     ("max_body_bytes", 65536),
     ("request_timeout", 10.0),
     ("db_sync", "full"),
@@ -61,7 +61,7 @@ _SETTINGS = (  # (field, default); the first two have none
 class DaemonConfig(namedtuple("DaemonConfig", [name for name, _ in _SETTINGS],
                               defaults=[default for _, default in _SETTINGS[2:]])):
     """Validated daemon settings (immutable; a named tuple for the start-up's sake, see
-    ruleset.Rule)."""
+    nat.ruleset.Rule)."""
 
     __slots__ = ()
 

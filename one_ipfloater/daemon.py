@@ -32,7 +32,7 @@ from .cliutil import OneLineArgumentParser
 from .config import ConfigError, DaemonConfig, load_config
 from .livestate import AdoptError, plan_adopt, read_live, start_refusal
 from .model import Change, FipError
-from .nat_iptables import NatError
+from .nat.base import NatError
 from .store import Store, StoreError
 
 log = logging.getLogger("ipfloaterd")

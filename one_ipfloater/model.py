@@ -41,7 +41,7 @@ def bad_request(message: str) -> FipError:
 class Allocation(namedtuple("Allocation", "public_ip owner ref private_ip", defaults=(None, None, None))):
     """One public address taken from the pool (public_ip), maybe pointed at a private
     address (private_ip), with who holds it (owner) and for what (ref). A named tuple:
-    see ruleset.Rule."""
+    see nat.ruleset.Rule."""
 
     __slots__ = ()
 

@@ -18,7 +18,7 @@ from .model import FipError
 
 log = logging.getLogger(__name__)
 
-# A named tuple, not a dataclass: this is on the start's path (see ruleset.Rule).
+# A named tuple, not a dataclass: this is on the start's path (see nat.ruleset.Rule).
 HostFacts = namedtuple("HostFacts", "interface_exists router_addresses iface_addresses ip_forward nonlocal_bind")
 HostFacts.__doc__ = """What preflight needs to know about the host (network namespace):
 whether PUBLIC_INTERFACE exists, every IPv4 address of the host, the /32s on
@@ -121,18 +121,18 @@ def backend_problem(config) -> tuple[str, str | None]:
     """The NAT backend `run` would use, and why it could not (None: it can); touches
     no rule."""
     from .nat import choose_backend, iptables_variant, legacy_usable
-    from .nat_iptables import NatError
+    from .nat.base import NatError
     name = config.nat_backend
     if name == "auto":
         name = choose_backend(name, iptables_variant(), legacy_usable())
     try:
         if name == "nftables":
-            from .nat_nftables import open_runner
+            from .nat.nftables import open_runner
             open_runner().close()
         elif not legacy_usable():
             return name, "NAT_BACKEND: iptables needs python-iptables, which is not installed"
         else:
-            from .nat_iptables import IptablesBackend
+            from .nat.iptables import IptablesBackend
             backend = IptablesBackend(lock_path=config.xtables_lock)
             for tool in ("save", "restore"):
                 backend._tool(tool)

@@ -22,21 +22,11 @@ from . import __version__, hostnet, preflight
 from .coalesce import Coalescer
 from .config import DaemonConfig
 from .model import Allocation, Change, FipError, Registry
-from .nat import remove_other_backends
-from .nat_iptables import NatError
-from .ruleset import desired_rules, rule_delta
+from .nat import NatError, remove_other_backends
+from .nat.ruleset import desired_spec, pair_delta
 from .store import Store
 
 log = logging.getLogger(__name__)
-
-
-def installed_afresh(rule_repairs: list[str], chains: list[str]) -> bool:
-    """The backend created our table, or every one of our chains: there was nothing of
-    ours to repair (one missing chain among others is drift, and a repair)."""
-    if any(line.startswith("created table") for line in rule_repairs):
-        return True
-    created = {line.split()[-1].rsplit("/", 1)[-1] for line in rule_repairs if line.startswith("created chain")}
-    return bool(chains) and set(chains) <= created
 
 
 class FloatingIPService:
@@ -83,10 +73,10 @@ class FloatingIPService:
             return repairs + remove_other_backends(self.backend, self.config.xtables_lock)
 
     def desired(self, registry: Registry | None = None):
-        """The rule set the kernel should hold for `registry` (default: the current one)."""
+        """The NAT the kernel should hold for `registry` (default: the current one)."""
         if registry is None:  # (not `or`: an empty Registry is falsy)
             registry = self.registry
-        return desired_rules(registry.associations(), self.config.private_ranges,
+        return desired_spec(registry.associations(), self.config.private_ranges,
                              registry.pool, self.config.block_public_ips)
 
     def reconcile(self, rules_done: Callable[[], None] | None = None, at_start: bool = False) -> list[str]:
@@ -103,12 +93,12 @@ class FloatingIPService:
                 rules_done()
             address_repairs = self._sync_addresses()
             count = self.registry.association_count()
-        if at_start and installed_afresh(rule_repairs, desired.chains()):
+        if at_start and rule_repairs.installed_afresh:
             log.info("installed rules for %d associations (%s)", count, "; ".join(rule_repairs))
             for line in address_repairs:
                 log.info("installed: %s", line)
             return []
-        repairs = rule_repairs + address_repairs
+        repairs = list(rule_repairs) + address_repairs
         for line in repairs:
             log.warning("reconcile repaired: %s", line)
         return repairs
@@ -155,14 +145,14 @@ class FloatingIPService:
         if change.noop:
             return
         before_pairs, after_pairs = change.associations()
-        removed, added = rule_delta(before_pairs, after_pairs)
+        removed, added = pair_delta(before_pairs, after_pairs)
         touched = False
         try:
             with self.store.transaction():
                 self.store.write(change)
                 touched = True
                 try:
-                    self.backend.update(removed, added)
+                    self.backend.apply(removed, added)
                 except NatError as exc:
                     log.warning("incremental rule change failed (%s); converging in full", exc)
                     trial = Registry(self.registry.pool, self.registry)

@@ -2,12 +2,13 @@
 
 from ipaddress import IPv4Address
 
-from one_ipfloater.nat_iptables import NatError
+from one_ipfloater.nat import NatBackend, NatError, Repairs
+from one_ipfloater.nat.ruleset import rules_by_chain
 
 A = IPv4Address
 
 
-class FakeBackend:
+class FakeBackend(NatBackend):
     """Holds 'kernel' rules per chain; can be told to fail."""
 
     name = "fake"
@@ -22,12 +23,14 @@ class FakeBackend:
         new = {c: list(desired.ordered(c)) for c in desired.chains()}
         repairs = [f"created chain {c}" if c not in self.chains else f"rewrote {c}"
                    for c in new if self.chains.get(c) != new[c]]
+        afresh = bool(new) and not (set(new) & set(self.chains))
         self.chains = new
-        return repairs
+        return Repairs(repairs, installed_afresh=afresh)
 
-    def update(self, removed, added):
+    def apply(self, removed, added):
         if self.fail_update:
             raise NatError("update refused")
+        removed, added = rules_by_chain(removed), rules_by_chain(added)
         for chain, rules in removed.items():
             self.chains[chain] = [r for r in self.chains[chain] if r not in rules]
         for chain, rules in added.items():

@@ -25,6 +25,7 @@ DEFAULT_SETTINGS = {
     "PUBLIC_INTERFACE": "pub0",
     "RECONCILE_INTERVAL": "86400",  # (no periodic reconcile during a test: 1 s is the least allowed)
     "LOG_LEVEL": "DEBUG",
+    "NAT_BACKEND": "iptables",  # the tests that read rules back read iptables' unless told otherwise
 }
 
 

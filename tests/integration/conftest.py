@@ -118,6 +118,13 @@ def break_jump(lab, backend) -> None:
         lab.run(lab.ns_router, ["nft", "delete", "chain", "ip", "ipfloater", "prerouting"])
 
 
+def jump_repair(backend) -> str:
+    """The repair a reconcile reports after `break_jump`, in the backend's own words."""
+    if backend_of(backend) == "iptables":
+        return "restored jump nat/PREROUTING -> IPFLOATER-PRE"
+    return "created chain prerouting (type nat hook prerouting priority -110 policy accept)"
+
+
 def wipe_nat(lab, backend) -> None:
     """An admin wiping NAT by hand: `iptables -t nat -F/-X`, or `nft flush ruleset`
     (what nftables.service does on restart)."""

@@ -7,8 +7,8 @@ route to 10.0.0.0/8, a router with pub0 198.51.100.1/24 and priv0 10.77.0.1/24, 
 
 import pytest
 
-from tests.integration.conftest import (TCP, UDP, break_hairpin, break_jump, foreign_iptables,
-                                        our_rules, wipe_nat)
+from tests.integration.conftest import (TCP, UDP, backend_of, break_hairpin, break_jump, foreign_iptables,
+                                        jump_repair, our_rules, wipe_nat)
 
 pytestmark = pytest.mark.netns
 
@@ -74,7 +74,8 @@ def test_hairpin_other_vm_reaches_vm_by_floating_ip(lab, daemon, servers):
     break_hairpin(lab, daemon)
     assert not lab.tcp_probe(lab.vm_ns(2), fip, TCP, timeout=1.5)["ok"]
     repairs = daemon.cli_json("reconcile")["repairs"]
-    assert repairs == ["rewrote nat/IPFLOATER-POST: 2 rules -> 3"]
+    assert repairs == {"iptables": ["rewrote nat/IPFLOATER-POST: 2 rules -> 3"],  # each backend's words
+                       "nftables": ["rewrote chain postrouting: 2 rules -> 3"]}[backend_of(daemon)]
     assert lab.tcp_probe(lab.vm_ns(2), fip, TCP)["ok"]
 
 
@@ -210,7 +211,7 @@ def test_foreign_rules_survive_operations_and_reconcile(lab, daemon, servers):
     daemon.cli_json("reconcile")
     daemon.cli("releaseip", fip)
     break_jump(lab, daemon)
-    assert "restored jump nat/PREROUTING -> IPFLOATER-PRE" in daemon.cli_json("reconcile")["repairs"]
+    assert jump_repair(daemon) in daemon.cli_json("reconcile")["repairs"]
     assert foreign_lines() == before
 
 

@@ -21,9 +21,9 @@ POOL = [f"198.51.100.{i}" for i in range(10, 14)]
 DRIVER = r"""
 import json, sys, time
 from ipaddress import ip_address, ip_network
-from one_ipfloater.nat_iptables import NatError
-from one_ipfloater.nat_nftables import NftablesBackend
-from one_ipfloater.ruleset import desired_rules, rule_delta
+from one_ipfloater.nat import NatError
+from one_ipfloater.nat.nftables import NftablesBackend
+from one_ipfloater.nat.ruleset import desired_spec, pair_delta
 
 def pairs(items):
     return [(ip_address(p), ip_address(v)) for p, v in items]
@@ -37,17 +37,17 @@ for op in json.load(sys.stdin):
     kind = op["op"]
     try:
         if kind == "sync":
-            out = backend.sync(desired_rules(pairs(op["pairs"]), [ip_network(r) for r in op["ranges"]],
+            out = backend.sync(desired_spec(pairs(op["pairs"]), [ip_network(r) for r in op["ranges"]],
                                              [ip_address(a) for a in op.get("pool", [])], op.get("block", False)))
         elif kind == "update":
-            out = backend.update(*rule_delta(pairs(op["before"]), pairs(op["after"])))
+            out = backend.apply(*pair_delta(pairs(op["before"]), pairs(op["after"])))
         elif kind == "time_updates":  # op["n"] associate+release pairs of fresh addresses
             times = []
             for i in range(op["n"]):
                 pair = [(ip_address("100.127.0.0") + i, ip_address("10.200.0.0") + i)]
                 for before, after in (([], pair), (pair, [])):
                     start = time.perf_counter()
-                    backend.update(*rule_delta(before, after))
+                    backend.apply(*pair_delta(before, after))
                     times.append(time.perf_counter() - start)
             out = sorted(times)[len(times) // 2]
         elif kind == "flush":
@@ -70,8 +70,8 @@ def drive(lab, ops):
 def expected_dump(pairs, block=False):
     from ipaddress import ip_address, ip_network
 
-    from one_ipfloater.ruleset import desired_rules
-    desired = desired_rules([(ip_address(p), ip_address(v)) for p, v in pairs], [ip_network(r) for r in RANGES],
+    from one_ipfloater.nat.ruleset import desired_spec
+    desired = desired_spec([(ip_address(p), ip_address(v)) for p, v in pairs], [ip_network(r) for r in RANGES],
                             [ip_address(a) for a in POOL], block)
     return {c: [" ".join(r.iptables_args()) for r in desired.ordered(c)] for c in desired.chains()}
 
@@ -135,8 +135,8 @@ def test_hand_edits_inside_our_table_are_undone(router):
     router.run(router.ns_router, ["nft", "add", "set", "ip", "ipfloater", "extra", "{ type ipv4_addr; }"])
     res = drive(router, [{"op": "sync", "pairs": a, "ranges": RANGES}, {"op": "sync", "pairs": a, "ranges": RANGES},
                          {"op": "dump"}])
-    assert res[0]["ok"] == ["rewrote nat/IPFLOATER-PRE: 2 rules -> 1", "rewrote nat/IPFLOATER-OUT: 2 rules -> 1",
-                            "rewrote nat/IPFLOATER-POST: 4 rules -> 3"]
+    assert res[0]["ok"] == ["removed 1 object we never create from table ip ipfloater",
+                            "rewrote chain postrouting: 4 rules -> 3", "removed 1 element from map fip_dnat"]
     assert res[1] == {"ok": []}
     assert res[2] == {"ok": expected_dump(a)}
     assert not [o for o in nft_json(router, "list", "table", "ip", "ipfloater") if "set" in o]

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from one_ipfloater.model import Allocation, Change, FipError, Registry
-from one_ipfloater.ruleset import (CHAIN_IN, CHAIN_OUT, CHAIN_POST, CHAIN_PRE, Rule, association_rules,
-                                   desired_rules, rule_delta)
+from one_ipfloater.nat.ruleset import (CHAIN_IN, CHAIN_OUT, CHAIN_POST, CHAIN_PRE, Rule, association_rules,
+                                   desired_spec, rule_delta)
 
 A = IPv4Address
 POOL = [A(f"198.51.100.{i}") for i in range(10, 14)]
@@ -121,8 +121,8 @@ def test_change_composition():
     assert Change(before=(b,)).moved_addresses() == {A("198.51.100.10")}
 
 
-def test_desired_rules_shape():
-    rs = desired_rules([(A("198.51.100.10"), A("10.77.0.11"))], RANGES, POOL, block_public_ips=True)
+def test_desired_spec_shape():
+    rs = desired_spec([(A("198.51.100.10"), A("10.77.0.11"))], RANGES, POOL, block_public_ips=True)
     assert rs.ordered(CHAIN_PRE) == [Rule(dst=IPv4Network("198.51.100.10/32"), target="DNAT", to=A("10.77.0.11"))]
     assert rs.ordered(CHAIN_OUT) == rs.ordered(CHAIN_PRE)
     post = rs.ordered(CHAIN_POST)
@@ -130,7 +130,7 @@ def test_desired_rules_shape():
     assert post[0].ctstate_dnat and post[2].iptables_args() == [
         "-s", "10.77.0.11/32", "-j", "SNAT", "--to-source", "198.51.100.10"]
     assert [str(r.dst) for r in rs.ordered(CHAIN_IN)] == ["198.51.100.10/31", "198.51.100.12/31"]
-    assert CHAIN_IN not in desired_rules([], RANGES, POOL).chains()
+    assert CHAIN_IN not in desired_spec([], RANGES, POOL).chains()
 
 
 pairs = st.dictionaries(st.integers(10, 60), st.integers(2, 250), max_size=30)

@@ -1,4 +1,4 @@
-"""The nftables backend's pure half: the JSON batches it writes for a RuleSet and for a
+"""The nftables backend's pure half: the JSON batches it writes for a NatSpec and for a
 delta, how it reads our table back, the repairs it reports, and NAT_BACKEND selection."""
 
 import json
@@ -7,12 +7,11 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from one_ipfloater import nat_nftables as nft
 from one_ipfloater.config import ConfigError, parse_config_text
-from one_ipfloater.nat import choose_backend, make_backend, remove_other_backends
-from one_ipfloater.nat_iptables import IptablesBackend, NatError
-from one_ipfloater.ruleset import (CHAIN_IN, CHAIN_POST, CHAIN_PRE, Rule, desired_rules,
-                                   rule_delta)
+from one_ipfloater.nat import (NatError, NatUnavailable, choose_backend, live_pairs_everywhere, make_backend,
+                               nftables as nft, remove_other_backends)
+from one_ipfloater.nat.iptables import IptablesBackend
+from one_ipfloater.nat.ruleset import Rule, desired_spec, pair_delta
 
 A, N = IPv4Address, IPv4Network
 RANGES = (N("10.77.0.0/24"),)
@@ -28,10 +27,10 @@ def cmds_of(kind, batch):
     return [c["add"][kind] for c in batch if "add" in c and kind in c["add"]]
 
 
-# -- a RuleSet as one rebuild batch -------------------------------------------------------
+# -- a NatSpec as one rebuild batch -------------------------------------------------------
 
 def test_rebuild_batch_for_a_ruleset():
-    desired = desired_rules([(P1, V1), (P2, V2)], RANGES, POOL, block_public_ips=True)
+    desired = desired_spec([(P1, V1), (P2, V2)], RANGES, POOL, block_public_ips=True)
     batch = nft.rebuild_batch(nft.desired_state(desired))
     table = {"table": {"family": "ip", "name": "ipfloater"}}
     assert batch[:3] == [{"add": table}, {"delete": table}, {"add": table}]  # delete cannot fail
@@ -66,15 +65,15 @@ def test_rebuild_batch_for_a_ruleset():
 
 
 def test_rule_count_does_not_grow_with_associations():
-    few = nft.rebuild_batch(nft.desired_state(desired_rules([(P1, V1)], RANGES)))
-    many = nft.rebuild_batch(nft.desired_state(desired_rules(
+    few = nft.rebuild_batch(nft.desired_state(desired_spec([(P1, V1)], RANGES)))
+    many = nft.rebuild_batch(nft.desired_state(desired_spec(
         [(A(int(A("100.64.0.0")) + i), A(int(A("10.0.0.0")) + i)) for i in range(4096)], RANGES)))
     assert len(few) == len(many)
     assert [len(e["elem"]) for e in cmds_of("element", many)] == [4096, 4096]
 
 
 def test_no_block_public_ips_means_no_input_chain_and_empty_maps_have_no_elements():
-    batch = nft.rebuild_batch(nft.desired_state(desired_rules([], RANGES, POOL)))
+    batch = nft.rebuild_batch(nft.desired_state(desired_spec([], RANGES, POOL)))
     assert [c["name"] for c in cmds_of("chain", batch)] == ["prerouting", "output", "postrouting"]
     assert cmds_of("element", batch) == []
     assert len(cmds_of("rule", batch)) == 5  # 2 dnat map rules, hairpin, return, snat map rule
@@ -94,11 +93,11 @@ def test_an_address_in_two_associations_is_refused(pairs, message):
     # one map element per address: such a pair cannot be NATed, and the registry never
     # holds one (its indexes are unique); the rule set refuses it rather than pick one
     with pytest.raises(ValueError, match=message):
-        desired_rules(pairs, RANGES)
+        desired_spec(pairs, RANGES)
 
 
 def test_maps_are_built_from_the_pairs_in_public_order():
-    state = nft.desired_state(desired_rules([(P2, V2), (P1, V1)], RANGES))
+    state = nft.desired_state(desired_spec([(P2, V2), (P1, V1)], RANGES))
     assert list(state.elements["fip_dnat"].items()) == [(str(P1), str(V1)), (str(P2), str(V2))]
     assert state.elements["fip_snat"] == {str(V1): str(P1), str(V2): str(P2)}
 
@@ -106,22 +105,22 @@ def test_maps_are_built_from_the_pairs_in_public_order():
 # -- a delta as element changes ---------------------------------------------------------------
 
 def test_associate_is_one_element_per_map():
-    removed, added = rule_delta([], [(P1, V1)])
-    assert nft.update_batch(removed, added) == [
+    removed, added = pair_delta([], [(P1, V1)])
+    assert nft.element_batch(removed, added) == [
         {"add": {"element": {**T, "name": "fip_dnat", "elem": [["198.51.100.10", "10.77.0.11"]]}}},
         {"add": {"element": {**T, "name": "fip_snat", "elem": [["10.77.0.11", "198.51.100.10"]]}}}]
 
 
 def test_release_is_one_element_per_map():
-    removed, added = rule_delta([(P1, V1)], [])
-    assert nft.update_batch(removed, added) == [
+    removed, added = pair_delta([(P1, V1)], [])
+    assert nft.element_batch(removed, added) == [
         {"delete": {"element": {**T, "name": "fip_dnat", "elem": ["198.51.100.10"]}}},
         {"delete": {"element": {**T, "name": "fip_snat", "elem": ["10.77.0.11"]}}}]
 
 
 def test_move_deletes_before_it_adds_in_one_batch():
-    removed, added = rule_delta([(P1, V1)], [(P1, V2)])
-    assert nft.update_batch(removed, added) == [
+    removed, added = pair_delta([(P1, V1)], [(P1, V2)])
+    assert nft.element_batch(removed, added) == [
         {"delete": {"element": {**T, "name": "fip_dnat", "elem": ["198.51.100.10"]}}},
         {"delete": {"element": {**T, "name": "fip_snat", "elem": ["10.77.0.11"]}}},
         {"add": {"element": {**T, "name": "fip_dnat", "elem": [["198.51.100.10", "10.77.0.12"]]}}},
@@ -130,21 +129,20 @@ def test_move_deletes_before_it_adds_in_one_batch():
 
 def test_delta_batch_is_independent_of_how_many_associations_exist():
     live = [(A(int(A("100.64.0.0")) + i), A(int(A("10.0.0.0")) + i)) for i in range(4096)]
-    small = nft.update_batch(*rule_delta(live[:16], live[:16] + [(P1, V1)]))
-    large = nft.update_batch(*rule_delta(live, live + [(P1, V1)]))
+    small = nft.element_batch(*pair_delta(live[:16], live[:16] + [(P1, V1)]))
+    large = nft.element_batch(*pair_delta(live, live + [(P1, V1)]))
     assert small == large and len(large) == 2
 
 
 def test_empty_delta_is_no_batch():
-    assert nft.update_batch({}, {}) == []
-    assert nft.update_batch({CHAIN_PRE: set()}, {}) == []
+    assert nft.element_batch(set(), set()) == []
 
 
-def test_a_rule_that_is_no_element_needs_a_full_sync():
-    with pytest.raises(NatError, match="needs a full sync"):
-        nft.update_batch({}, {CHAIN_POST: {Rule(src=RANGES[0], dst=RANGES[0], target="RETURN")}})
-    with pytest.raises(NatError, match="needs a full sync"):
-        nft.update_batch({}, {CHAIN_IN: {Rule(dst=N("198.51.100.10/32"), target="DROP")}})
+def test_one_address_given_two_values_in_one_change_is_refused():
+    with pytest.raises(NatError, match="fip_dnat 198.51.100.10 given two values"):
+        nft.element_batch(set(), {(P1, V1), (P1, V2)})
+    with pytest.raises(NatError, match="fip_snat 10.77.0.11 given two values"):
+        nft.element_batch(set(), {(P1, V1), (P2, V1)})
 
 
 pairs = st.lists(st.tuples(st.integers(0, 30), st.integers(0, 30)), max_size=12).map(
@@ -166,8 +164,8 @@ def test_delta_batch_takes_the_maps_from_before_to_after(before, after):
     """Applied to the maps of `before` with the kernel's rules (a deletion needs the
     element, an addition must not find its key), the batch yields the maps of `after`."""
     before, after = one_to_one(before), one_to_one(after)
-    maps = {k: dict(v) for k, v in nft.desired_state(desired_rules(before, RANGES)).elements.items()}
-    for cmd in nft.update_batch(*rule_delta(before, after)):
+    maps = {k: dict(v) for k, v in nft.desired_state(desired_spec(before, RANGES)).elements.items()}
+    for cmd in nft.element_batch(*pair_delta(before, after)):
         (verb, body), = cmd.items()
         elems = maps[body["element"]["name"]]
         for item in body["element"]["elem"]:
@@ -176,7 +174,7 @@ def test_delta_batch_takes_the_maps_from_before_to_after(before, after):
             else:
                 assert item[0] not in elems
                 elems[item[0]] = item[1]
-    assert maps == nft.desired_state(desired_rules(after, RANGES)).elements
+    assert maps == nft.desired_state(desired_spec(after, RANGES)).elements
 
 
 # -- reading our table back -----------------------------------------------------------------
@@ -199,7 +197,7 @@ def kernel_listing(state):
 
 
 def test_listing_round_trips_to_the_same_state_and_canonical_rules():
-    desired = desired_rules([(P1, V1), (P2, V2)], RANGES, POOL, block_public_ips=True)
+    desired = desired_spec([(P1, V1), (P2, V2)], RANGES, POOL, block_public_ips=True)
     state = nft.desired_state(desired)
     read = nft.parse_table(kernel_listing(state))
     assert nft.same_table(read, state)
@@ -247,15 +245,15 @@ def test_map_rule_is_recognised():
         nft.MapRule("snat", "saddr", "fip_snat")
 
 
-# -- repairs, in the iptables backend's words -----------------------------------------------
+# -- repairs, in the words of our table (no iptables chains or jumps) -----------------------------------------------
 
 def drifted(state, **changes):
     listing = kernel_listing(state)
     return nft.parse_table(changes.get("edit", lambda x: x)(listing))
 
 
-def test_missing_hairpin_rule_reads_like_the_iptables_repair():
-    desired = desired_rules([(P1, V1)], RANGES)
+def test_missing_hairpin_rule_is_a_rewritten_chain():
+    desired = desired_spec([(P1, V1)], RANGES)
     state = nft.desired_state(desired)
 
     def drop_masquerade(listing):
@@ -263,22 +261,22 @@ def test_missing_hairpin_rule_reads_like_the_iptables_repair():
 
     current = drifted(state, edit=drop_masquerade)
     assert not nft.same_table(current, state)
-    assert nft.describe_repairs(current, state) == ["rewrote nat/IPFLOATER-POST: 2 rules -> 3"]
+    assert nft.describe_repairs(current, state) == ["rewrote chain postrouting: 2 rules -> 3"]
 
 
-def test_missing_base_chain_is_a_restored_jump():
-    state = nft.desired_state(desired_rules([(P1, V1)], RANGES))
+def test_missing_base_chain_is_a_created_chain():
+    state = nft.desired_state(desired_spec([(P1, V1)], RANGES))
 
     def drop_prerouting(listing):
         return [o for o in listing if not ("chain" in o and o["chain"]["name"] == "prerouting")
                 and not ("rule" in o and o["rule"]["chain"] == "prerouting")]
 
     assert nft.describe_repairs(drifted(state, edit=drop_prerouting), state) == [
-        "restored jump nat/PREROUTING -> IPFLOATER-PRE", "rewrote nat/IPFLOATER-PRE: 0 rules -> 1"]
+        "created chain prerouting (type nat hook prerouting priority -110 policy accept)"]
 
 
 def test_wrong_priority_and_lost_element_and_first_creation():
-    state = nft.desired_state(desired_rules([(P1, V1)], RANGES))
+    state = nft.desired_state(desired_spec([(P1, V1)], RANGES))
 
     def edit(listing):
         for o in listing:
@@ -289,26 +287,35 @@ def test_wrong_priority_and_lost_element_and_first_creation():
         return listing
 
     assert nft.describe_repairs(drifted(state, edit=edit), state) == [
-        "rewrote nat/IPFLOATER-PRE: 0 rules -> 1", "rewrote nat/IPFLOATER-OUT: 0 rules -> 1",
-        "restored jump nat/POSTROUTING -> IPFLOATER-POST"]
+        "restored chain postrouting (type nat hook postrouting priority 90 policy accept)",
+        "added 1 element to map fip_dnat"]
     assert nft.describe_repairs(None, state) == [
-        "created table ip ipfloater", "rewrote nat/IPFLOATER-PRE: 0 rules -> 1",
-        "rewrote nat/IPFLOATER-OUT: 0 rules -> 1", "rewrote nat/IPFLOATER-POST: 0 rules -> 3"]
+        "created table ip ipfloater", "added 1 element to map fip_dnat", "added 1 element to map fip_snat"]
 
 
 def test_objects_we_never_create_force_a_rebuild():
-    state = nft.desired_state(desired_rules([(P1, V1)], RANGES))
+    state = nft.desired_state(desired_spec([(P1, V1)], RANGES))
     listing = kernel_listing(state) + [{"set": {**T, "name": "extra", "type": "ipv4_addr", "handle": 99}}]
     current = nft.parse_table(listing)
     assert not nft.same_table(current, state)
-    assert nft.describe_repairs(current, state) == ["rebuilt table ip ipfloater: layout differed"]
+    assert nft.describe_repairs(current, state) == ["removed 1 object we never create from table ip ipfloater"]
+
+
+def test_no_repair_line_speaks_of_iptables_chains_or_jumps():
+    state = nft.desired_state(desired_spec([(P1, V1)], RANGES, POOL, block_public_ips=True))
+
+    def wreck(listing):
+        return [o for o in listing if not ("chain" in o or "rule" in o or "map" in o)]
+
+    lines = nft.describe_repairs(drifted(state, edit=wreck), state) + nft.describe_repairs(None, state)
+    assert lines and not [l for l in lines if "jump" in l or "IPFLOATER" in l or "nat/" in l]
 
 
 def test_block_public_ips_switched_off_removes_the_input_chain():
-    before = nft.desired_state(desired_rules([], RANGES, POOL, block_public_ips=True))
-    after = nft.desired_state(desired_rules([], RANGES, POOL))
+    before = nft.desired_state(desired_spec([], RANGES, POOL, block_public_ips=True))
+    after = nft.desired_state(desired_spec([], RANGES, POOL))
     assert nft.describe_repairs(nft.parse_table(kernel_listing(before)), after) == \
-        ["removed chain filter/IPFLOATER-IN"]
+        ["removed chain input"]
 
 
 # -- the backend against a scripted runner ----------------------------------------------------
@@ -323,6 +330,9 @@ class ScriptedRunner:
         cmds = json.loads(text)["nftables"]
         self.batches.append(cmds)
         if "list" in cmds[0]:
+            if "tables" in cmds[0]["list"]:
+                tables = [] if self.listing is None else [{"table": {"family": "ip", "name": "ipfloater"}}]
+                return 0, json.dumps({"nftables": [{"metainfo": {}}] + tables}), ""
             if self.listing is None:
                 return 1, "", "Error: No such file or directory\n"
             return 0, json.dumps({"nftables": self.listing}), ""
@@ -333,19 +343,21 @@ class ScriptedRunner:
 
 
 def test_sync_writes_nothing_when_the_table_matches():
-    desired = desired_rules([(P1, V1)], RANGES)
+    desired = desired_spec([(P1, V1)], RANGES)
     runner = ScriptedRunner(kernel_listing(nft.desired_state(desired)))
-    assert nft.NftablesBackend(runner).sync(desired) == []
-    assert len(runner.batches) == 1  # the read
+    repairs = nft.NftablesBackend(runner).sync(desired)
+    assert repairs == [] and not repairs.installed_afresh
+    assert len(runner.batches) == 2  # the reads: is our table there, then the table
 
 
 def test_sync_rebuilds_in_one_batch_and_update_does_not_read():
-    desired = desired_rules([(P1, V1)], RANGES)
+    desired = desired_spec([(P1, V1)], RANGES)
     runner = ScriptedRunner(None)
     backend = nft.NftablesBackend(runner)
-    assert backend.sync(desired)[0] == "created table ip ipfloater"
+    repairs = backend.sync(desired)
+    assert repairs[0] == "created table ip ipfloater" and repairs.installed_afresh
     assert len(runner.batches) == 2 and runner.batches[1] == nft.rebuild_batch(nft.desired_state(desired))
-    backend.update(*rule_delta([(P1, V1)], [(P1, V2)]))
+    backend.apply(*pair_delta([(P1, V1)], [(P1, V2)]))
     assert len(runner.batches) == 3 and all("element" in next(iter(c.values())) for c in runner.batches[2])
     assert backend.flush() == [] and len(runner.batches) == 4  # no table: nothing deleted
 
@@ -355,7 +367,7 @@ def test_failed_batch_raises_nat_error():
         def run(self, text):
             return 1, "", "internal:0:0-0: Error: Could not process rule: No such file or directory\n\n"
     with pytest.raises(NatError, match="nftables update: .*No such file"):
-        nft.NftablesBackend(Refusing()).update(*rule_delta([(P1, V1)], []))
+        nft.NftablesBackend(Refusing()).apply(*pair_delta([(P1, V1)], []))
 
 
 # -- NAT_BACKEND ---------------------------------------------------------------------------
@@ -399,5 +411,48 @@ def test_remove_other_backends_ignores_test_doubles():
 
 
 def test_canonical_rules_come_in_the_rule_sets_order_when_public_and_private_orders_differ():
-    desired = desired_rules([(P1, V2), (P2, V1)], RANGES)
+    desired = desired_spec([(P1, V2), (P2, V1)], RANGES)
     assert nft.canonical(nft.desired_state(desired)) == {c: desired.ordered(c) for c in desired.chains()}
+
+
+def test_a_drifted_table_is_repaired_not_installed_afresh():
+    desired = desired_spec([(P1, V1)], RANGES)
+    runner = ScriptedRunner(kernel_listing(nft.desired_state(desired_spec([], RANGES))))
+    repairs = nft.NftablesBackend(runner).sync(desired)
+    assert repairs == ["added 1 element to map fip_dnat", "added 1 element to map fip_snat"]
+    assert not repairs.installed_afresh
+
+
+# -- a backend this host cannot drive: a fact, not a message ----------------------------------
+
+def test_missing_libnftables_is_nat_unavailable(monkeypatch):
+    def no_library(*args, **kwargs):
+        raise OSError("libnftables.so.1: cannot open shared object file")
+    monkeypatch.setattr(nft, "LibNftables", no_library)
+    with pytest.raises(NatUnavailable, match="libnftables.so.1 is not usable here"):
+        nft.open_runner()
+    with pytest.raises(NatUnavailable):
+        nft.NftablesBackend().live_pairs()
+
+
+class _NoOwnRules(IptablesBackend):
+    def live_pairs(self):
+        return set()
+
+
+def test_an_unavailable_other_backend_has_nothing_to_migrate(monkeypatch):
+    monkeypatch.setattr(nft, "LibNftables", lambda *a, **k: (_ for _ in ()).throw(OSError("gone")))
+    assert remove_other_backends(_NoOwnRules(lock_path="")) == []
+    assert live_pairs_everywhere(_NoOwnRules(lock_path="")) == set()
+
+
+def test_a_failing_other_backend_is_an_error_not_skipped(monkeypatch):
+    """The negative control of the test above: only NatUnavailable is skipped."""
+    class Failing(ScriptedRunner):
+        def run(self, text):
+            return 1, "", "Error: Operation not permitted\n"
+    monkeypatch.setattr(nft, "LibNftables", Failing)
+    with pytest.raises(NatError, match="Operation not permitted"):
+        remove_other_backends(_NoOwnRules(lock_path=""))
+    with pytest.raises(NatError, match="Operation not permitted"):
+        live_pairs_everywhere(_NoOwnRules(lock_path=""))

@@ -14,8 +14,9 @@ from one_ipfloater.config import parse_config_text
 from one_ipfloater.hostnet import HostNetError
 from one_ipfloater.livestate import AdoptError, LiveState, plan_adopt, start_refusal
 from one_ipfloater.model import Allocation
-from one_ipfloater.nat_iptables import NatError, pairs_from_save
-from one_ipfloater.nat_nftables import TableState, state_pairs
+from one_ipfloater.nat import NatError
+from one_ipfloater.nat.iptables import pairs_from_save
+from one_ipfloater.nat.nftables import TableState, state_pairs
 from one_ipfloater.service import FloatingIPService
 from one_ipfloater.store import Store
 from tests.fakes import FakeBackend, FakeHost
@@ -218,8 +219,8 @@ def test_committed_change_stands_when_a_side_effect_fails(make, step, exc, caplo
 class HalfwayBackend(FakeBackend):
     """Applies a change and then fails with something that is not a NatError (a timeout)."""
 
-    def update(self, removed, added):
-        super().update(removed, added)
+    def apply(self, removed, added):
+        super().apply(removed, added)
         raise TimeoutError("iptables-restore timed out")
 
 

@@ -1,6 +1,8 @@
-"""The desired netfilter rule set, computed from the associations (pure).
+"""What both NAT backends need to know, computed from the associations (pure).
 
-All our rules live in chains of our own, reached by one jump rule each from the
+The rules are written here in iptables' terms, which the iptables backend renders as
+they are; the nftables backend renders the same NAT as base chains of its own table and
+two maps (nftables.py). All our rules live in chains of our own, reached by one jump rule each from the
 built-in chains; nothing else in the tables is ours, so reconcile can rewrite our chains
 freely and never touch anybody else's rules. Rules per association (public P, private V):
 
@@ -27,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network
 
-from .addresses import collapse
+from ..addresses import collapse
 
 CHAIN_PRE = "IPFLOATER-PRE"
 CHAIN_OUT = "IPFLOATER-OUT"
@@ -48,7 +50,7 @@ class Rule(namedtuple("Rule", "src dst ctstate_dnat target to", defaults=(None, 
 
     Named tuples, not dataclasses, for this and the other records the daemon needs
     before its rules are in place: `dataclasses` imports `inspect` and generates code
-    per class, 6-8 ms of a start that should take under 0.1 s."""
+    per class, a measurable share of the start (benchmarks/ANALYSIS.md)."""
 
     __slots__ = ()
 
@@ -70,8 +72,8 @@ class Rule(namedtuple("Rule", "src dst ctstate_dnat target to", defaults=(None, 
 
 
 def _host(addr: IPv4Address) -> IPv4Network:
-    """addr/32; built from the integer, 3x faster than from the address (which the
-    ipaddress module formats and parses again): it matters at thousands of rules."""
+    """addr/32; built from the integer, not from the address (which the ipaddress
+    module would format and parse again): it matters at thousands of rules."""
     return IPv4Network((int(addr), 32))
 
 
@@ -85,19 +87,34 @@ def association_rules(public_ip: IPv4Address, private_ip: IPv4Address) -> dict[s
     }
 
 
-class RuleSet:
-    """Desired content of our chains: a fixed head per chain (order matters) and the
-    associations, each of which owns one rule in each NAT chain (`association_rules`).
+class NatSpec:
+    """What the kernel should hold, the one input of every backend's `sync`: the
+    associations as (public, private) pairs, the private ranges (hairpin and
+    private-to-private rules), the pool and the block flag (drops for strays).
 
-    The associations are kept as (public, private) pairs, not as rules: the backends
-    turn them straight into `iptables-restore` lines or nftables map elements, which at
-    4,096 associations saves building 12,288 Rule and IPv4Network objects (~40 ms of a
-    start that should take under 0.1 s). `body()` gives the rules where they are needed.
+    `heads` is the fixed part both backends render (the iptables backend as the head of
+    its chains, the nftables backend as the rules of its base chains before the map
+    lookup), by our chain name; each association owns one rule in each NAT chain
+    (`association_rules`), which the backends render straight from the pairs into
+    `iptables-restore` lines or map elements, without building three Rule objects per
+    association. `NatSpec.none()` is "nothing of ours at all" (a flush).
     """
 
-    def __init__(self, heads: dict, associations: tuple = ()):
-        self.heads = heads                  # chain -> tuple of Rules; every chain we want
+    def __init__(self, associations: tuple = (), private_ranges: Sequence[IPv4Network] = (),
+                 pool: Iterable[IPv4Address] = (), block_public_ips: bool = False, *, ours: bool = True):
         self.associations = associations    # (public, private), sorted by public; each address once
+        self.private_ranges = tuple(private_ranges)
+        self.block_public_ips = block_public_ips
+        self.heads: dict = {}               # chain -> tuple of Rules; every chain we want
+        if ours:
+            self.heads = {CHAIN_PRE: (), CHAIN_OUT: (), CHAIN_POST: tuple(head_rules(self.private_ranges))}
+            if block_public_ips:
+                self.heads[CHAIN_IN] = tuple(Rule(dst=net, target="DROP") for net in collapse(pool))
+
+    @classmethod
+    def none(cls) -> NatSpec:
+        """Nothing of ours in the kernel: what `flush` converges to."""
+        return cls(ours=False)
 
     def chains(self) -> list[str]:
         return sorted(self.heads)
@@ -105,7 +122,7 @@ class RuleSet:
     @cached_property
     def text_pairs(self) -> list[tuple[str, str]]:
         """The associations as dotted quads, formatted once for both backends' text
-        (inet_ntoa: 0.26 us an address against 0.6 us for str())."""
+        (inet_ntoa is faster than str() of an IPv4Address)."""
         ntoa = socket.inet_ntoa
         return [(ntoa(pub.packed), ntoa(priv.packed)) for pub, priv in self.associations]
 
@@ -123,7 +140,7 @@ class RuleSet:
     __hash__ = None  # mutable cache (text_pairs): not hashable
 
     def __eq__(self, other):
-        return isinstance(other, RuleSet) and \
+        return isinstance(other, NatSpec) and \
             {c: tuple(h) for c, h in self.heads.items()} == {c: tuple(h) for c, h in other.heads.items()} and \
             set(self.associations) == set(other.associations)
 
@@ -136,10 +153,10 @@ def head_rules(private_ranges: Sequence[IPv4Network]) -> list[Rule]:
     return hairpin + internal
 
 
-def desired_rules(associations: Iterable[tuple[IPv4Address, IPv4Address]],
-                  private_ranges: Sequence[IPv4Network],
-                  pool: Iterable[IPv4Address] = (), block_public_ips: bool = False) -> RuleSet:
-    """Everything our chains should hold for these (public, private) associations.
+def desired_spec(associations: Iterable[tuple[IPv4Address, IPv4Address]],
+                 private_ranges: Sequence[IPv4Network],
+                 pool: Iterable[IPv4Address] = (), block_public_ips: bool = False) -> NatSpec:
+    """The NatSpec for these (public, private) associations.
 
     A public or private address in two associations is refused (ValueError): one
     address cannot be NATed two ways, and the registry never holds such a pair."""
@@ -151,10 +168,7 @@ def desired_rules(associations: Iterable[tuple[IPv4Address, IPv4Address]],
                 if pair[side] in seen:
                     raise ValueError(f"{name} address {pair[side]} is in two associations")
                 seen.add(pair[side])
-    heads = {CHAIN_PRE: (), CHAIN_OUT: (), CHAIN_POST: tuple(head_rules(private_ranges))}
-    if block_public_ips:
-        heads[CHAIN_IN] = tuple(Rule(dst=net, target="DROP") for net in collapse(pool))
-    return RuleSet(heads=heads, associations=pairs)
+    return NatSpec(pairs, private_ranges, pool, block_public_ips)
 
 
 def table_of(chain: str) -> str:
@@ -164,14 +178,26 @@ def table_of(chain: str) -> str:
     raise KeyError(chain)
 
 
+def pair_delta(before: Iterable[tuple[IPv4Address, IPv4Address]],
+               after: Iterable[tuple[IPv4Address, IPv4Address]]) -> tuple[set, set]:
+    """Pairs to remove and to add when associations go from `before` to `after`: what a
+    backend's `apply` takes."""
+    old, new = set(before), set(after)
+    return old - new, new - old
+
+
+def rules_by_chain(pairs: Iterable[tuple[IPv4Address, IPv4Address]]) -> dict[str, set]:
+    """The association rules of `pairs`, by chain (for the iptables backend's per-rule
+    changes and for tests)."""
+    out: dict[str, set] = {}
+    for public_ip, private_ip in pairs:
+        for chain, rule in association_rules(public_ip, private_ip).items():
+            out.setdefault(chain, set()).add(rule)
+    return out
+
+
 def rule_delta(before: Iterable[tuple[IPv4Address, IPv4Address]],
                after: Iterable[tuple[IPv4Address, IPv4Address]]) -> tuple[dict, dict]:
     """Rules to remove and to add, by chain, when associations go from `before` to `after`."""
-    old, new = set(before), set(after)
-    removed: dict[str, set] = {}
-    added: dict[str, set] = {}
-    for pairs, out in ((old - new, removed), (new - old, added)):
-        for public_ip, private_ip in pairs:
-            for chain, rule in association_rules(public_ip, private_ip).items():
-                out.setdefault(chain, set()).add(rule)
-    return removed, added
+    removed, added = pair_delta(before, after)
+    return rules_by_chain(removed), rules_by_chain(added)

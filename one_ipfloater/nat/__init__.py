@@ -1,4 +1,8 @@
-"""Choosing the NAT backend, and removing what the other backend of ours left behind.
+"""The NAT layer: choosing the backend, and removing what the other backend of ours left.
+
+The contract every backend keeps is in base.py (`NatBackend`, `NatError`,
+`NatUnavailable`, `Repairs`), what they are given in ruleset.py (`NatSpec`); the backends
+are iptables.py and nftables.py, each imported only when chosen.
 
 NAT_BACKEND = iptables | nftables | auto. `auto` takes nftables where the host's
 `iptables` is the nf_tables variant (Debian 11 and later: rules written through legacy
@@ -15,7 +19,10 @@ from __future__ import annotations
 
 import logging
 
-from .nat_iptables import NatError
+from .base import NatBackend, NatError, NatUnavailable, Repairs
+
+__all__ = ["NatBackend", "NatError", "NatUnavailable", "Repairs", "make_backend", "choose_backend",
+           "live_pairs_everywhere", "remove_other_backends"]
 
 log = logging.getLogger(__name__)
 
@@ -58,24 +65,24 @@ def choose_backend(setting: str, variant: str | None, legacy_ok: bool) -> str:
 
 def make_backend(config):
     """The backend `config.nat_backend` names (`auto` decided by probing this host)."""
-    setting = getattr(config, "nat_backend", "iptables")
+    setting = getattr(config, "nat_backend", "auto")
     if setting == "auto":
         name = choose_backend(setting, iptables_variant(), legacy_usable())
         log.info("NAT_BACKEND auto: using %s", name)
     else:
         name = choose_backend(setting, None, True)
     if name == "nftables":  # each backend module imported only when chosen (start-up time)
-        from .nat_nftables import NftablesBackend
+        from .nftables import NftablesBackend
         return NftablesBackend()
-    from .nat_iptables import IptablesBackend
+    from .iptables import IptablesBackend
     return IptablesBackend(lock_path=config.xtables_lock)
 
 
 def _other_backends(active, xtables_lock: str) -> list:
     """(name, factory) of our real backends other than `active` that this host may hold
     rules of; [] for a test double."""
-    from .nat_iptables import IptablesBackend
-    from .nat_nftables import NftablesBackend
+    from .iptables import IptablesBackend
+    from .nftables import NftablesBackend
     if isinstance(active, NftablesBackend):
         if not legacy_usable():
             return []  # no python-iptables: we cannot have written legacy rules
@@ -93,15 +100,10 @@ def live_pairs_everywhere(active, xtables_lock: str = DEFAULT_XTABLES_LOCK) -> s
         backend = make()
         try:
             pairs |= backend.live_pairs()
-        except (ImportError, OSError) as exc:
+        except NatUnavailable as exc:
             log.debug("%s backend not usable here (%s): no rules of it", name, exc)
-        except NatError as exc:
-            if not (name == "nftables" and "neither libnftables" in str(exc)):
-                raise
         finally:
-            close = getattr(backend, "close", None)
-            if close:
-                close()
+            backend.close()
     return pairs
 
 
@@ -119,16 +121,10 @@ def remove_other_backends(active, xtables_lock: str = DEFAULT_XTABLES_LOCK) -> l
         backend = make()
         try:
             removed += backend.flush()
-        except (ImportError, OSError) as exc:
+        except NatUnavailable as exc:
             log.debug("%s backend not usable here (%s): nothing of it to remove", name, exc)
-        except NatError as exc:
-            if name == "nftables" and "neither libnftables" in str(exc):
-                continue
-            raise
         finally:
-            close = getattr(backend, "close", None)
-            if close:
-                close()
+            backend.close()
     for line in removed:
         log.warning("migrated to %s: %s", active.name, line)
     return removed

@@ -1,9 +1,20 @@
-"""NAT backend on legacy iptables through python-iptables (libiptc).
+"""NAT backend on legacy iptables: our chains IPFLOATER-*, one jump to each.
 
-libiptc commits a whole table at once and fails with EAGAIN when another writer changed
-the table since it was read, so every write here is: take /run/xtables.lock (as the
-iptables tools do), refresh, change, commit once, retry on EAGAIN. Only chains named
-IPFLOATER-* and the jump rules to them are ever modified.
+Only chains named IPFLOATER-* and the jump rules to them are ever modified. The
+associations are rendered straight from the pairs as `iptables-save` lines and read back
+from `iptables-save` output (`pairs_from_save`).
+
+Two mechanisms, each where the other is slow (the README, "Rules it installs", and
+benchmarks/RESULTS.md have the figures):
+- full syncs (`sync`, `flush`) read the tables with `iptables-legacy-save` and write what
+  differs with one `iptables-legacy-restore --noflush` per table: one atomic commit of
+  thousands of rules, where libiptc's Python binding adds them one by one, many times
+  slower at a start;
+- one change (`apply`) goes through python-iptables (libiptc) in-process: a new
+  `iptables-restore` process per request would cost more than the change itself.
+libiptc commits a whole table at once and fails (EAGAIN) when another writer changed the
+table since it was read, so every such write is: take /run/xtables.lock (as the iptables
+tools do), refresh, change, commit once, retry the commit a bounded number of times.
 """
 
 from __future__ import annotations
@@ -19,17 +30,14 @@ from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from ipaddress import IPv4Address
 
-from .addresses import ipv4_from_text
-from .ruleset import ALL_CHAINS, CHAIN_OUT, CHAIN_POST, CHAIN_PRE, Rule, RuleSet, table_of
+from ..addresses import ipv4_from_text
+from .base import NatBackend, NatError, NatUnavailable, Repairs
+from .ruleset import ALL_CHAINS, CHAIN_OUT, CHAIN_POST, CHAIN_PRE, NatSpec, Rule, rules_by_chain, table_of
 
 log = logging.getLogger(__name__)
 
 COMMIT_ATTEMPTS = 8
 COMMAND_TIMEOUT = 10.0
-
-
-class NatError(RuntimeError):
-    """The kernel refused a rule change; nothing of it was applied."""
 
 
 def _iptc():
@@ -64,7 +72,7 @@ def rule_line(chain: str, rule: Rule) -> str:
     return " ".join(["-A", chain, *rule.iptables_args()])
 
 
-def body_lines(chain: str, desired: RuleSet) -> list[str]:
+def body_lines(chain: str, desired: NatSpec) -> list[str]:
     """The association rules of `chain` as `-A` lines, formatted straight from the pairs
     (what `rule_line` makes of `desired.body(chain)`, line for line, without building
     12,288 Rule objects at 4,096 associations; tests hold the two to each other)."""
@@ -89,7 +97,7 @@ def parse_save(text: str) -> dict[str, list[str]]:
     return chains
 
 
-def plan_restore(table: str, current: dict[str, list[str]], desired: RuleSet) -> tuple[str, list[str]]:
+def plan_restore(table: str, current: dict[str, list[str]], desired: NatSpec) -> tuple[str, list[str]]:
     """The iptables-restore --noflush script that takes `current` (parsed save output of
     `table`) to `desired`, touching only our chains and our jumps; plus the repairs."""
     lines: list[str] = []
@@ -144,8 +152,8 @@ def pairs_from_save(text: str) -> set[tuple[IPv4Address, IPv4Address]]:
     return pairs
 
 
-class IptablesBackend:
-    """Converges our iptables chains to a RuleSet, incrementally or in full."""
+class IptablesBackend(NatBackend):
+    """Converges our iptables chains to a NatSpec, one change or in full."""
 
     name = "iptables"
 
@@ -179,6 +187,7 @@ class IptablesBackend:
         with self._mutex, xtables_lock(self.lock_path):
             for attempt in range(1, COMMIT_ATTEMPTS + 1):
                 handles = {}
+                committing = False
                 try:
                     for name in names:
                         t = iptc.Table(name)
@@ -186,48 +195,52 @@ class IptablesBackend:
                         t.refresh()
                         handles[name] = t
                     change(handles)
+                    committing = True
                     for t in handles.values():
                         t.commit()
                     return
                 except iptc.IPTCError as exc:
                     for t in handles.values():
                         t.refresh()  # drop the uncommitted edits
-                    if "temporarily unavailable" in str(exc) and attempt < COMMIT_ATTEMPTS:
-                        log.debug("iptables commit raced another writer (attempt %d); retrying", attempt)
+                    # a commit fails when another writer changed the table since our read
+                    # (EAGAIN; python-iptables keeps no errno): read again and redo, bounded
+                    if committing and attempt < COMMIT_ATTEMPTS:
+                        log.debug("iptables commit failed (attempt %d: %s); retrying", attempt, exc)
                         continue
                     raise NatError(f"iptables: {exc}") from None
                 finally:
                     for t in handles.values():
                         t.autocommit = True
 
-    def sync(self, desired: RuleSet) -> list[str]:
-        """Full reconcile: make our chains and jumps equal `desired`; return the repairs.
+    def sync(self, desired: NatSpec) -> Repairs:
+        """Full reconcile: make our chains and jumps equal `desired`; the repairs, and
+        whether none of the chains it wants existed before (installed afresh).
 
         Reads the tables with iptables-save and writes only what differs with one
-        `iptables-restore --noflush` per table (one atomic commit, our chains only):
-        loading thousands of rules that way is ~40x faster than rule by rule through
-        libiptc's Python binding, and reading them back is faster still.
+        `iptables-restore --noflush` per table (one atomic commit, our chains only).
         """
         repairs: list[str] = []
+        existed = False
         present = self._present_tables()
         tables = {table_of(c) for c in desired.chains()} | present
         with self._mutex:
             for table in sorted(tables):
                 current = parse_save(self._save(table)) if table in present else {}
+                existed = existed or any(c in current for c in desired.chains())
                 script, table_repairs = plan_restore(table, current, desired)
                 if script:
                     self._restore(script)
                     repairs += table_repairs
-        return repairs
+        return Repairs(repairs, installed_afresh=bool(desired.chains()) and not existed)
 
     def _tool(self, kind: str) -> str:
         """iptables-legacy-save/-restore where both flavours exist (Debian), else plain.
-        (A PATH walk of our own: `shutil` would add 2 ms to the start before the rules.)"""
+        (A PATH walk of our own: importing `shutil` would lengthen the start before the rules.)"""
         path = os.environ.get("PATH", os.defpath).split(os.pathsep)
         for name in (f"iptables-legacy-{kind}", f"iptables-{kind}"):
             if any(os.access(os.path.join(directory, name), os.X_OK) for directory in path if directory):
                 return name
-        raise NatError(f"iptables-{kind}: command not found (install the iptables package)")
+        raise NatUnavailable(f"iptables-{kind}: command not found (install the iptables package)")
 
     def _save(self, table: str) -> str:
         proc = subprocess.run([self._tool("save"), "-t", table], capture_output=True, text=True,
@@ -238,8 +251,8 @@ class IptablesBackend:
 
     def _restore(self, script: str) -> None:
         """Run the script; it is handed over as an in-memory file, not through a pipe: a
-        600 kB script at 4,096 associations otherwise crosses in 4 kB writes, each a
-        poll and a wake-up of iptables-restore (~3 ms of a 30 ms load)."""
+        script of thousands of associations would otherwise cross in 4 kB writes, each a
+        poll and a wake-up of iptables-restore."""
         env = {**os.environ, "XTABLES_LOCKFILE": self.lock_path} if self.lock_path else None
         with open(os.memfd_create("ipfloater-restore"), "w+b") as script_file:
             script_file.write(script.encode())
@@ -264,8 +277,12 @@ class IptablesBackend:
         except OSError:
             return set()
 
-    def update(self, removed: dict[str, set[Rule]], added: dict[str, set[Rule]]) -> None:
-        """Apply a delta (one request's rules) in one commit, without reading the chains."""
+    def apply(self, removed: Iterable[tuple[IPv4Address, IPv4Address]],
+              added: Iterable[tuple[IPv4Address, IPv4Address]]) -> None:
+        """One change (pairs removed, pairs added) in one commit, without reading the chains."""
+        self._apply_rules(rules_by_chain(removed), rules_by_chain(added))
+
+    def _apply_rules(self, removed: dict[str, set[Rule]], added: dict[str, set[Rule]]) -> None:
         iptc = _iptc()
         tables = {table_of(c) for c in list(removed) + list(added) if removed.get(c) or added.get(c)}
         if not tables:
@@ -286,7 +303,7 @@ class IptablesBackend:
 
     def flush(self) -> list[str]:
         """Remove every chain and jump of ours (on purpose: `ipfloaterd flush`)."""
-        return self.sync(RuleSet(heads={}))
+        return list(self.sync(NatSpec.none()))
 
     def live_pairs(self) -> set[tuple[IPv4Address, IPv4Address]]:
         """The (public, private) associations our chains hold now, read back from the

@@ -15,10 +15,9 @@ Layout (everything lives in `table ip ipfloater`; no other table is ever read or
     chain input       { type filter hook input priority filter            IPFLOATER-IN, only
                         ip daddr POOLNET drop }                              with BLOCK_PUBLIC_IPS
 
-Each base chain stands for one of ruleset.py's chains (its hook is the "jump"), and each
-map element for one association rule, so `dump()` returns canonical `Rule` lists per
-chain name (ruleset.py's chains), and `sync()` reports repairs in the iptables backend's words
-("rewrote nat/IPFLOATER-POST: 2 rules -> 3", "restored jump nat/PREROUTING -> IPFLOATER-PRE").
+Each base chain stands for one of ruleset.py's chains and each map element for one
+association; `sync()` reports repairs in this table's own terms ("created table ip
+ipfloater", "added 3 elements to map fip_dnat", "rewrote chain postrouting: 2 rules -> 3").
 The NAT chains sit 10 below the standard dstnat/srcnat priorities: the kernel asks NAT
 chains in priority order and the first that binds a connection wins, so our mappings take
 precedence over a catch-all MASQUERADE in another table (iptables-nft's `ip nat`, say), as
@@ -33,29 +32,14 @@ table deleted by hand) changes nothing and raises NatError; the service then con
 full with `sync()`, which reads the table, compares it with the desired state and, if
 anything differs, deletes and recreates the table with every element in one batch.
 
-How we talk to nftables: libnftables (libnftables.so.1, Debian `libnftables1`, which the
-`nftables` package depends on) through ctypes, with its JSON API: one context per backend,
-JSON commands in, JSON listings out. This is the library the `nft` binary and the Debian
-`python3-nftables` module (not importable from a virtualenv) are built on. Measured in a
-network namespace (Debian 12, nftables 1.0.6, kernel 6.x), mean of 200 changes, each one
-element in each map:
-
-    per change                       16 elements          4096 elements
-                                  associate  release    associate  release
-    libnftables (ctypes, JSON)     0.07 ms   0.07 ms     0.07 ms   0.06 ms
-    `nft -j -f -` (JSON, process)  2.6 ms    16 ms       2.5 ms    16 ms
-    `nft -f -` (text, process)     2.0 ms    16 ms       1.9 ms    17 ms
-    (python-iptables, NOTES.md: one rule 0.2 ms at 16 live, 10 ms at 4096)
-
-    bulk load of 4096 associations (table, 4 chains, 2 maps x 4096 elements), best of 5:
-    libnftables JSON batch 27-34 ms; `nft -j -f -` 37 ms; `nft -f FILE` (text) 36-39 ms.
-    sync() at 4096 when nothing differs: 55 ms (25 ms of it reading the table back).
-
-All are constant in the map size. A separate `nft` process costs 30 times the change
-itself (a deletion through a new process even 200 times), and the change runs under the
-service's lock inside an open DB transaction. Raw netlink would save only the JSON step
-(hundredths of a millisecond) at the price of encoding nf_tables expressions by hand. `nft -j -f -` with the same JSON is the fallback when
-libnftables.so.1 cannot be loaded.
+How we talk to nftables: one mechanism, libnftables (libnftables.so.1, Debian
+`libnftables1`, which the `nft` binary itself links, so it is there wherever nftables is)
+through ctypes, with its JSON API: one context per backend, JSON commands in, JSON
+listings out. This is the library the Debian `python3-nftables` module (not importable
+from a virtualenv) wraps. An `nft` process per change would cost many times the change
+itself, under the service's lock inside an open DB transaction, and raw netlink would
+mean encoding nf_tables expressions by hand (the README, "Rules it installs", has the figures).
+Where the library cannot be loaded the backend raises NatUnavailable.
 """
 
 from __future__ import annotations
@@ -63,15 +47,14 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
-import os
 import threading
 from collections import namedtuple
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network
 
-from .addresses import ipv4_from_text
-from .nat_iptables import NatError
-from .ruleset import ALL_CHAINS, CHAIN_IN, CHAIN_OUT, CHAIN_POST, CHAIN_PRE, Rule, RuleSet
+from ..addresses import ipv4_from_text
+from .base import NatBackend, NatError, NatUnavailable, Repairs
+from .ruleset import CHAIN_IN, CHAIN_OUT, CHAIN_POST, CHAIN_PRE, NatSpec, Rule
 
 log = logging.getLogger(__name__)
 
@@ -141,37 +124,13 @@ class LibNftables:
             self._ctx = None
 
 
-class NftCommand:
-    """The `nft` binary fed the same JSON on stdin (`nft -j -f -`), one process per batch."""
-
-    def __init__(self, path: str | None = None):
-        import shutil
-        self.path = path or shutil.which("nft") or "/usr/sbin/nft"
-
-    def run(self, text: str) -> tuple[int, str, str]:
-        import subprocess
-        try:
-            proc = subprocess.run([self.path, "-j", "-f", "-"], input=text, capture_output=True,
-                                  text=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return 1, "", str(exc)
-        return proc.returncode, proc.stdout, proc.stderr
-
-    def close(self) -> None:
-        pass
-
-
-def open_runner():
-    """libnftables if it loads, else the `nft` binary; NatError when neither exists."""
+def open_runner() -> LibNftables:
+    """A libnftables context; NatUnavailable where the library cannot be loaded."""
     try:
         return LibNftables()
     except OSError as exc:
-        log.debug("libnftables.so.1 not usable (%s); falling back to the nft binary", exc)
-    import shutil  # the fallback only: not on the start's path
-    nft = shutil.which("nft") or ("/usr/sbin/nft" if os.path.exists("/usr/sbin/nft") else None)
-    if nft is None:
-        raise NatError("nftables: neither libnftables.so.1 nor the nft binary is available")
-    return NftCommand(nft)
+        raise NatUnavailable(f"nftables: libnftables.so.1 is not usable here ({exc}); "
+                             "install the nftables package") from None
 
 
 # -- the table as data -----------------------------------------------------------------
@@ -212,21 +171,6 @@ def _host(addr: IPv4Address) -> IPv4Network:
     return IPv4Network(addr)
 
 
-def map_element(chain: str, rule: Rule) -> tuple[str, IPv4Address, IPv4Address] | None:
-    """(map, key, value) if `rule` is an association rule that lives in a map, else None."""
-    spec = MAPPED.get(chain)
-    if spec is None or rule.ctstate_dnat or rule.to is None:
-        return None
-    name, kind, key = spec
-    if rule.target != kind.upper():
-        return None
-    if key == "daddr" and rule.src is None and rule.dst is not None and rule.dst.prefixlen == 32:
-        return name, rule.dst.network_address, rule.to
-    if key == "saddr" and rule.dst is None and rule.src is not None and rule.src.prefixlen == 32:
-        return name, rule.src.network_address, rule.to
-    return None
-
-
 def element_rule(entry: MapRule, key: IPv4Address, value: IPv4Address) -> Rule | None:
     """The canonical association rule one map element stands for."""
     if entry.kind == "dnat" and entry.key == "daddr":
@@ -236,7 +180,7 @@ def element_rule(entry: MapRule, key: IPv4Address, value: IPv4Address) -> Rule |
     return None
 
 
-def desired_state(desired: RuleSet) -> TableState:
+def desired_state(desired: NatSpec) -> TableState:
     """The table that implements `desired`: heads as rules, then one map lookup in each
     NAT chain, and the associations as the maps' elements (made straight from the pairs:
     linear in their number, no Rule objects)."""
@@ -337,21 +281,20 @@ def delete_batch() -> list[dict]:
     return [{"add": table}, {"delete": table}]
 
 
-def update_batch(removed: dict, added: dict) -> list[dict]:
-    """Element deletions then additions for a delta; NatError if a rule is not an element."""
-    ops: list[dict[tuple[str, IPv4Address], IPv4Address]] = [{}, {}]
-    for out, delta in zip(ops, (removed, added)):
-        for chain, rules in delta.items():
-            for rule in rules:
-                element = map_element(chain, rule)
-                if element is None:
-                    raise NatError(f"nftables: {chain} {' '.join(rule.iptables_args())} is not a map "
-                                   f"element; needs a full sync")
-                name, key, value = element
-                if out.setdefault((name, key), value) != value:
-                    raise NatError(f"nftables: {name} {key} given two values in one change")
+def element_batch(removed: Iterable[tuple[IPv4Address, IPv4Address]],
+                  added: Iterable[tuple[IPv4Address, IPv4Address]]) -> list[dict]:
+    """Element deletions then additions for one change of (public, private) pairs: the
+    public address out of/into fip_dnat, the private one out of/into fip_snat."""
+    gone: set[tuple[str, IPv4Address]] = set()
+    for public, private in removed:
+        gone |= {(MAP_DNAT, public), (MAP_SNAT, private)}
+    new: dict[tuple[str, IPv4Address], IPv4Address] = {}
+    for public, private in added:
+        for key, value in (((MAP_DNAT, public), private), ((MAP_SNAT, private), public)):
+            if new.setdefault(key, value) != value:
+                raise NatError(f"nftables: {key[0]} {key[1]} given two values in one change")
     cmds: list[dict] = []
-    for verb, elems in zip(("delete", "add"), ops):
+    for verb, elems in (("delete", {key: None for key in gone}), ("add", new)):
         by_map: dict[str, list] = {}
         for (name, key), value in sorted(elems.items()):
             by_map.setdefault(name, []).append(str(key) if verb == "delete" else [str(key), str(value)])
@@ -502,30 +445,45 @@ def same_table(a: TableState | None, b: TableState | None) -> bool:
             {k: v for k, v in b.elements.items() if k in b.maps})
 
 
-def _chain_content(state: TableState | None, base: str):
-    """(entries, elements of the maps they use, canonical rule count) of one base chain."""
-    if state is None or base not in state.chains:
-        return (), {}, 0
-    entries = state.chains[base][4]
-    maps = {e.map: state.elements.get(e.map, {}) for e in entries if isinstance(e, MapRule)}
-    count = sum(len(maps[e.map]) if isinstance(e, MapRule) else 1 for e in entries)
-    return entries, maps, count
+def _chain_words(base: str, chain: tuple) -> str:
+    ctype, hook, prio, policy, _entries = chain
+    return f"chain {base} (type {ctype} hook {hook} priority {prio} policy {policy})"
 
 
 def describe_repairs(current: TableState | None, wanted: TableState) -> list[str]:
-    """What a rebuild changes, in the iptables backend's words where there is one
-    (compared without expanding elements into rules: linear in the map size)."""
+    """What a rebuild changes, in this table's terms: the table, its base chains and
+    their rules, its maps and their elements (compared element by element: linear in
+    the map size)."""
     repairs = [f"created table {TABLE_NAME}"] if current is None else []
-    for table, chain, builtin in ALL_CHAINS:
-        base = BASE_CHAINS[chain][0]
-        if base in wanted.chains:
-            if current is not None and current.chains.get(base, (None,) * 5)[:4] != wanted.chains[base][:4]:
-                repairs.append(f"restored jump {table}/{builtin} -> {chain}")
-            have, want = _chain_content(current, base), _chain_content(wanted, base)
-            if have[:2] != want[:2] and (have[2] or want[2]):  # else the jump or layout line
-                repairs.append(f"rewrote {table}/{chain}: {have[2]} rules -> {want[2]}")
-        elif current is not None and base in current.chains:
-            repairs.append(f"removed chain {table}/{chain}")
+    have = current if current is not None else TableState()
+    if have.foreign:
+        repairs.append(f"removed {have.foreign} object{'s' * (have.foreign != 1)} we never create "
+                       f"from table {TABLE_NAME}")
+    for base, chain in wanted.chains.items():
+        old = have.chains.get(base)
+        if old is None:
+            if current is not None:
+                repairs.append(f"created {_chain_words(base, chain)}")
+        elif old[:4] != chain[:4]:
+            repairs.append(f"restored {_chain_words(base, chain)}")
+        if old is not None and old[4] != chain[4]:
+            repairs.append(f"rewrote chain {base}: {len(old[4])} rules -> {len(chain[4])}")
+    for base in have.chains:
+        if base not in wanted.chains:
+            repairs.append(f"removed chain {base}")
+    for name, decl in wanted.maps.items():
+        if name in have.maps and have.maps[name] != decl:
+            repairs.append(f"recreated map {name}")
+        old, new = have.elements.get(name, {}) if name in have.maps else {}, wanted.elements.get(name, {})
+        added = sum(1 for k in new if k not in old)
+        removed = sum(1 for k in old if k not in new)
+        changed = sum(1 for k, v in new.items() if k in old and old[k] != v)
+        for count, verb, prep in ((added, "added", "to"), (removed, "removed", "from"), (changed, "changed", "of")):
+            if count:
+                repairs.append(f"{verb} {count} element{'s' * (count != 1)} {prep} map {name}")
+    for name in have.maps:
+        if name not in wanted.maps:
+            repairs.append(f"removed map {name}")
     if not repairs:
         repairs.append(f"rebuilt table {TABLE_NAME}: layout differed")
     return repairs
@@ -533,8 +491,8 @@ def describe_repairs(current: TableState | None, wanted: TableState) -> list[str
 
 # -- the backend -------------------------------------------------------------------------
 
-class NftablesBackend:
-    """Converges `table ip ipfloater` to a RuleSet; association changes are map elements."""
+class NftablesBackend(NatBackend):
+    """Converges `table ip ipfloater` to a NatSpec; association changes are map elements."""
 
     name = "nftables"
 
@@ -557,31 +515,35 @@ class NftablesBackend:
         except ValueError:
             raise NatError(f"nftables {what}: unreadable JSON output") from None
 
+    def _exists(self) -> bool:
+        """Our table is in the kernel (asked first: listing a missing table is an error
+        that only its message would tell from others)."""
+        tables = self._run([{"list": {"tables": {"family": FAMILY}}}], "list tables")
+        return any(isinstance(o, dict) and o.get("table", {}).get("name") == TABLE and
+                   o["table"].get("family") == FAMILY for o in tables)
+
     def _read(self) -> TableState | None:
-        try:
-            objects = self._run([{"list": {"table": {"family": FAMILY, "name": TABLE}}}], "list")
-        except NatError as exc:
-            if "No such file or directory" in str(exc):
-                return None
-            raise
-        return parse_table(objects)
+        if not self._exists():
+            return None
+        return parse_table(self._run([{"list": {"table": {"family": FAMILY, "name": TABLE}}}], "list"))
 
     # -- the backend interface -------------------------------------------------------
 
-    def sync(self, desired: RuleSet) -> list[str]:
+    def sync(self, desired: NatSpec) -> Repairs:
         """Full reconcile: rebuild our table in one batch if it differs from `desired`."""
         wanted = desired_state(desired)
         with self._mutex:
             current = self._read()
             if same_table(current, wanted):
-                return []
+                return Repairs()
             repairs = describe_repairs(current, wanted)
             self._run(rebuild_batch(wanted), "rebuild")
-        return repairs
+        return Repairs(repairs, installed_afresh=current is None)
 
-    def update(self, removed: dict[str, set[Rule]], added: dict[str, set[Rule]]) -> None:
-        """Apply a delta as element changes in one transaction, without reading the table."""
-        cmds = update_batch(removed, added)
+    def apply(self, removed: Iterable[tuple[IPv4Address, IPv4Address]],
+              added: Iterable[tuple[IPv4Address, IPv4Address]]) -> None:
+        """One change as element changes in one transaction, without reading the table."""
+        cmds = element_batch(removed, added)
         if not cmds:
             return
         with self._mutex:
@@ -590,7 +552,7 @@ class NftablesBackend:
     def flush(self) -> list[str]:
         """Delete our table (on purpose: `ipfloaterd flush`, or a switch to iptables)."""
         with self._mutex:
-            if self._read() is None:
+            if not self._exists():
                 return []
             self._run(delete_batch(), "flush")
         return [f"removed table {TABLE_NAME}"]
