@@ -16,7 +16,6 @@ and one daemon, flush or adopt at a time runs per network namespace (instance.py
 from __future__ import annotations
 
 import argparse
-import fcntl
 import gc
 import json
 import logging
@@ -30,6 +29,7 @@ import threading
 from . import __version__, hostnet, instance, preflight, safefs
 from .cliutil import OneLineArgumentParser
 from .config import ConfigError, DaemonConfig, load_config
+from .locking import flock_exclusive
 from .livestate import AdoptError, plan_adopt, read_live, start_refusal
 from .model import Change, FipError
 from .nat.base import NatError
@@ -76,11 +76,9 @@ def take_instance_lock(config: DaemonConfig):
         raise DaemonError(str(exc)) from None
     except OSError as exc:
         raise DaemonError(f"DB: cannot open {lock_path}: {exc.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if not flock_exclusive(fd, 0):
         os.close(fd)
-        raise DaemonError(f"DB: {config.db_path} is in use by a running ipfloaterd (stop it first)") from None
+        raise DaemonError(f"DB: {config.db_path} is in use by a running ipfloaterd (stop it first)")
     return fd
 
 

@@ -19,15 +19,15 @@ tools do), refresh, change, commit once, retry the commit a bounded number of ti
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import re
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
+
+from ..locking import flock_exclusive
 from ipaddress import IPv4Address
 
 from ..addresses import ipv4_from_text
@@ -51,17 +51,13 @@ def xtables_lock(path: str, timeout: float = 10.0):
     if not path:
         yield
         return
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o600)
+    try:  # never through a symbolic link (preflight checks the path's owner and mode)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise NatError(f"XTABLES_LOCK: cannot open {path}: {exc.strerror}") from None
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise NatError(f"XTABLES_LOCK: {path} held by another process for {timeout:.0f}s")
-                time.sleep(0.01)  # bounded wait for another process's lock, as iptables -W does
+        if not flock_exclusive(fd, timeout):
+            raise NatError(f"XTABLES_LOCK: {path} held by another process for {timeout:.0f}s")
         yield
     finally:
         os.close(fd)
