@@ -9,7 +9,7 @@ import sys
 
 class HelpFormatter(argparse.HelpFormatter):
     """argparse's formatter, sized to the terminal without `shutil`: argparse imports
-    shutil (and with it bz2, lzma and zlib, ~2 ms) whenever a parser is built, which
+    shutil (and with it bz2, lzma and zlib) whenever a parser is built, which
     would put it on the daemon's start before its rules are in place."""
 
     def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,

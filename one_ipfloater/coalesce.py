@@ -1,6 +1,6 @@
 """Coalescing concurrent calls of one set-wise operation into fewer runs (group commit).
 
-A conntrack flush dumps the kernel's whole conntrack table, ~4 ms however few flows it
+A conntrack flush dumps the kernel's whole conntrack table, however few flows it
 holds, and runs one at a time; with ten clients releasing addresses at once the
 releases queued behind each other's dumps, and the flushes bounded the daemon's
 throughput (ANALYSIS.md, figure 3). One dump can serve any number of addresses, so

@@ -114,8 +114,8 @@ def _lowest_inside(pool: tuple[IPv4Address, ...], ranges: tuple[IPv4Network, ...
                    ) -> tuple[IPv4Address, IPv4Network] | None:
     """The lowest pool address inside one of `ranges`, and that range; None if none is.
 
-    `pool` is sorted, so one bisection per range does it (testing every address against
-    every range took 0.6 ms per range for 4,112 addresses)."""
+    `pool` is sorted, so one bisection per range does it instead of testing every
+    address against every range, which the start would pay per range."""
     found = None
     for net in ranges:
         i = bisect.bisect_left(pool, net.network_address)

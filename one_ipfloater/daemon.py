@@ -90,9 +90,9 @@ def make_backend(config: DaemonConfig):
 def limit_malloc_arenas(arenas: int = 1) -> None:
     """Cap glibc's malloc arenas. The API serves each connection on a thread of its own,
     and every thread may get an arena that keeps the memory it freed: with the iptables
-    backend (each change copies the whole nat table through libiptc) that grew the daemon
-    from 37 to 137 MB at 4,096 associations; with one arena it stays under 60 MB, at the
-    same throughput (the GIL serialises the threads' allocations anyway)."""
+    backend (each change copies the whole nat table through libiptc) the daemon grew with
+    every thread; with one arena it does not, at the same throughput (the GIL serialises
+    the threads' allocations anyway). benchmarks/ figure 5 measures the peak."""
     import ctypes  # here, not at the top: after the rules are in place
     try:
         ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX

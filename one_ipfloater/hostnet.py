@@ -2,11 +2,10 @@
 ARP, conntrack cleanup and the neighbour table.
 
 Everything speaks netlink (rtnetlink for addresses and neighbours, ctnetlink for
-conntrack, see netlink.py) or a raw packet socket (ARP) on sockets opened once. Measured
-here, an `ip addr` or `conntrack -D` process costs 1.5-7 ms per call, a freshly opened
-ARP packet socket ~30 ms (closing one waits for an RCU grace period), pyroute2 ~1 ms per
-request; a long-lived socket does each in well under 0.1 ms, which is what keeps a
-change cheap at thousands of floating IPs. Everything acts on the network namespace the
+conntrack, see netlink.py) or a raw packet socket (ARP) on sockets opened once: an `ip`
+or `conntrack` process per call, or a freshly opened ARP packet socket (closing one waits
+for an RCU grace period), cost far more than the change itself, and a long-lived socket
+is what keeps a change cheap at thousands of floating IPs (benchmarks/ANALYSIS.md). Everything acts on the network namespace the
 daemon runs in.
 """
 

@@ -99,8 +99,8 @@ class Registry:
         self._by_public: dict[IPv4Address, Allocation] = {a.public_ip: a for a in allocations}
 
     # The other indexes are built from `_by_public` when first used: the start needs only
-    # the associations to put the rules in place, and these cost 2.5 ms at 4,096
-    # allocations (hashing IPv4Address). One first built in the middle of `_add` or
+    # the associations to put the rules in place, and building these means hashing every
+    # IPv4Address (Python code; benchmarks/ANALYSIS.md has the cost). One first built in the middle of `_add` or
     # `_remove` already reflects that change, so both are idempotent on these indexes.
 
     @cached_property

@@ -2,9 +2,9 @@
 
 The daemon needs four netlink conversations (add/remove an address, list addresses or
 neighbours, dump and delete conntrack entries). pyroute2 covers them, but it runs an
-asyncio loop per request: ~1 ms of Python per call, most of a change's cost at
-thousands of floating IPs. These ~100 lines do the same with one blocking socket per
-protocol (~0.05 ms per call) and keep the daemon free of a large dependency.
+asyncio loop per request, which was most of a change's cost at thousands of floating
+IPs (benchmarks/ANALYSIS.md). These few lines do the same with one blocking socket per
+protocol and keep the daemon free of a large dependency.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ def host_facts(config, host) -> HostFacts:
 def host_problems(config, facts: HostFacts, pool: frozenset | None = None) -> list[str]:
     """What makes `run` refuse to start on this host; one line each (pure). `pool`: the
     config's pool as a set, when the caller has one (sets of addresses combine on their
-    stored hashes; IPv4Address.__hash__ is Python code, ~2 us an address)."""
+    stored hashes; IPv4Address.__hash__ is Python code, paid per address otherwise)."""
     if pool is None:
         pool = frozenset(config.pool)
     problems = []

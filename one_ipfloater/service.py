@@ -199,7 +199,7 @@ class FloatingIPService:
         """Cut the flows of moved or released addresses before the caller gets its answer.
 
         Runs outside the service lock: a conntrack dump walks the kernel's whole hash
-        table (~4 ms here, however few flows there are), and other changes need not wait
+        table (however few flows there are), and other changes need not wait
         for it; concurrent flushes share dumps (coalesce.py). Should the address be
         associated again meanwhile, a flow of the new association deleted here is picked
         up again at its next packet with the new NAT.
