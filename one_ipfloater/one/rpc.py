@@ -43,8 +43,8 @@ _BY_CODE = {
 }
 
 
-class _TimeoutTransport(xmlrpc.client.Transport):
-    """``xmlrpc.client.Transport`` whose connections time out (connect and every read)."""
+class _Timeout:
+    """Mixin for ``xmlrpc.client`` transports: connections time out (connect and every read)."""
 
     def __init__(self, timeout: float):
         super().__init__()
@@ -56,17 +56,12 @@ class _TimeoutTransport(xmlrpc.client.Transport):
         return connection
 
 
-class _SafeTimeoutTransport(xmlrpc.client.SafeTransport):
-    """The same for https endpoints (certificates verified by the default context)."""
+class _TimeoutTransport(_Timeout, xmlrpc.client.Transport):
+    """http endpoints."""
 
-    def __init__(self, timeout: float):
-        super().__init__()
-        self.timeout = timeout
 
-    def make_connection(self, host):
-        connection = super().make_connection(host)
-        connection.timeout = self.timeout
-        return connection
+class _SafeTimeoutTransport(_Timeout, xmlrpc.client.SafeTransport):
+    """https endpoints (certificates verified by the default context)."""
 
 
 class OneClient:
