@@ -31,7 +31,7 @@ from typing import Optional
 
 from one_ipfloater import store as store_module
 from one_ipfloater.ruleset import desired_rules
-from one_ipfloater.testing.daemonproc import DaemonProcess
+from tests.support.daemonproc import DaemonProcess
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
