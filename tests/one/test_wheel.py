@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.hem import HookExecutionManager
-from tests.one.fipenv import TOKEN, env  # noqa: F401 (env: fixture)
+from tests.one.fipenv import TOKEN
 
 # one worker builds the wheel once (pytest-xdist --dist loadgroup)
 pytestmark = pytest.mark.xdist_group("wheel")

@@ -10,7 +10,6 @@ from ipaddress import IPv4Address
 
 from one_ipfloater.client import ApiError, IpfloaterClient
 from one_ipfloater.one.driver import converge_vm
-from tests.one.fipenv import env  # noqa: F401 (fixture)
 from tests.unit.test_cli_input import IPFLOATER_CASES, ONE_CASES, run
 from tests.unit.test_client import PROXY_VARS, TOKEN, Recorder, daemon_reply
 
@@ -67,13 +66,13 @@ def test_unsafe_lock_dirs_are_refused(env, tmp_path, figures):
     cases = _layouts(tmp_path) + _planted(tmp_path, vm)
     refused = 0
     for name, lock_dir in cases:
-        r = converge_vm(vm, env.one, env.daemon, lock_dir=str(lock_dir), lock_timeout=5)
+        r = converge_vm(vm, env.client, env.daemon, lock_dir=str(lock_dir), lock_timeout=5)
         assert not r.ok and "LOCK_DIR: " in r.message and "\n" not in r.message, (name, r.message)
         assert env.held(vm) == {} and env.updates(vm) == [], name
         refused += 1
     assert (tmp_path / "victim").read_text() == "precious\n"
     assert not (tmp_path / "would-be-created").exists()
-    assert converge_vm(vm, env.one, env.daemon, lock_dir=str(tmp_path / "new" / "locks")).ok
+    assert converge_vm(vm, env.client, env.daemon, lock_dir=str(tmp_path / "new" / "locks")).ok
     figures("front-end", "unsafe LOCK_DIR / lock files refused, nothing allocated or written",
             f"{refused} of {len(cases)}")
 
@@ -169,7 +168,7 @@ def test_two_vms_claiming_one_private_address(env, figures):
         r2 = env.converge(vm)
         foreign += ("(owner_mismatch)" in r.message and "(owner_mismatch)" in r2.message
                     and {(a.public_ip, a.private_ip, a.owner) for a in env.svc.list()} == before)
-        env.svc.release(IPv4Address(env.public(vm)[0]))
+        env.svc.release(IPv4Address(env.public(vm)[0]), operator=True)  # the test cleans up
     assert refused == kept == len(scenarios) and foreign == 2
     figures("front-end", "second VM on a served private address: ERROR private_in_use, "
             "first VM's NAT kept", f"{refused} of {len(scenarios)}, {kept} kept")
