@@ -30,7 +30,7 @@ from typing import Optional
 
 from one_ipfloater import store as store_module
 from one_ipfloater.nat.ruleset import desired_spec
-from one_ipfloater.testing.daemonproc import DaemonProcess
+from tests.support.daemonproc import DaemonProcess
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable

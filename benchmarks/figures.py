@@ -134,7 +134,7 @@ def hook_available() -> bool:
     """Figure 4 needs the hook module, the simulator and the hook template."""
     root = Path(__file__).resolve().parents[1]
     return all(p.exists() for p in (root / "one_ipfloater" / "one" / "hook.py",
-                                    root / "one_ipfloater" / "testing" / "onesim.py",
-                                    root / "one_ipfloater" / "testing" / "hem.py",
+                                    root / "tests" / "support" / "onesim.py",
+                                    root / "tests" / "support" / "hem.py",
                                     root / "hooks" / "ipfloater-running.hook",
                                     root / "remotes" / "hooks" / "ipfloater" / "ipfloater-hook"))

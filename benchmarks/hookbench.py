@@ -3,7 +3,7 @@
 Prints one JSON document on stdout.
 
 The documented way to run the real hook against the oned simulator (see
-one_ipfloater/testing/hem.py and tests/one/test_hooks.py): an in-process OneSimulator,
+tests/support/hem.py and tests/one/test_hooks.py): an in-process OneSimulator,
 the `ipfloater-running` hook template of hooks/ registered in it, and the
 HookExecutionManager emulation running the real script remotes/hooks/ipfloater/ipfloater-hook
 as onehem would (payload on stdin, a new process per event). For each of N VMs
@@ -25,8 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from one_ipfloater.testing.hem import HookExecutionManager
-from one_ipfloater.testing.onesim import OneSimulator
+from tests.support.hem import HookExecutionManager
+from tests.support.onesim import OneSimulator
 
 REPO = Path(__file__).resolve().parents[1]
 ADMIN_PASSWORD = "bench-admin-pw"

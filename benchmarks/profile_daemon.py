@@ -38,7 +38,7 @@ from pathlib import Path
 
 from . import figures
 from .common import SCALE, Namespace, start_daemon, timed
-from one_ipfloater.testing.daemonproc import DaemonProcess
+from tests.support.daemonproc import DaemonProcess
 
 
 class _ProfiledDaemon(DaemonProcess):

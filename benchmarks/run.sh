@@ -40,7 +40,7 @@ fi
 python="$tmp/venv/bin/python"
 purelib='import sysconfig; print(sysconfig.get_path("purelib"))'
 "$here/.venv/bin/python" -c "$purelib" >"$("$python" -c "$purelib")/ipfloater-bench-deps.pth"
-"$python" -m compileall -q "$src/one_ipfloater" "$src/benchmarks" >/dev/null
+"$python" -m compileall -q "$src/one_ipfloater" "$src/benchmarks" "$src/tests/support" >/dev/null
 cd "$src"
 # the daemon, the clients and the hook process all import this copy of the package
 export PYTHONPATH="$src" BENCH_COMMIT="$commit"

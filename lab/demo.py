@@ -16,10 +16,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from one_ipfloater.testing.daemonproc import DaemonProcess
-from one_ipfloater.testing.frontend import Frontend
-from one_ipfloater.testing.netlab import Lab
-from one_ipfloater.testing.nsforward import PortForward
+# The lab's tooling lives with the tests (tests/support), not in the shipped package: the
+# repository root goes on the path so that `python lab/demo.py` finds it from anywhere.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support.daemonproc import DaemonProcess
+from tests.support.frontend import Frontend
+from tests.support.netlab import Lab
+from tests.support.nsforward import PortForward
 
 TCP, UDP = 8080, 8081
 TOPOLOGY = """

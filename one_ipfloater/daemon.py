@@ -374,6 +374,14 @@ def token_command(config: DaemonConfig, args) -> int:
     return 0
 
 
+# The original ipfloater's verbs: an operator who remembers them gets the replacement, not
+# a usage error (the daemon does not detach itself; systemd or the foreground run does).
+RETIRED_VERBS = {
+    "start": "use `systemctl start ipfloaterd`, or `ipfloaterd run` to serve in the foreground",
+    "stop": "use `systemctl stop ipfloaterd` (or Ctrl-C / SIGTERM to a foreground `ipfloaterd run`)",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Subcommands (run is the default); common options go before or after them."""
     common = argparse.ArgumentParser(add_help=False)
@@ -406,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     rev = tsub.add_parser("revoke", parents=[common], help="delete a token (a running daemon refuses it at once)")
     rev.add_argument("name", metavar="NAME")
     rev.add_argument("--json", action="store_true", help="JSON output")
+    for verb in RETIRED_VERBS:  # no help=: left out of the help listing
+        sub.add_parser(verb, parents=[common], description=f"Not a command: {RETIRED_VERBS[verb]}.")
     return parser
 
 
@@ -420,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     command = args.command or "run"
+    if command in RETIRED_VERBS:  # before the config is read: answers on any host, touches nothing
+        print(f"ipfloaterd: there is no '{command}' command: {RETIRED_VERBS[command]}", file=sys.stderr)
+        return 2
     config_path = getattr(args, "config", None) or os.environ.get("IPFLOATERD_CONF", DEFAULT_CONFIG)
     try:
         config = load_config(config_path)

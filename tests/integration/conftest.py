@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from one_ipfloater.testing import netlab
-from one_ipfloater.testing.daemonproc import DaemonProcess
-from one_ipfloater.testing.netlab import Lab
+from tests.support import netlab
+from tests.support.daemonproc import DaemonProcess
+from tests.support.netlab import Lab
 
 TCP, UDP = 8080, 8081
 

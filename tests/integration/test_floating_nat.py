@@ -1,6 +1,6 @@
 """ipfloaterd in a router namespace, driven by the ipfloater CLI, proven with real packets.
 
-Topology (see one_ipfloater/testing/netlab.py): an internet client 198.51.100.2 with no
+Topology (see tests/support/netlab.py): an internet client 198.51.100.2 with no
 route to 10.0.0.0/8, a router with pub0 198.51.100.1/24 and priv0 10.77.0.1/24, and VMs
 10.77.0.11, 10.77.0.12 behind a bridge in a namespace of its own.
 """
@@ -114,7 +114,7 @@ def test_move_cuts_established_connection_to_old_vm(lab, daemon, servers):
 
 def test_without_conntrack_flush_the_old_flow_survives(lab, tmp_path, servers, nat_backend):
     """Negative control for the test above: it fails when the flush is switched off."""
-    from one_ipfloater.testing.daemonproc import DaemonProcess
+    from tests.support.daemonproc import DaemonProcess
     with DaemonProcess(lab.ns_router, tmp_path / "d", CONNTRACK_FLUSH="no", NAT_BACKEND=nat_backend) as daemon:
         fip = getip(daemon, VM1)
         with lab.tcp_session(lab.ns_client, fip, TCP) as session:
@@ -226,7 +226,7 @@ def test_arp_lookup_in_router_neighbour_table(lab, daemon, servers):
 
 
 def test_pool_exhaustion_and_refusals_leave_rules_untouched(lab, tmp_path, servers, nat_backend):
-    from one_ipfloater.testing.daemonproc import DaemonProcess
+    from tests.support.daemonproc import DaemonProcess
     with DaemonProcess(lab.ns_router, tmp_path / "d", IP_POOL="198.51.100.10-198.51.100.11",
                        NAT_BACKEND=nat_backend) as daemon:
         assert getip(daemon, VM1) == "198.51.100.10"

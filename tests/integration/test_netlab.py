@@ -11,8 +11,8 @@ import textwrap
 
 import pytest
 
-from one_ipfloater.testing import netlab
-from one_ipfloater.testing.netlab import Lab, list_netns
+from tests.support import netlab
+from tests.support.netlab import Lab, list_netns
 
 pytestmark = pytest.mark.netns
 
@@ -183,7 +183,7 @@ def _child_lab(code_after):
     """A separate process that builds a lab, prints its prefix, then runs `code_after`."""
     code = textwrap.dedent("""
         import sys, time
-        from one_ipfloater.testing.netlab import Lab
+        from tests.support.netlab import Lab
         lab = Lab(vms=1)
         print(lab.prefix, flush=True)
     """) + code_after

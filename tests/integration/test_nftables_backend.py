@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from one_ipfloater.testing.daemonproc import DaemonProcess
-from one_ipfloater.testing.netlab import Lab
+from tests.support.daemonproc import DaemonProcess
+from tests.support.netlab import Lab
 from tests.integration.conftest import TCP, UDP, foreign_iptables, our_rules
 
 pytestmark = pytest.mark.netns

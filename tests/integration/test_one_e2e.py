@@ -7,8 +7,8 @@ have the addresses of the lab's VM namespaces vm1 (10.77.0.11) and vm2 (10.77.0.
 
 import pytest
 
-from one_ipfloater.testing.frontend import Frontend
-from one_ipfloater.testing.nsforward import PortForward
+from tests.support.frontend import Frontend
+from tests.support.nsforward import PortForward
 from tests.integration.conftest import TCP
 
 pytestmark = pytest.mark.netns

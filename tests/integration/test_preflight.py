@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from one_ipfloater.testing.daemonproc import DaemonProcess
-from one_ipfloater.testing.netlab import ROUTER_PUB_IP, Lab
+from tests.support.daemonproc import DaemonProcess
+from tests.support.netlab import ROUTER_PUB_IP, Lab
 
 pytestmark = pytest.mark.netns
 

@@ -19,7 +19,7 @@ from one_ipfloater.one import rpc
 from one_ipfloater.one.driver import Result, converge_vm
 from one_ipfloater.service import FloatingIPService
 from one_ipfloater.store import Store
-from one_ipfloater.testing.onesim import ApiEvent, OneSimulator
+from tests.support.onesim import ApiEvent, OneSimulator
 from tests.fakes import FakeBackend, FakeHost
 
 TOKEN = "f" * 32

@@ -11,7 +11,7 @@ import pytest
 
 from one_ipfloater.client import IpfloaterClient
 from one_ipfloater.one.driver import sync_all
-from tests.one.fipenv import POOL, TOKEN, closed_port, env  # noqa: F401 (env: fixture)
+from tests.one.fipenv import POOL, TOKEN, closed_port
 
 YES = 'NAME="a" NIC=[NETWORK="priv"] FLOATING_IP="YES"'
 

@@ -18,8 +18,8 @@ from lxml import etree
 
 from tests.one.fipenv import FIP_VM
 from tests.paths import SAMPLES
-from one_ipfloater.testing.hem import HookExecutionManager, HookIdleTimeout
-from one_ipfloater.testing.onesim import ApiEvent, OneSimulator
+from tests.support.hem import HookExecutionManager, HookIdleTimeout
+from tests.support.onesim import ApiEvent, OneSimulator
 
 ADMIN = "oneadmin:pw"
 

@@ -19,8 +19,8 @@ import pytest
 
 from one_ipfloater.one import cli
 from tests.paths import SAMPLES
-from one_ipfloater.testing.hem import HookExecutionManager
-from tests.one.fipenv import POOL, TOKEN, FipEnv, env  # noqa: F401 (env: fixture)
+from tests.support.hem import HookExecutionManager
+from tests.one.fipenv import POOL, TOKEN, FipEnv
 
 REPO = Path(__file__).resolve().parents[2]
 HOOKS_DIR = REPO / "hooks"

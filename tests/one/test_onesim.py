@@ -13,13 +13,13 @@ import pyone
 import pytest
 
 from tests.one.fipenv import FIP_VM
-from tests.paths import SAMPLES, XSD
+from tests.paths import REPO, SAMPLES, XSD
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from one_ipfloater.testing.onesim import (
+from tests.support.onesim import (
     ApiEvent, OneSimulator, StateEvent, TemplateParseError, parse_template,
 )
 
@@ -679,10 +679,10 @@ def test_standalone_simulator_for_the_lab(tmp_path):
     import sys
 
     process = subprocess.Popen(
-        [sys.executable, "-m", "one_ipfloater.testing.onesim", "--port", "0",
+        [sys.executable, "-m", "tests.support.onesim", "--port", "0",
          "--user", "oneadmin:lab", "--network", "fip-net=10.77.0.0/24,10.77.0.2,br77",
          "--network", "l2net=l2", "--hooks-dir", str(tmp_path)],
-        stdout=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, text=True, cwd=REPO)   # `-m tests.support...` from the root
     try:
         url = process.stdout.readline().strip()      # blocks until the server is up
         one = pyone.OneServer(url, session="oneadmin:lab")

@@ -12,7 +12,7 @@ import pytest
 from one_ipfloater.one import hook, rpc
 from one_ipfloater.one.driver import converge_vm, sync_all
 from one_ipfloater.one.vmlock import LockError, vm_lock
-from tests.one.fipenv import TOKEN, env  # noqa: F401 (env: fixture)
+from tests.one.fipenv import TOKEN
 
 FOREIGN_UID = 65534  # nobody
 YES = 'NAME="a" NIC=[NETWORK="priv"] FLOATING_IP="YES"'

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from one_ipfloater.testing.hem import HookExecutionManager
-from tests.one.fipenv import TOKEN, env  # noqa: F401 (env: fixture)
+from tests.support.hem import HookExecutionManager
+from tests.one.fipenv import TOKEN
 
 # one worker builds the wheel once (pytest-xdist --dist loadgroup)
 pytestmark = pytest.mark.xdist_group("wheel")
@@ -101,6 +101,16 @@ def test_wheel_ships_templates_and_script(wheel):
     for path in (REPO / "hooks").glob("*.hook"):
         assert f"one_ipfloater/one/data/hooks/{path.name}" in names
     assert "one_ipfloater/one/data/remotes/hooks/ipfloater/ipfloater-hook" in names
+
+
+def test_wheel_ships_no_test_tooling(wheel):
+    """The simulator, the hook-manager emulation and the namespace lab live in tests/support:
+    a router or a front-end installs the package and nothing of the tests."""
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"one_ipfloater"}
+    assert [n for n in names if "/testing/" in n or n.startswith("tests/")] == []
+    assert "one_ipfloater/one/hook.py" in names  # a listing that would see the package
 
 
 def test_install_remotes_from_the_wheel(venv, tmp_path):

@@ -8,7 +8,14 @@ import sqlite3
 import pytest
 
 from tests.conftest import FIGURE
-from tests.integration.conftest import _no_stale_labs, daemon, lab, servers  # noqa: F401 (fixtures)
+from tests.integration import conftest as integration
+from tests.one import fipenv
+
+# Fixtures shared with the integration and OpenNebula tests: bound here (not imported by
+# name) so that pytest finds them and pyflakes sees no unused import.
+_no_stale_labs, daemon, lab, servers = (integration._no_stale_labs, integration.daemon,
+                                        integration.lab, integration.servers)
+env = fipenv.env
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from one_ipfloater.testing.daemonproc import DaemonProcess
+from tests.support.daemonproc import DaemonProcess
 from tests.integration.conftest import TCP
 
 pytestmark = pytest.mark.netns

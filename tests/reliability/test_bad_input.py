@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from one_ipfloater.testing.daemonproc import DaemonProcess
-from one_ipfloater.testing.netlab import Lab
+from tests.support.daemonproc import DaemonProcess
+from tests.support.netlab import Lab
 from tests.reliability.conftest import snapshot
 
 pytestmark = pytest.mark.netns

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from one_ipfloater.testing.netlab import Lab
+from tests.support.netlab import Lab
 from tests.unit.test_config_refusals import REFUSED
 
 pytestmark = pytest.mark.netns

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from one_ipfloater.testing.daemonproc import DaemonProcess
-from one_ipfloater.testing.netlab import Lab
+from tests.support.daemonproc import DaemonProcess
+from tests.support.netlab import Lab
 from tests.integration.conftest import TCP
 from tests.reliability.conftest import assert_kernel_matches_state, read_json_lines
 

@@ -10,7 +10,6 @@ from ipaddress import IPv4Address
 
 from one_ipfloater.client import ApiError, IpfloaterClient
 from one_ipfloater.one.driver import converge_vm
-from tests.one.fipenv import env  # noqa: F401 (fixture)
 from tests.unit.test_cli_input import IPFLOATER_CASES, ONE_CASES, run
 from tests.unit.test_client import PROXY_VARS, TOKEN, Recorder, daemon_reply
 
@@ -169,7 +168,7 @@ def test_two_vms_claiming_one_private_address(env, figures):
         r2 = env.converge(vm)
         foreign += ("(owner_mismatch)" in r.message and "(owner_mismatch)" in r2.message
                     and {(a.public_ip, a.private_ip, a.owner) for a in env.svc.list()} == before)
-        env.svc.release(IPv4Address(env.public(vm)[0]), operator=True)
+        env.svc.release(IPv4Address(env.public(vm)[0]), operator=True)  # the test cleans up
     assert refused == kept == len(scenarios) and foreign == 2
     figures("front-end", "second VM on a served private address: ERROR private_in_use, "
             "first VM's NAT kept", f"{refused} of {len(scenarios)}, {kept} kept")

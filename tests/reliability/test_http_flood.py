@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from one_ipfloater import httpserver
-from one_ipfloater.testing.daemonproc import DaemonProcess
+from tests.support.daemonproc import DaemonProcess
 
 pytestmark = pytest.mark.netns
 

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from one_ipfloater.testing.daemonproc import DaemonProcess
-from one_ipfloater.testing.frontend import REMOTES_DIR, Frontend
-from one_ipfloater.testing.netlab import Lab
-from one_ipfloater.testing.nsforward import PortForward
+from tests.support.daemonproc import DaemonProcess
+from tests.support.frontend import REMOTES_DIR, Frontend
+from tests.support.netlab import Lab
+from tests.support.nsforward import PortForward
 from tests.integration.conftest import TCP
 from tests.reliability.conftest import assert_kernel_matches_state, snapshot
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from one_ipfloater.testing.daemonproc import DaemonProcess
+from tests.support.daemonproc import DaemonProcess
 from tests.integration.conftest import BACKENDS, TCP, UDP, our_rules
 
 pytestmark = pytest.mark.netns

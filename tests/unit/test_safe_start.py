@@ -14,7 +14,6 @@ from one_ipfloater.config import parse_config_text
 from one_ipfloater.hostnet import HostNetError
 from one_ipfloater.livestate import AdoptError, LiveState, plan_adopt, start_refusal
 from one_ipfloater.model import Allocation
-from one_ipfloater.nat import NatError
 from one_ipfloater.nat.iptables import pairs_from_save
 from one_ipfloater.nat.nftables import TableState, state_pairs
 from one_ipfloater.service import FloatingIPService

@@ -2009,7 +2009,7 @@ class OneSimulator:
 
 
 # --------------------------------------------------------------------------------------
-# Standalone use, for the lab: python -m one_ipfloater.testing.onesim --help
+# Standalone use, for the lab: python -m tests.support.onesim --help
 # --------------------------------------------------------------------------------------
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -2021,7 +2021,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import signal as signal_module
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m one_ipfloater.testing.onesim",
+    parser = argparse.ArgumentParser(prog="python -m tests.support.onesim",
                                      description=main.__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=2633)

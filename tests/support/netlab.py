@@ -46,6 +46,7 @@ VM_IF = "eth0"
 BRIDGE = "br0"
 
 _PKG_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_TRAFFIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "traffic.py")
 
 
 class LabError(subprocess.CalledProcessError):
@@ -406,7 +407,8 @@ class Lab:
     # ------------------------------------------------------------ traffic
 
     def traffic_argv(self, *args):
-        return [sys.executable, "-u", "-m", "one_ipfloater.testing.traffic"] + [str(a) for a in args]
+        # by path, not `-m`: the tests package need not be importable from the namespace's cwd
+        return [sys.executable, "-u", _TRAFFIC] + [str(a) for a in args]
 
     def start_server(self, ns, name, tcp_port=None, udp_port=None, max_seconds=600):
         """Start `traffic serve` in `ns` and wait for its "ready" line."""

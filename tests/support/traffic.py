@@ -1,9 +1,9 @@
 """Tiny traffic tools that run *inside* a network namespace of the lab.
 
-    ip netns exec NS python -m one_ipfloater.testing.traffic serve --tcp 8080 --udp 8081 --name vm1
-    ip netns exec NS python -m one_ipfloater.testing.traffic tcp-probe 198.51.100.50 8080 --timeout 2
-    ip netns exec NS python -m one_ipfloater.testing.traffic udp-probe 198.51.100.50 8081 --timeout 2
-    ip netns exec NS python -m one_ipfloater.testing.traffic tcp-session 198.51.100.50 8080 --timeout 2
+    ip netns exec NS python tests/support/traffic.py serve --tcp 8080 --udp 8081 --name vm1
+    ip netns exec NS python tests/support/traffic.py tcp-probe 198.51.100.50 8080 --timeout 2
+    ip netns exec NS python tests/support/traffic.py udp-probe 198.51.100.50 8081 --timeout 2
+    ip netns exec NS python tests/support/traffic.py tcp-session 198.51.100.50 8080 --timeout 2
 
 Every answer from `serve` is one JSON line naming the server and the peer address it saw, so a
 test can tell *which* VM answered and *from which source address* the client arrived (the two
@@ -204,7 +204,7 @@ def cmd_tcp_session(args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m one_ipfloater.testing.traffic")
+    p = argparse.ArgumentParser(prog="python tests/support/traffic.py")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve")
     s.add_argument("--tcp", type=int, default=0)
