@@ -56,6 +56,13 @@ def servers(lab):
         server.stop()
 
 
+def getip(daemon, private_ip) -> str:
+    """`ipfloater getip PRIVATE` through the daemon's CLI: the floating IP it got."""
+    proc = daemon.cli("getip", private_ip)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
 def nat_rules(lab) -> str:
     """Our chains as iptables-legacy-save prints them (for assertions and failure messages)."""
     out = lab.run(lab.ns_router, ["iptables-legacy-save", "-t", "nat"]).stdout

@@ -9,7 +9,7 @@ import pytest
 
 from tests.support.daemonproc import DaemonProcess
 from tests.support.netlab import Lab
-from tests.integration.conftest import TCP, UDP, foreign_iptables, our_rules
+from tests.integration.conftest import TCP, UDP, foreign_iptables, getip, our_rules
 
 pytestmark = pytest.mark.netns
 
@@ -191,20 +191,6 @@ def test_a_change_costs_the_same_at_16_and_4096(router):
 def lab():
     with Lab(vms=2) as lab:
         yield lab
-
-
-@pytest.fixture
-def servers(lab):
-    started = [lab.start_server(lab.vm_ns(i), f"vm{i}", tcp_port=TCP, udp_port=UDP) for i in (1, 2)]
-    yield started
-    for server in started:
-        server.stop()
-
-
-def getip(daemon, private_ip):
-    proc = daemon.cli("getip", private_ip)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip()
 
 
 def assert_reaches(lab, fip, vm_name, ns=None):

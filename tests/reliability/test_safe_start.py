@@ -7,25 +7,11 @@ import json
 import pytest
 
 from tests.support.daemonproc import DaemonProcess
-from tests.integration.conftest import BACKENDS, TCP, UDP, our_rules
+from tests.integration.conftest import BACKENDS, TCP, getip, our_rules
 
 pytestmark = pytest.mark.netns
 
 VM1, VM2 = "10.77.0.11", "10.77.0.12"
-
-
-@pytest.fixture
-def echo(lab):
-    started = [lab.start_server(lab.vm_ns(i), f"vm{i}", tcp_port=TCP, udp_port=UDP) for i in (1, 2)]
-    yield started
-    for server in started:
-        server.stop()
-
-
-def getip(daemon, private_ip):
-    proc = daemon.cli("getip", private_ip)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip()
 
 
 def kernel(lab) -> tuple[str, str, str]:
@@ -48,7 +34,7 @@ def reaches(lab, fip, vm_name) -> bool:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("state_file", ["missing", "empty"])
-def test_new_or_empty_state_file_refuses_to_start_and_changes_nothing(lab, echo, tmp_path, backend,
+def test_new_or_empty_state_file_refuses_to_start_and_changes_nothing(lab, servers, tmp_path, backend,
                                                                       state_file, figures):
     first = DaemonProcess(lab.ns_router, tmp_path / "first", NAT_BACKEND=backend).start()
     fips = [getip(first, VM1), getip(first, VM2)]
@@ -76,7 +62,7 @@ def test_new_or_empty_state_file_refuses_to_start_and_changes_nothing(lab, echo,
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_adopt_rebuilds_the_state_from_the_live_rules(lab, echo, tmp_path, backend, figures):
+def test_adopt_rebuilds_the_state_from_the_live_rules(lab, servers, tmp_path, backend, figures):
     first = DaemonProcess(lab.ns_router, tmp_path / "first", NAT_BACKEND=backend).start()
     fips = [getip(first, VM1), getip(first, VM2)]
     first.stop()
@@ -129,7 +115,7 @@ def test_a_state_emptied_by_releases_still_starts(lab, tmp_path, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_one_daemon_per_network_namespace(lab, echo, tmp_path, backend, figures):
+def test_one_daemon_per_network_namespace(lab, servers, tmp_path, backend, figures):
     first = DaemonProcess(lab.ns_router, tmp_path / "first", NAT_BACKEND=backend).start()
     try:
         fip = getip(first, VM1)
@@ -167,7 +153,7 @@ def test_first_start_of_a_clean_install_logs_an_install(lab, tmp_path):
         daemon.run_command("flush")
 
 
-def test_rules_of_the_other_backend_count_and_are_adopted(lab, echo, tmp_path, figures):
+def test_rules_of_the_other_backend_count_and_are_adopted(lab, servers, tmp_path, figures):
     """A wrong DB together with a backend switch: the old backend's rules are live NAT too
     (the start would migrate them away); refused, then adopted, then migrated."""
     first = DaemonProcess(lab.ns_router, tmp_path / "first", NAT_BACKEND="iptables").start()
