@@ -2,10 +2,19 @@
 
 from ipaddress import IPv4Address
 
+from one_ipfloater.config import parse_config_text
 from one_ipfloater.nat import NatBackend, NatError, Repairs
 from one_ipfloater.nat.ruleset import rules_by_chain
 
 A = IPv4Address
+
+
+def fake_config(db, pool="198.51.100.10-198.51.100.12", public_interface=None):
+    """The daemon config the in-memory tests share: a small pool, 10.77.0.0/24 private."""
+    text = f"[IPFLOATER]\nIP_POOL = {pool}\nPRIVATE_IP_RANGES = 10.77.0.0/24\nDB = {db}\n"
+    if public_interface:
+        text += f"PUBLIC_INTERFACE = {public_interface}\n"
+    return parse_config_text(text)
 
 
 class FakeBackend(NatBackend):

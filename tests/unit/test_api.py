@@ -10,23 +10,16 @@ from one_ipfloater import cli
 from one_ipfloater.api import ApiApp
 from one_ipfloater.httpserver import serve_in_thread
 from one_ipfloater.auth import Authenticator
-from one_ipfloater.config import parse_config_text
 from one_ipfloater.service import FloatingIPService
 from one_ipfloater.store import Store
-from tests.fakes import FakeBackend, FakeHost
+from tests.fakes import FakeBackend, FakeHost, fake_config
 
 TOKEN = "t" * 32
-CONF = """
-[IPFLOATER]
-IP_POOL = 198.51.100.10-198.51.100.12
-PRIVATE_IP_RANGES = 10.77.0.0/24
-DB = {db}
-"""
 
 
 @pytest.fixture
 def daemon(tmp_path):
-    config = parse_config_text(CONF.format(db=tmp_path / "state.db"))
+    config = fake_config(tmp_path / "state.db")
     svc = FloatingIPService(config, Store(config.db_path), FakeBackend(), FakeHost())
     svc.start()
     _server, url, stop = serve_in_thread(ApiApp(svc, Authenticator(TOKEN)), max_body=4096, request_timeout=5)

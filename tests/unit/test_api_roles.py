@@ -12,25 +12,18 @@ from one_ipfloater import hostnet
 from one_ipfloater.api import ApiApp
 from one_ipfloater.httpserver import serve_in_thread
 from one_ipfloater.auth import Authenticator, TokenError, TokenTable
-from one_ipfloater.config import parse_config_text
 from one_ipfloater.service import FloatingIPService
 from one_ipfloater.store import Store
-from tests.fakes import FakeBackend, FakeHost
+from tests.fakes import FakeBackend, FakeHost, fake_config
 
 FILE_TOKEN = "f" * 40
-CONF = """
-[IPFLOATER]
-IP_POOL = 198.51.100.10-198.51.100.20
-PRIVATE_IP_RANGES = 10.77.0.0/24
-DB = {db}
-"""
 ALICE_FIP, BOB_FIP, LOOSE_FIP = "198.51.100.10", "198.51.100.11", "198.51.100.12"
 
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
     monkeypatch.setattr(hostnet, "neighbours", lambda: [])  # the root namespace's table is not ours
-    config = parse_config_text(CONF.format(db=tmp_path / "state.db"))
+    config = fake_config(tmp_path / "state.db", pool="198.51.100.10-198.51.100.20")
     svc = FloatingIPService(config, Store(config.db_path), FakeBackend(), FakeHost())
     svc.start()
     svc.allocate(public_ip=A(ALICE_FIP), private_ip=A("10.77.0.11"), owner="alice", ref="a")

@@ -14,18 +14,11 @@ from one_ipfloater import httpserver
 from one_ipfloater.api import ApiApp
 from one_ipfloater.httpserver import serve_in_thread
 from one_ipfloater.auth import Authenticator
-from one_ipfloater.config import parse_config_text
 from one_ipfloater.service import FloatingIPService
 from one_ipfloater.store import Store
-from tests.fakes import FakeBackend, FakeHost
+from tests.fakes import FakeBackend, FakeHost, fake_config
 
 TOKEN = "t" * 32
-CONF = """
-[IPFLOATER]
-IP_POOL = 198.51.100.10-198.51.100.12
-PRIVATE_IP_RANGES = 10.77.0.0/24
-DB = {db}
-"""
 DEADLINE = 1.0
 # A request that WOULD change the state: smuggled behind a refused one, it must not run.
 ALLOCATE = (b"POST /v1/floatingips HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
@@ -34,7 +27,7 @@ ALLOCATE = (b"POST /v1/floatingips HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer 
 
 @pytest.fixture
 def api(tmp_path):
-    config = parse_config_text(CONF.format(db=tmp_path / "state.db"))
+    config = fake_config(tmp_path / "state.db")
     svc = FloatingIPService(config, Store(config.db_path), FakeBackend(), FakeHost())
     svc.start()
     server, url, stop = serve_in_thread(ApiApp(svc, Authenticator(TOKEN), max_body=4096),
@@ -184,7 +177,7 @@ def test_every_error_is_the_json_object(api, raw, status, code):
     (b'{"owner": "\xff"}', "not valid JSON"),
 ])
 def test_odd_json_is_a_400_not_a_500(tmp_path, body, fragment):
-    config = parse_config_text(CONF.format(db=tmp_path / "state.db"))
+    config = fake_config(tmp_path / "state.db")
     svc = FloatingIPService(config, Store(config.db_path), FakeBackend(), FakeHost())
     svc.start()
     server, _url, stop = serve_in_thread(ApiApp(svc, Authenticator(TOKEN), max_body=1 << 20),
@@ -237,7 +230,7 @@ def test_connection_limit_stays_below_the_descriptor_limit():
 def test_ipv6_loopback(tmp_path):
     if not socket.has_ipv6:
         pytest.skip("no IPv6 in this kernel")
-    config = parse_config_text(CONF.format(db=tmp_path / "state.db"))
+    config = fake_config(tmp_path / "state.db")
     svc = FloatingIPService(config, Store(config.db_path), FakeBackend(), FakeHost())
     server, url, stop = serve_in_thread(ApiApp(svc, Authenticator(TOKEN)), host="::1")
     try:

@@ -10,7 +10,6 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from one_ipfloater import instance
-from one_ipfloater.config import parse_config_text
 from one_ipfloater.hostnet import HostNetError
 from one_ipfloater.livestate import AdoptError, LiveState, plan_adopt, start_refusal
 from one_ipfloater.model import Allocation
@@ -18,18 +17,11 @@ from one_ipfloater.nat.iptables import pairs_from_save
 from one_ipfloater.nat.nftables import TableState, state_pairs
 from one_ipfloater.service import FloatingIPService
 from one_ipfloater.store import Store
-from tests.fakes import FakeBackend, FakeHost
+from tests.fakes import FakeBackend, FakeHost, fake_config
 
 A = IPv4Address
 POOL = [A(f"198.51.100.{i}") for i in range(10, 13)]
 RANGES = [IPv4Network("10.77.0.0/24")]
-CONF = """
-[IPFLOATER]
-IP_POOL = 198.51.100.10-198.51.100.12
-PRIVATE_IP_RANGES = 10.77.0.0/24
-PUBLIC_INTERFACE = pub0
-DB = {db}
-"""
 
 
 def live(pairs=(), addresses=()):
@@ -124,7 +116,7 @@ def test_nftables_maps_give_pairs():
 @pytest.fixture
 def make(tmp_path):
     def factory(backend=None, host=None):
-        config = parse_config_text(CONF.format(db=tmp_path / "state.db"))
+        config = fake_config(tmp_path / "state.db", public_interface="pub0")
         svc = FloatingIPService(config, Store(config.db_path), backend or FakeBackend(), host or FakeHost())
         svc.start()
         return svc
@@ -238,7 +230,7 @@ def test_a_failure_inside_the_transaction_puts_the_rules_back(make):
 
 def test_first_start_logs_an_install_not_repairs(tmp_path, caplog):
     caplog.set_level(logging.INFO)
-    config = parse_config_text(CONF.format(db=tmp_path / "s.db"))
+    config = fake_config(tmp_path / "s.db", public_interface="pub0")
     backend, host = FakeBackend(), FakeHost()
     assert FloatingIPService(config, Store(config.db_path), backend, host).start() == []
     assert "installed rules for 0 associations" in caplog.text

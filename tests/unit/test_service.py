@@ -5,28 +5,18 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from one_ipfloater.config import parse_config_text
 from one_ipfloater.model import FipError
 from one_ipfloater.service import FloatingIPService
 from one_ipfloater.store import Store
-from tests.fakes import FakeBackend, FakeHost
+from tests.fakes import FakeBackend, FakeHost, fake_config
 
 A = IPv4Address
-
-
-CONF = """
-[IPFLOATER]
-IP_POOL = 198.51.100.10-198.51.100.12
-PRIVATE_IP_RANGES = 10.77.0.0/24
-PUBLIC_INTERFACE = pub0
-DB = {db}
-"""
 
 
 @pytest.fixture
 def make(tmp_path):
     def factory():
-        config = parse_config_text(CONF.format(db=tmp_path / "state.db"))
+        config = fake_config(tmp_path / "state.db", public_interface="pub0")
         backend, host = FakeBackend(), FakeHost()
         svc = FloatingIPService(config, Store(config.db_path), backend, host)
         svc.start()
@@ -105,7 +95,7 @@ def test_reconcile_restores_addresses_and_rules(make):
 
 
 def test_pool_address_on_router_is_refused_at_start(tmp_path):
-    config = parse_config_text(CONF.format(db=tmp_path / "s.db").replace("198.51.100.10-", "198.51.100.1-"))
+    config = fake_config(tmp_path / "s.db", pool="198.51.100.1-198.51.100.12", public_interface="pub0")
     svc = FloatingIPService(config, Store(config.db_path), FakeBackend(), FakeHost())
     with pytest.raises(FipError, match="198.51.100.1 is an address of the router itself"):
         svc.start()
