@@ -88,12 +88,13 @@ def make_backend(config: DaemonConfig):
 
 
 def limit_malloc_arenas(arenas: int = 1) -> None:
-    """Cap glibc's malloc arenas. The API serves each connection on a thread of its own,
-    and every thread may get an arena that keeps the memory it freed: with the iptables
-    backend (each change copies the whole nat table through libiptc) the daemon grew with
-    every thread; with one arena it does not, at the same throughput (the GIL serialises
-    the threads' allocations anyway). benchmarks/ figure 5 measures the peak."""
-    import ctypes  # here, not at the top: after the rules are in place
+    """Cap glibc's malloc arenas. The API's worker threads each may get an arena that
+    keeps the memory it freed: with the iptables backend (each change copies the whole nat
+    table through libiptc) the daemon grew with every thread; with one arena it does not,
+    at the same throughput (the GIL serialises the threads' allocations anyway).
+    benchmarks/ figure 5 measures the peak. glibc reads the limit when a second thread
+    first allocates, so this must run before any thread starts (a later call is ignored)."""
+    import ctypes  # here, not at the top: both NAT backends import it anyway
     try:
         ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
     except (OSError, AttributeError):  # not glibc: nothing to cap
@@ -184,6 +185,7 @@ def run(config: DaemonConfig, ready_fd: int | None = None, config_path: str = DE
     """Serve until SIGTERM/SIGINT; rules stay in place when we stop."""
     from .service import FloatingIPService
 
+    limit_malloc_arenas()  # before any thread of ours exists: glibc reads the limit once
     supervisor = Supervisor(ready_fd)
     refused = preflight.path_problems(config)  # all of them before any is created
     if refused:
@@ -206,7 +208,6 @@ def run(config: DaemonConfig, ready_fd: int | None = None, config_path: str = DE
                  len(service.registry), len(repairs))
     gc.freeze()  # the start-up's objects live as long as we do: out of every later collection
     gc.enable()
-    limit_malloc_arenas()  # before the API's threads exist
     # the HTTP stack is imported once the rules are in place
     from .api import ApiApp
     from .auth import Authenticator, TokenTable
