@@ -57,6 +57,7 @@ def events_for(change: Change, at: float, actor: str | None = None,
     association in one request are two events, so each kind can be asked for).
     `adopted`: the new allocations came from the live rules, not from a request."""
     pool = pool_of or (lambda _ip: None)
+    at = round(at, 6)  # whole microseconds: the ISO form shown (iso) names the same instant
     before = {a.public_ip: a for a in change.before}
     after = {a.public_ip: a for a in change.after}
     events: list[Event] = []
@@ -118,9 +119,11 @@ def _order(ev: Event) -> tuple:
 # -- times: ISO 8601 UTC or unix seconds -------------------------------------------------
 
 def iso(at: float) -> str:
-    """UTC ISO 8601 with a Z, whole seconds unless the time has a fraction."""
+    """UTC ISO 8601 with a Z, whole seconds unless the time has a fraction; then to the
+    microsecond, so that a time copied from an event and asked about names that event
+    (rounded to the millisecond it could fall before it and name the previous holder)."""
     moment = datetime.fromtimestamp(at, timezone.utc)
-    text = moment.isoformat(timespec="seconds" if at == int(at) else "milliseconds")
+    text = moment.isoformat(timespec="seconds" if at == int(at) else "microseconds")
     return text.replace("+00:00", "Z")
 
 

@@ -341,4 +341,11 @@ def test_bad_times_name_the_field_and_value(text, fragment):
 
 def test_iso_is_utc_with_z():
     assert history.iso(T0) == "2023-11-14T22:13:20Z"
-    assert history.iso(T0 + 0.25) == "2023-11-14T22:13:20.250Z"
+    assert history.iso(T0 + 0.25) == "2023-11-14T22:13:20.250000Z"
+
+
+@settings(max_examples=300)
+@given(st.integers(0, 10**6 * 4_000_000_000))
+def test_an_event_time_shown_and_read_back_is_the_same_instant(micros):
+    at = events_for(Change(after=(ALLOC,)), micros / 10**6 + 1e-7)[0].at
+    assert parse_time(history.iso(at), "at") == at
