@@ -78,3 +78,22 @@ def test_history_survives_a_restart_and_answers_the_abuse_question(lab, tmp_path
     with pytest.raises(sqlite3.IntegrityError):
         db.execute("UPDATE history SET owner = 'nobody'")
     db.close()
+
+
+def test_adopted_associations_are_recorded_as_adopt(lab, tmp_path):
+    first = DaemonProcess(lab.ns_router, tmp_path / "first", NAT_BACKEND="nftables").start()
+    try:
+        fip = first.cli_json("getip", VM1)["public_ip"]
+    finally:
+        first.stop()
+    restored = DaemonProcess(lab.ns_router, tmp_path / "restored", NAT_BACKEND="nftables")
+    result = restored.run_command("adopt")  # a new state file, the rules still live
+    assert result.returncode == 0, result.stderr
+    restored.start()
+    try:
+        events = history(restored)["events"]
+        assert [(e["event"], e["public_ip"], e["private_ip"], e["owner"], e["actor"]) for e in events] == [
+            ("adopt", fip, VM1, None, "adopt")]
+        assert history(restored, fip, "--at", repr(events[0]["at_unix"]))["held"] is True
+    finally:
+        restored.stop()
