@@ -102,7 +102,9 @@ class HistoryLog:
                 " SELECT id FROM (SELECT id, ROW_NUMBER() OVER ("
                 "  PARTITION BY public_ip ORDER BY at DESC, id DESC) AS n FROM history WHERE at < ?1)"
                 " WHERE n = 1)", (before,))
-            self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)", (PRUNED_KEY, repr(before)))
+            if cur.rowcount:  # (else nothing is written: no fsync on the start's path; the
+                # previous cutoff stays true, as nothing between it and this one is gone)
+                self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)", (PRUNED_KEY, repr(before)))
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
