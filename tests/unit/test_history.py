@@ -227,6 +227,7 @@ def test_pruning_at_the_limit_keeps_what_still_answers(make, caplog):
     clock.now += DAY + 1
     assert svc.maybe_prune_history() == 0  # a day later: ran, nothing more to drop
     assert svc._next_prune == clock.now + DAY
+    assert svc.store.history.known_from() == cutoff  # (and wrote nothing: nothing was lost)
 
 
 def test_history_days_0_keeps_everything(make):
