@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(ISO 8601 with a zone, e.g. 2026-03-01T14:05:00Z, or unix seconds)")
     p.add_argument("--since", type=_time_arg("--since"), metavar="TIME", help="events at or after this time")
     p.add_argument("--until", type=_time_arg("--until"), metavar="TIME", help="events at or before this time")
-    p.add_argument("--limit", type=_limit_arg, metavar="N", help="at most this many events (default 1000, at most 10000)")
+    p.add_argument("--limit", type=_limit_arg, metavar="N",
+                   help="at most this many events (default 1000, at most 10000)")
     parser.epilog = command_summary("ipfloater", sub)
     return parser
 

@@ -3,7 +3,6 @@ owner token its owner's events only), the token's name as actor, bad parameters 
 naming the parameter and the value, nothing changed), and the `ipfloater history` CLI."""
 
 import json
-from ipaddress import IPv4Address as A
 
 import pytest
 import requests
