@@ -147,6 +147,13 @@ class Walkthrough:
         self.probe("client", lab.ns_client, fip, None)
         self.cli("status")
 
+        self.step(f"An abuse report names {fip} and the time of the move: the history answers")
+        self.cli("history", fip)
+        move = [e for e in self.daemon.cli_json("history", fip)["events"] if e["event"] == "move"][-1]
+        answer = self.cli("history", fip, "--at", move["at"])
+        self.expect(f"at {move['at']} {fip} pointed at vm2 (10.77.0.12)",
+                    "held by" in answer and "pointing at 10.77.0.12" in answer)
+
         print(f"\nLab finished: {'all steps as expected' if not self.failures else f'{self.failures} unexpected'}")
         return 0 if not self.failures else 1
 

@@ -18,7 +18,7 @@ from ipaddress import IPv4Address
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, urlsplit
 
-from . import hostnet
+from . import history, hostnet
 from .addresses import AddressError, parse_ipv4
 from .auth import OPERATOR, OWNER, READER, Principal
 from .httpserver import error_body
@@ -268,6 +268,8 @@ class ApiApp:
             if mac is not None:
                 entries = [e for e in entries if e["mac"] == mac.lower().replace("-", ":")]
             return 200, {"neighbours": entries}
+        if route == ["history"]:
+            return 200, self._history(req)
         if route == ["floatingips"]:
             if method == "GET":
                 unknown = sorted(set(query) - {"private_ip", "ref", "owner", "ref_prefix"})
@@ -284,7 +286,7 @@ class ApiApp:
                 private_ip=_ip(body["private_ip"], "private_ip") if body.get("private_ip") is not None else None,
                 owner=req.owner(body.get("owner")), ref=_text(body.get("ref"), "ref"),
                 allow_move=_flag(body.get("allow_move"), "allow_move"),
-                operator=req.operator(body.get("operator")), unowned_ok=req.unowned_ok)
+                operator=req.operator(body.get("operator")), unowned_ok=req.unowned_ok, actor=p.name)
             return (201 if created else 200), self._view(alloc)
         public_ip = _ip(route[1], "public_ip")
         if len(route) == 2 and method == "GET":
@@ -295,24 +297,27 @@ class ApiApp:
         if len(route) == 2:  # DELETE
             body = req.body({"owner", "operator"})
             alloc = svc.release(public_ip, owner=req.owner(body.get("owner")),
-                                operator=req.operator(body.get("operator")), unowned_ok=req.unowned_ok)
+                                operator=req.operator(body.get("operator")), unowned_ok=req.unowned_ok,
+                                actor=p.name)
             return 200, {**self._view(alloc), "status": "released"}
         if method == "PUT":
             body = req.body({"private_ip", "owner", "allow_move", "operator"}, {"private_ip"})
             alloc = svc.associate(public_ip, _ip(body["private_ip"], "private_ip"),
                                   owner=req.owner(body.get("owner")),
                                   allow_move=_flag(body.get("allow_move"), "allow_move"),
-                                  operator=req.operator(body.get("operator")), unowned_ok=req.unowned_ok)
+                                  operator=req.operator(body.get("operator")), unowned_ok=req.unowned_ok,
+                                  actor=p.name)
             return 200, self._view(alloc)
         body = req.body({"owner", "operator"})
         alloc = svc.disassociate(public_ip, owner=req.owner(body.get("owner")),
-                                 operator=req.operator(body.get("operator")), unowned_ok=req.unowned_ok)
+                                 operator=req.operator(body.get("operator")), unowned_ok=req.unowned_ok,
+                                 actor=p.name)
         return 200, self._view(alloc)
 
     @staticmethod
     def _known_methods(route: list[str]) -> list[str]:
         table = {("version",): ["GET"], ("pool",): ["GET"], ("reconcile",): ["POST"],
-                 ("neighbours",): ["GET"], ("floatingips",): ["GET", "POST"]}
+                 ("neighbours",): ["GET"], ("floatingips",): ["GET", "POST"], ("history",): ["GET"]}
         if tuple(route) in table:
             return table[tuple(route)]
         if len(route) == 2 and route[0] == "floatingips":
@@ -320,6 +325,46 @@ class ApiApp:
         if len(route) == 3 and route[0] == "floatingips" and route[2] == "association":
             return ["PUT", "DELETE"]
         return []
+
+    def _history(self, req: Request) -> dict:
+        """GET /v1/history: who held public_ip `at` a time, or the events in [since, until].
+        Owner tokens see their owner's events only."""
+        query, p = req.query, req.principal
+        unknown = sorted(set(query) - {"public_ip", "at", "since", "until", "limit"})
+        if unknown:
+            raise bad_request(f"{_show(unknown[0])[1:-1]}: unknown query parameter "
+                              "(allowed: at, limit, public_ip, since, until)")
+        times = {}
+        for name in ("at", "since", "until"):
+            if name in query:
+                try:
+                    times[name] = history.parse_time(query[name], name)
+                except ValueError as exc:
+                    raise bad_request(str(exc)[:200]) from None
+        public_ip = _ip(query["public_ip"], "public_ip") if "public_ip" in query else None
+        if "at" in times:
+            for name in ("since", "until", "limit"):
+                if name in query:
+                    raise bad_request(f"{name}: {_show(query[name])} cannot be combined with at")
+            if public_ip is None:
+                raise bad_request("public_ip: missing (required with at)")
+            answer = self.service.history_at(public_ip, times["at"])
+            event = answer["event"]
+            if p.role == OWNER and event is not None and event.owner != p.owner:
+                raise FipError("owner_mismatch", f"public_ip: {public_ip} at {answer['at']} was not "
+                               f"held by {p.owner!r}", 403)
+            return {**answer, "event": event.as_dict() if event else None}
+        if "since" in times and "until" in times and times["since"] > times["until"]:
+            raise bad_request(f"since: {_show(query['since'])} is after until {_show(query['until'])}")
+        limit = 1000
+        if "limit" in query:
+            text = query["limit"]
+            if not (text.isascii() and text.isdigit() and len(text) <= 6 and 1 <= int(text) <= 10000):
+                raise bad_request(f"limit: {_show(text)} is not a number from 1 to 10000")
+            limit = int(text)
+        found = self.service.history_between(public_ip, times.get("since"), times.get("until"),
+                                             owner=p.owner if p.role == OWNER else None, limit=limit)
+        return {**found, "events": [ev.as_dict() for ev in found["events"]]}
 
     def _view(self, alloc) -> dict:
         return alloc.as_dict(in_pool=alloc.public_ip in self.service.registry.pool)

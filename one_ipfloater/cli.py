@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from . import __version__
+from . import __version__, history
 from .cliutil import OneLineArgumentParser, SummaryHelpFormatter, anywhere, command_summary
 from .addresses import AddressError, parse_ipv4
 from .client import (DEFAULT_TOKEN_FILE, ApiError, IpfloaterClient, UrlError, check_host,
@@ -30,6 +30,58 @@ def _ip_arg(field):
         except AddressError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
     return parse
+
+
+def _time_arg(field):
+    def parse(value: str) -> str:
+        try:
+            history.parse_time(value, field)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[1]) from None  # argparse names it
+        return value  # sent as given: the daemon parses it the same way
+    return parse
+
+
+def _limit_arg(value: str) -> int:
+    if not (value.isascii() and value.isdigit() and len(value) <= 6 and 1 <= int(value) <= 10000):
+        raise argparse.ArgumentTypeError(f"--limit: {value!r} is not a number from 1 to 10000")
+    return int(value)
+
+
+def _check_history_args(parser, args) -> None:
+    """--at asks about one address at one time; the others list events."""
+    if args.at is None:
+        return
+    if args.public_ip is None:
+        parser.error("history --at: PUBLIC_IP is required")
+    for name in ("since", "until", "limit"):
+        if getattr(args, name) is not None:
+            parser.error(f"history --at: --{name} cannot be combined with --at")
+
+
+HISTORY_COLUMNS = ["at", "event", "public_ip", "private_ip", "previous_private_ip", "owner", "ref", "pool", "actor"]
+
+
+def _history(args, client: IpfloaterClient):
+    """`history`: the at-time answer as one line and its event, or a table of events."""
+    if args.at is not None:
+        answer = client.history(public_ip=args.public_ip, at=args.at)
+        event = answer["event"]
+        where = f"{answer['public_ip']} at {answer['at']}"
+        if answer["held"] is None:
+            line = f"{where}: unknown (the history starts at {answer['history_from']})"
+        elif not answer["held"]:
+            line = f"{where}: not allocated" + (f" (released {event['at']})" if event else "")
+        else:
+            target = event["private_ip"] or "no private address"
+            line = (f"{where}: held by owner {event['owner'] or '-'}, ref {event['ref'] or '-'}, "
+                    f"pointing at {target} (since {event['at']}, {event['event']} by {event['actor'] or '-'})")
+        return answer, line + ("\n\n" + _table([event], HISTORY_COLUMNS) if event else "")
+    found = client.history(public_ip=args.public_ip, since=args.since, until=args.until, limit=args.limit)
+    text = _table(found["events"], HISTORY_COLUMNS)
+    if found["truncated"]:
+        text += f"\n(the first {len(found['events'])} events; narrow --since/--until or raise --limit)"
+    return found, text
 
 
 def _table(rows: list[dict], columns: list[str]) -> str:
@@ -92,6 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("public_ip", type=_ip_arg("public_ip"), help="the floating IP address")
     command("reconcile", "repair the router's rules and addresses now; prints the repairs")
     command("health", "check that the daemon answers (no token needed)")
+    p = command("history", "who held a floating IP at a time, or what changed in a period "
+                "(for abuse reports)")
+    p.add_argument("public_ip", nargs="?", type=_ip_arg("public_ip"), help="the floating IP address")
+    p.add_argument("--at", type=_time_arg("--at"), metavar="TIME", help="who held PUBLIC_IP at this time "
+                   "(ISO 8601 with a zone, e.g. 2026-03-01T14:05:00Z, or unix seconds)")
+    p.add_argument("--since", type=_time_arg("--since"), metavar="TIME", help="events at or after this time")
+    p.add_argument("--until", type=_time_arg("--until"), metavar="TIME", help="events at or before this time")
+    p.add_argument("--limit", type=_limit_arg, metavar="N",
+                   help="at most this many events (default 1000, at most 10000)")
     parser.epilog = command_summary("ipfloater", sub)
     return parser
 
@@ -145,6 +206,8 @@ def _execute(args, client: IpfloaterClient):
         if not entries:
             raise ApiError("not_found", f"mac: {args.mac} is not in the router's neighbour table", 404)
         return {"neighbours": entries}, "\n".join(e["ip"] for e in entries)
+    if cmd == "history":
+        return _history(args, client)
     if cmd == "show":
         alloc = client.show(args.public_ip)
         return alloc, _table([alloc], ["public_ip", "private_ip", "status", "owner", "ref"])
@@ -168,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.json = getattr(args, "json", False)
+    if args.command == "history":
+        _check_history_args(parser, args)
     try:
         url, timeout = _endpoint(args)
     except UrlError as exc:

@@ -209,5 +209,9 @@ class IpfloaterClient:
     def reconcile(self) -> dict:
         return self._call("POST", "/reconcile", {})
 
+    def history(self, **params) -> dict:
+        """GET /v1/history: public_ip, at | since, until, limit (times as the API takes them)."""
+        return self._call("GET", "/history", params={k: v for k, v in params.items() if v is not None})
+
     def neighbours(self, mac: Optional[str] = None) -> list[dict]:
         return self._call("GET", "/neighbours", params={"mac": mac} if mac else None)["neighbours"]

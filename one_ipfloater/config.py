@@ -28,6 +28,7 @@ KNOWN_KEYS = {
     "PUBLIC_INTERFACE", "TOKEN_FILE", "RECONCILE_INTERVAL", "CONNTRACK_FLUSH",
     "GRATUITOUS_ARP", "XTABLES_LOCK", "LOG_LEVEL", "NAT_BACKEND", "MAX_BODY_BYTES",
     "REQUEST_TIMEOUT", "DB_SYNC",
+    "HISTORY_DAYS",
 }
 # Keys the original daemon had that mean nothing here; accepted so old files load.
 IGNORED_LEGACY_KEYS = {"IPTABLES_CMD", "MAX_REDIRECTIONS", "LISTEN_IP", "PID_FILE", "LOG_FILE"}
@@ -55,6 +56,7 @@ _SETTINGS = (  # (field, default); the first two have none
     ("max_body_bytes", 65536),
     ("request_timeout", 10.0),
     ("db_sync", "full"),
+    ("history_days", 400),                   # history kept this many days; 0: forever
 )
 
 
@@ -201,6 +203,8 @@ def _build(raw: dict[str, str]) -> DaemonConfig:
         if sync not in ("full", "normal"):
             raise ConfigError(f"DB_SYNC: {raw['DB_SYNC']!r} is not full or normal")
         values["db_sync"] = sync
+    if "HISTORY_DAYS" in raw:  # an abuse report a year later must still be answerable
+        values["history_days"] = _number("HISTORY_DAYS", raw["HISTORY_DAYS"], int, 0, 36500)
     if "NAT_BACKEND" in raw:
         backend = raw["NAT_BACKEND"].strip().lower()
         if backend not in ("iptables", "nftables", "auto"):

@@ -25,6 +25,7 @@ import socket
 import sqlite3
 import sys
 import threading
+import time
 
 from . import __version__, hostnet, instance, preflight, safefs
 from .cliutil import OneLineArgumentParser
@@ -247,6 +248,10 @@ def run(config: DaemonConfig, ready_fd: int | None = None, config_path: str = DE
                 log.error("%s reconcile failed: %s", "repair" if asked else "periodic", exc)
                 if asked:
                     service.repair_wanted.set()
+            try:
+                service.maybe_prune_history()  # once a day
+            except Exception as exc:  # (sqlite3 errors included) the next day retries
+                log.error("history pruning failed: %s", exc)
             if asked:
                 stop.wait(1.0)  # at most one repair round a second while a failure persists
 
@@ -293,7 +298,7 @@ def check(config: DaemonConfig, path: str) -> int:
     """Every validation `run` makes, creating nothing: JSON on stdout, the first
     refusal as one line on stderr and run's exit status."""
     found = preflight.report(config, hostnet)
-    print(json.dumps({"config": path, "pool_size": len(config.pool),
+    print(json.dumps({"config": path, "pool_size": len(config.pool), "history_days": config.history_days,
                       "private_ranges": [str(n) for n in config.private_ranges], **found}))
     if found["errors"]:
         print(f"ipfloaterd: {found['errors'][0]}", file=sys.stderr)
@@ -321,8 +326,9 @@ def adopt(config: DaemonConfig) -> int:
         except AdoptError as exc:
             raise DaemonError(f"adopt: {exc}; nothing written") from None
         store = existing or Store(config.db_path, config.db_sync)
+        store.history.begin(time.time())  # what was held before is not "adopted"
         with store.transaction():
-            store.write(Change(after=tuple(adopted)))
+            store.write(Change(after=tuple(adopted)), actor="adopt", adopted=True)
             store.mark_history()
         store.close()
     finally:

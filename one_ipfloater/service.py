@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from ipaddress import IPv4Address
 
-from . import __version__, hostnet, preflight
+from . import __version__, history, hostnet, preflight
 from .coalesce import Coalescer
 from .config import DaemonConfig
 from .model import Allocation, Change, FipError, Registry
@@ -32,8 +32,10 @@ log = logging.getLogger(__name__)
 class FloatingIPService:
     """Allocate / associate / disassociate / release, and reconcile."""
 
-    def __init__(self, config: DaemonConfig, store: Store, backend, host=hostnet):
+    def __init__(self, config: DaemonConfig, store: Store, backend, host=hostnet, clock=time.time):
         self.config = config
+        self.clock = clock  # the history's times (tests drive it)
+        self._next_prune = None  # the clock's time of the next daily history pruning
         self.store = store
         self.backend = backend
         self.host = host
@@ -63,6 +65,7 @@ class FloatingIPService:
                     rules_in_place(count)
 
             repairs = self.reconcile(rules_done, at_start=True)
+            self._begin_history()
             if iface:
                 log.info("addresses on %s in place after %.3f s", iface, time.perf_counter() - started)
             for alloc in self.registry:
@@ -135,7 +138,7 @@ class FloatingIPService:
 
     # -- the change pipeline ---------------------------------------------------------
 
-    def _commit(self, change: Change) -> None:
+    def _commit(self, change: Change, actor: str | None = None) -> None:
         """Persist `change` and apply its NAT delta, all or nothing; then side effects.
 
         Until the transaction commits, any failure (of the rules, of the state file, or of
@@ -149,7 +152,7 @@ class FloatingIPService:
         touched = False
         try:
             with self.store.transaction():
-                self.store.write(change)
+                self.store.write(change, actor=actor, at=self.clock(), pool_of=self.pool_of)
                 touched = True
                 try:
                     self.backend.apply(removed, added)
@@ -216,10 +219,11 @@ class FloatingIPService:
         for addr in sorted(moved):
             log.info("flushed %d conntrack entries of %s", counts.get(addr, 0), addr)
 
-    def _run(self, plan: Callable[[], tuple[Allocation, Change]], action: str) -> Allocation:
+    def _run(self, plan: Callable[[], tuple[Allocation, Change]], action: str,
+             actor: str | None = None) -> Allocation:
         with self._lock:
             alloc, change = plan()
-            self._commit(change)
+            self._commit(change, actor)
         self._flush_conntrack(change)
         if not change.noop:
             log.info("%s %s (private=%s owner=%s ref=%s)", action, alloc.public_ip, alloc.private_ip,
@@ -230,7 +234,8 @@ class FloatingIPService:
 
     def allocate(self, public_ip: IPv4Address | None = None, private_ip: IPv4Address | None = None,
                  owner: str | None = None, ref: str | None = None, allow_move: bool = False,
-                 operator: bool = False, unowned_ok: bool = True) -> tuple[Allocation, bool]:
+                 operator: bool = False, unowned_ok: bool = True, *,
+                 actor: str | None = None) -> tuple[Allocation, bool]:
         """Take an address and optionally associate it, in one atomic change.
 
         Returns (allocation, created): created is False when `ref` already held it.
@@ -249,7 +254,7 @@ class FloatingIPService:
                 finally:
                     self.registry.apply(change.inverse())
                 change = change.then(assoc)
-            self._commit(change)
+            self._commit(change, actor)
         self._flush_conntrack(change)
         if not change.noop:
             log.info("allocated %s (private=%s owner=%s ref=%s)", alloc.public_ip, alloc.private_ip,
@@ -257,19 +262,23 @@ class FloatingIPService:
         return alloc, created
 
     def associate(self, public_ip: IPv4Address, private_ip: IPv4Address, owner: str | None = None,
-                  allow_move: bool = False, operator: bool = False, unowned_ok: bool = True) -> Allocation:
+                  allow_move: bool = False, operator: bool = False, unowned_ok: bool = True, *,
+                  actor: str | None = None) -> Allocation:
         return self._run(lambda: self.registry.plan_associate(
             public_ip, private_ip, self.config.private_ranges, owner, allow_move, operator, unowned_ok),
-            "associated")
+            "associated", actor)
 
     def disassociate(self, public_ip: IPv4Address, owner: str | None = None,
-                     operator: bool = False, unowned_ok: bool = True) -> Allocation:
+                     operator: bool = False, unowned_ok: bool = True, *,
+                     actor: str | None = None) -> Allocation:
         return self._run(lambda: self.registry.plan_disassociate(public_ip, owner, operator, unowned_ok),
-                         "disassociated")
+                         "disassociated", actor)
 
     def release(self, public_ip: IPv4Address, owner: str | None = None,
-                operator: bool = False, unowned_ok: bool = True) -> Allocation:
-        return self._run(lambda: self.registry.plan_release(public_ip, owner, operator, unowned_ok), "released")
+                operator: bool = False, unowned_ok: bool = True, *,
+                actor: str | None = None) -> Allocation:
+        return self._run(lambda: self.registry.plan_release(public_ip, owner, operator, unowned_ok), "released",
+                         actor)
 
     # -- queries -----------------------------------------------------------------------
 
@@ -297,3 +306,57 @@ class FloatingIPService:
 
     def version(self) -> dict:
         return {"version": __version__, "backend": self.backend.name}
+
+    # -- history (history.py, historylog.py) -------------------------------------------
+
+    def pool_of(self, public_ip: IPv4Address) -> str | None:
+        """The pool an address belongs to, for the history. A stand-in until named pools
+        exist (Registry.pool_of): "default" for IP_POOL, None outside it."""
+        named = getattr(self.registry, "pool_of", None)
+        if named is not None:
+            return named(public_ip)
+        return "default" if public_ip in self.registry.pool else None
+
+    def _begin_history(self) -> None:
+        baselines = self.store.history.begin(self.clock(), self.pool_of)
+        if baselines:
+            log.info("history begins: %d allocations held now recorded as baseline", baselines)
+        self.prune_history()
+
+    def prune_history(self) -> int:
+        """Drop history older than HISTORY_DAYS (0: keep forever); run at the start and
+        once a day (maybe_prune_history), logged."""
+        days = self.config.history_days
+        with self._lock:
+            self._next_prune = self.clock() + 86400
+            if not days:
+                return 0
+            before = self.clock() - days * 86400
+            removed = self.store.history.prune(before)
+        log.info("history: pruned %d events older than %d days (before %s)", removed, days, history.iso(before))
+        return removed
+
+    def maybe_prune_history(self) -> int:
+        """Prune if a day has passed since the last pruning (the reconcile loop asks)."""
+        if self._next_prune is not None and self.clock() < self._next_prune:
+            return 0
+        return self.prune_history()
+
+    def history_at(self, public_ip: IPv4Address, at: float) -> dict:
+        """Who held `public_ip` at `at`: the last event at or before it. `held` is None
+        when `at` is before what the history still knows (its start or the pruning)."""
+        with self._lock:
+            event = self.store.history.last_at(public_ip, at)
+            known = self.store.history.known_from()
+        held = None if (known is not None and at < known and event is None) else bool(event and event.held)
+        return {"public_ip": str(public_ip), "at": history.iso(at), "at_unix": at, "held": held,
+                "event": event, "history_from": history.iso(known) if known is not None else None}
+
+    def history_between(self, public_ip: IPv4Address | None = None, since: float | None = None,
+                        until: float | None = None, owner: str | None = None, limit: int = 1000) -> dict:
+        """Events in [since, until], oldest first, at most `limit` (`truncated` says more)."""
+        with self._lock:
+            events = self.store.history.between(public_ip, since, until, owner, limit + 1)
+            known = self.store.history.known_from()
+        return {"events": events[:limit], "truncated": len(events) > limit,
+                "history_from": history.iso(known) if known is not None else None}

@@ -16,6 +16,8 @@ from ipaddress import IPv4Address
 
 from . import safefs
 from .addresses import ipv4_from_text
+from .history import events_for
+from .historylog import HistoryLog
 from .model import Allocation, Change
 
 SCHEMA_VERSION = 1
@@ -89,6 +91,7 @@ class Store:
                 self._db.execute("INSERT INTO meta(key, value) VALUES('schema', ?)", (str(SCHEMA_VERSION),))
             elif int(row[0]) > SCHEMA_VERSION:
                 raise StoreError(f"DB: {self.path} has schema {row[0]}, newer than this daemon's {SCHEMA_VERSION}")
+            self.history = HistoryLog(self._db)  # (additive: no schema version bump)
         except safefs.UnsafePath as exc:
             raise StoreError(str(exc)) from None
         except (sqlite3.Error, OSError) as exc:
@@ -144,13 +147,17 @@ class Store:
         except ValueError as exc:
             raise StoreError(f"DB: {self.path}: {exc}") from None
 
-    def write(self, change: Change) -> None:
-        """Persist a planned change; must run inside `transaction()`.
+    def write(self, change: Change, *, actor: str | None = None, at: float | None = None,
+              pool_of=None, adopted: bool = False) -> None:
+        """Persist a planned change and its history events; must run inside `transaction()`.
 
         The rows of `before` go first, then those of `after` come in, so a change that
         swaps private addresses never trips a UNIQUE index; creation times survive.
+        `actor` (the token's name), `at` (the service's clock) and `pool_of` go into the
+        history (history.events_for), written here so that no change goes unrecorded.
         """
-        now = time.time()
+        now = time.time() if at is None else at
+        self.history.append(events_for(change, now, actor, pool_of, adopted))
         if change.after:  # (every time, not cached: a rolled-back mark must not count)
             self.mark_history()
         created = {}

@@ -74,6 +74,7 @@ def test_check_of_a_good_config_passes_and_creates_nothing(lab, tmp_path):
     assert checked.returncode == 0, checked.stderr
     report = json.loads(checked.stdout)
     assert report["errors"] == [] and report["backend"] == "iptables" and report["pool_size"] == 31
+    assert report["history_days"] == 400  # (the default: HISTORY_DAYS left out)
     assert tree(tmp_path) == ["ipfloaterd.conf"]  # no state directory, token or lock
     assert ours_in_kernel(lab) == rules
 

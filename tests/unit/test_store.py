@@ -103,7 +103,7 @@ def tables(path):
 
 def test_a_new_file_has_no_pool_table(store):
     """The pool is IP_POOL's; nothing reads a copy of it, so none is written."""
-    assert tables(store.path) == ["allocations", "meta"]
+    assert tables(store.path) == ["allocations", "history", "meta"]
 
 
 def test_an_old_file_with_a_pool_table_loads_and_is_left_alone(tmp_path):
@@ -121,7 +121,7 @@ def test_an_old_file_with_a_pool_table_loads_and_is_left_alone(tmp_path):
         assert store._db.total_changes == 0  # opening and reading wrote nothing
     finally:
         store.close()
-    assert tables(path) == ["allocations", "meta", "pool"]
+    assert tables(path) == ["allocations", "history", "meta", "pool"]  # (history: added, additive)
     db = sqlite3.connect(path)
     assert db.execute("SELECT count(*) FROM pool").fetchone() == (len(POOL),)
     db.close()
