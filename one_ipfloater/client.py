@@ -209,5 +209,8 @@ class IpfloaterClient:
     def reconcile(self) -> dict:
         return self._call("POST", "/reconcile", {})
 
+    def set_ha_state(self, state: str) -> dict:
+        return self._call("PUT", "/ha-state", {"state": state})
+
     def neighbours(self, mac: Optional[str] = None) -> list[dict]:
         return self._call("GET", "/neighbours", params={"mac": mac} if mac else None)["neighbours"]

@@ -6,6 +6,7 @@
     ipfloaterd --config FILE check       every check `run` makes (config, paths, host), creating nothing
     ipfloaterd --config FILE token add NAME --role operator|reader|owner [--owner O]
     ipfloaterd --config FILE token list | token revoke NAME
+    ipfloaterd --config FILE ha-state master|backup|fault   (keepalived's notify scripts)
 
 Stopping the daemon leaves the rules in place, so floating IPs stay up across restarts
 and upgrades; the next start reconciles them with the stored state. A state file that is
@@ -26,7 +27,7 @@ import sqlite3
 import sys
 import threading
 
-from . import __version__, hostnet, instance, preflight, safefs
+from . import __version__, hastate, hostnet, instance, preflight, safefs
 from .cliutil import OneLineArgumentParser
 from .config import ConfigError, DaemonConfig, load_config
 from .locking import flock_exclusive
@@ -197,6 +198,8 @@ def run(config: DaemonConfig, ready_fd: int | None = None, config_path: str = DE
     store = open_store_safely(config, backend, config_path)
     token = load_or_create_token(config.token_file)
     service = FloatingIPService(config, store, backend)
+    ha = hastate.HaState(hastate.state_path(config.db_path), lambda: floating_addresses(service),
+                         hostnet.flush_conntrack)  # known before the kernel is touched
     try:
         repairs = service.start(supervisor.rules_in_place)
     except (FipError, NatError, hostnet.HostNetError) as exc:
@@ -216,7 +219,7 @@ def run(config: DaemonConfig, ready_fd: int | None = None, config_path: str = DE
         tokens = TokenTable(config.db_path)
     except sqlite3.Error as exc:
         raise DaemonError(f"DB: cannot read the tokens of {config.db_path}: {exc}") from None
-    app = ApiApp(service, Authenticator(token, tokens), max_body=config.max_body_bytes)
+    app = ApiApp(service, Authenticator(token, tokens), max_body=config.max_body_bytes, ha_state=ha)
     try:
         server = make_server(app, config.rest_ip, config.rest_port, config.request_timeout,
                              config.max_body_bytes)
@@ -264,6 +267,40 @@ def run(config: DaemonConfig, ready_fd: int | None = None, config_path: str = DE
     store.close()
     os.close(lock_fd)
     instance.release(namespace_claim, prober)
+    return 0
+
+
+def floating_addresses(service) -> set:
+    """The addresses whose flows a new master forgets: the pool and any still-served one."""
+    return set(service.registry.pool) | {pub for pub, _priv in service.registry.associations()}
+
+
+def ha_state_command(config: DaemonConfig, state: str) -> int:
+    """keepalived's notify: tell the running daemon (it records the state and flushes the
+    floating addresses' conntrack entries, hastate.py); when none answers, do that here, so that the flush never depends
+    on the daemon being up. JSON on stdout; exit 1 only if the daemon refused."""
+    from .client import ApiError, IpfloaterClient, read_token
+    host = "127.0.0.1" if config.rest_ip in ("0.0.0.0", "") else config.rest_ip
+    try:
+        client = IpfloaterClient(f"http://{host}:{config.rest_port}",
+                                 read_token(config.token_file, file_setting="TOKEN_FILE"), timeout=5.0)
+        done = client.set_ha_state(state)
+        print(json.dumps({**done, "by": "daemon"}))
+        return 0
+    except ApiError as exc:
+        refused = exc.code not in ("unreachable", "timeout", "no_token")
+        why = exc.message
+    path = hastate.state_path(config.db_path)
+    try:
+        done = hastate.enter(state, path, config.pool, hostnet.flush_conntrack)
+    except (OSError, hostnet.HostNetError) as exc:
+        raise DaemonError(f"ha-state {state}: {exc} (the daemon: {why})") from None
+    log.warning("HA state -> %s (the daemon: %s): deleted %d conntrack entries of the floating addresses",
+                state, why, done["conntrack_flushed"])
+    print(json.dumps({**done, "by": "ha-state command", "daemon": why}))
+    if refused:
+        print(f"ipfloaterd: ha-state: the daemon refused: {why}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -383,6 +420,13 @@ RETIRED_VERBS = {
 }
 
 
+def _ha_state_arg(value: str) -> str:
+    try:
+        return hastate.parse_state(value, "STATE")
+    except hastate.HaStateError as exc:  # argparse names the argument itself
+        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[1]) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Subcommands (run is the default); common options go before or after them."""
     common = argparse.ArgumentParser(add_help=False)
@@ -415,6 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
     rev = tsub.add_parser("revoke", parents=[common], help="delete a token (a running daemon refuses it at once)")
     rev.add_argument("name", metavar="NAME")
     rev.add_argument("--json", action="store_true", help="JSON output")
+    ha = sub.add_parser("ha-state", parents=[common],
+                        help="keepalived's notify: record master|backup|fault and delete the "
+                             "floating addresses' conntrack entries")
+    ha.add_argument("state", metavar="STATE", type=_ha_state_arg, help="master, backup or fault")
     for verb in RETIRED_VERBS:  # no help=: left out of the help listing
         sub.add_parser(verb, parents=[common], description=f"Not a command: {RETIRED_VERBS[verb]}.")
     return parser
@@ -451,6 +499,8 @@ def _main(argv: list[str] | None) -> int:
             return adopt(config)
         if command == "token":
             return token_command(config, args)
+        if command == "ha-state":
+            return ha_state_command(config, args.state)
         return run(config, getattr(args, "ready_fd", None), config_path)
     except (DaemonError, StoreError) as exc:
         print(f"ipfloaterd: {exc}", file=sys.stderr)
