@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from tests.ha.conftest import FLOW_BOUND, Flows
-from tests.support.halab import HaLab
+from tests.support.halab import FLOW_BOUND, Flows, HaLab
 
 pytestmark = [pytest.mark.netns, pytest.mark.ha, pytest.mark.xdist_group("ha")]
 

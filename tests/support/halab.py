@@ -52,6 +52,8 @@ POOL = "203.0.113.0/24"
 IP_POOL = "203.0.113.10-203.0.113.40"
 VRID = 51
 ROUTERS = ("r1", "r2")
+FIP, VM, PORT = "203.0.113.10", 1, 8080  # the floating IP the flows go through, to vm1
+FLOW_BOUND = 15.0  # seconds within which traffic must flow again (a bound, not the figure)
 PRIORITY = {"r1": 150, "r2": 100}  # r1 wins the first election; nopreempt keeps whoever is master
 
 
@@ -573,3 +575,28 @@ class PingTrain:
                 break
         self.lab._stop_proc(self.proc)
         return self.transmitted, len(self.replies)
+
+
+class Flows:
+    """A floating IP on both routers, an echo server on the VM behind it, and from the
+    client a long-lived TCP stream and a ping train (every 50 ms) to it, both flowing."""
+
+    def __init__(self, lab):
+        self.lab = lab
+        lab.associate_everywhere(FIP, lab.vm_ip(VM))
+        self.server = lab.start_server(lab.vm_ns(VM), f"vm{VM}", tcp_port=PORT)
+        self.stream = lab.start_stream(FIP, PORT)
+        self.ping = lab.start_ping(FIP)
+        self.wait_flowing(time.time())
+
+    def wait_flowing(self, after, count=10, timeout=FLOW_BOUND):
+        """Both flows answered `count` times after `after` (time.time())."""
+        ok_stream = self.stream.wait_reply_after(after, count, timeout)
+        ok_ping = self.ping.wait_reply_after(after, count, timeout)
+        return ok_stream, ok_ping
+
+    def stop(self):
+        end = self.stream.stop()
+        self.ping.stop()
+        self.server.stop()
+        return end
