@@ -271,8 +271,10 @@ def run(config: DaemonConfig, ready_fd: int | None = None, config_path: str = DE
 
 
 def floating_addresses(service) -> set:
-    """The addresses whose flows a new master forgets: the pool and any still-served one."""
-    return set(service.registry.pool) | {pub for pub, _priv in service.registry.associations()}
+    """The addresses whose flows a new master forgets: the pool and any still-served one
+    (read under the service's lock: an API change may be editing the registry)."""
+    with service._lock:
+        return set(service.registry.pool) | {pub for pub, _priv in service.registry.associations()}
 
 
 def ha_state_command(config: DaemonConfig, state: str) -> int:
