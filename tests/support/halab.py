@@ -11,7 +11,7 @@
                   [vm1] 10.77.0.11        [vm2] 10.77.0.12
     and [mgmtsw] br0: 10.79.0.0/24 with r1 .1, r2 .2 and three etcd members .11-.13.
 
-Why it looks like this (docs/ha.md and /work/shared/netfilter/NOTES.md):
+Why it looks like this (README "High availability", and netfilter NOTES.md on keepalived):
 - Routed pool: the upstream router routes the pool to the public VRRP address, so only
   keepalived's two addresses move on a failover; the floating addresses are on no link.
 - Every bridge is in a namespace of its own (as switches are), so that a router's
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -43,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 STREAM = HERE / "stream.py"
 NOTIFY_SCRIPT = REPO / "etc" / "keepalived" / "ipfloater-notify"
+EXAMPLE_CONF = REPO / "etc" / "keepalived" / "keepalived.conf"
 
 CLIENT_IP, UPSTREAM_CLIENT_IP = "198.51.100.66", "198.51.100.65"
 PUB_PREFIX, UPSTREAM_PUB_IP, PUBLIC_VIP = 26, "198.51.100.1", "198.51.100.10"
@@ -50,11 +52,9 @@ PRIV_PREFIX, PRIVATE_VIP = 24, "10.77.0.1"
 MGMT_PREFIX = 24
 POOL = "203.0.113.0/24"
 IP_POOL = "203.0.113.10-203.0.113.40"
-VRID = 51
 ROUTERS = ("r1", "r2")
 FIP, VM, PORT = "203.0.113.10", 1, 8080  # the floating IP the flows go through, to vm1
 FLOW_BOUND = 15.0  # seconds within which traffic must flow again (a bound, not the figure)
-PRIORITY = {"r1": 150, "r2": 100}  # r1 wins the first election; nopreempt keeps whoever is master
 
 
 def router_pub_ip(i):
@@ -77,28 +77,37 @@ def vm_ip(j):
     return "10.77.0.%d" % (10 + j)
 
 
-def keepalived_conf(name, i, advert_int, unicast=True, notify=None, config=None, env=None):
-    """keepalived.conf of router `name` (index i): one VRRP instance moving both addresses.
-
-    nopreempt (with state BACKUP on both): a router that comes back stays backup, so an
-    unstable router cannot pull the addresses back and forth; priorities only decide the
-    first election. `notify` (the ipfloater-notify script) tells the daemon the state."""
-    peer = 2 if i == 1 else 1
-    lines = ["global_defs {", f"    router_id {name}", "    script_user root",
-             "    vrrp_version 3", "}", "vrrp_instance ipfloater {", "    state BACKUP", "    nopreempt",
-             "    interface priv0", f"    virtual_router_id {VRID}", f"    priority {PRIORITY[name]}",
-             f"    advert_int {advert_int}"]
-    if unicast:
-        lines += [f"    unicast_src_ip {router_priv_ip(i)}", f"    unicast_peer {{ {router_priv_ip(peer)} }}"]
-    lines += ["    track_interface {", "        pub0", "        priv0", "    }",
-              "    virtual_ipaddress {", f"        {PRIVATE_VIP}/{PRIV_PREFIX} dev priv0",
-              f"        {PUBLIC_VIP}/{PUB_PREFIX} dev pub0", "    }"]
-    if notify:
-        prefix = "/usr/bin/env " + " ".join(f"{k}={v}" for k, v in (env or {}).items())
-        for state in ("master", "backup", "fault"):
-            lines.append(f'    notify_{state} "{prefix} /bin/sh {notify} {state} {config}"')
-    lines += ["}"]
-    return "\n".join(lines) + "\n"
+def keepalived_conf(name, advert_int, unicast=True, notify=None, config=None, env=None):
+    """keepalived.conf of router `name`, made from the shipped example
+    (etc/keepalived/keepalived.conf: router A; the lines marked "# B: VALUE" differ on B), so
+    that the lab runs what operators are told to install. The lab changes only advert_int,
+    the notify command (the repository's script, this lab's ipfloaterd and config) and, for
+    multicast, drops the unicast lines; `notify=None` drops the notify lines."""
+    out, skip_block = [], False
+    for line in EXAMPLE_CONF.read_text(encoding="utf-8").splitlines():
+        code, _, comment = line.partition("#")
+        marked = re.match(r"\s*B:\s*(\S+)", comment)
+        if marked and name == "r2":
+            tokens = code.split()
+            code = code.replace(tokens[-1], marked.group(1))
+        code = code.rstrip()
+        if skip_block:
+            skip_block = code.strip() != "}"
+            continue
+        if not unicast and code.strip().startswith("unicast_"):
+            skip_block = code.strip().endswith("{")
+            continue
+        if code.strip().startswith("advert_int"):
+            code = f"    advert_int {advert_int}"
+        if code.strip().startswith("notify_"):
+            if not notify:
+                continue
+            state = code.split()[0][len("notify_"):]
+            prefix = "/usr/bin/env " + " ".join(f"{k}={v}" for k, v in (env or {}).items())
+            code = f'    notify_{state} "{prefix} /bin/sh {notify} {state} {config}"'
+        if code.strip():
+            out.append(code)
+    return "\n".join(out) + "\n"
 
 
 class HaLab(netlab.Lab):
@@ -256,12 +265,11 @@ class HaLab(netlab.Lab):
     # -------------------------------------------------------------- keepalived
 
     def start_keepalived(self, name):
-        i = ROUTERS.index(name) + 1
         wd = self.workdir / name
         wd.mkdir(parents=True, exist_ok=True)
         env = {"IPFLOATERD": str(Path(sys.executable).with_name("ipfloaterd")),
                "IPFLOATER_NOTIFY_LOG": str(wd / "notify.log")}
-        conf = keepalived_conf(name, i, self.advert_int, self.unicast,
+        conf = keepalived_conf(name, self.advert_int, self.unicast,
                                NOTIFY_SCRIPT if self.notify else None,
                                self.daemons[name].config_path if name in self.daemons else None, env)
         (wd / "keepalived.conf").write_text(conf, encoding="utf-8")
