@@ -102,3 +102,38 @@ def test_old_master_returns_as_backup_and_a_failback_keeps_the_tcp_flow(figures,
         else:
             assert not resumed, "the stream survived the fail-back without the flush: this control proves nothing"
             figures("fail-back without the flush: TCP stream stalled for at least (s)", STALL_WINDOW)
+
+
+def test_failback_to_a_router_whose_daemon_is_dead_still_keeps_the_tcp_flow(figures):
+    """The conntrack cleanup never depends on the daemon: with r1's daemon killed, its
+    notify script's `ipfloaterd ha-state` finds nobody answering and does the cleanup
+    itself; the restarted daemon then reports the state keepalived last gave."""
+    with HaLab(advert_int=ADVERT) as lab:
+        lab.wait_master("r1")
+        flows = Flows(lab)
+        lab.daemons["r1"].kill()
+        cut = time.time()
+        lab.cut_links("r1")
+        lab.wait_master("r2")
+        assert flows.wait_flowing(cut) == (True, True)
+        backups = lab.entered("r1", "BACKUP")
+        lab.restore_links("r1")
+        lab.wait_entered("r1", "BACKUP", backups + 1, timeout=REJOIN_BOUND)
+        assert flows.wait_flowing(time.time(), count=20) == (True, True)
+        failback = time.time()
+        lab.cut_links("r2")
+        lab.wait_master("r1")
+        resumed = flows.stream.wait_reply_after(failback, 10, FLOW_BOUND)
+        end = flows.stop()
+        assert resumed and end["error"] is None and flows.stream.in_order(), \
+            f"the TCP flow did not survive a fail-back to a router without its daemon: {end}"
+        deadline = time.monotonic() + FLOW_BOUND  # the notify script runs after the takeover
+
+        def done_alone():
+            return [e for e in lab.notify_events("r1") if e["state"] == "master" and e["by"] == "ha-state command"]
+        while not done_alone() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert done_alone() and "unreachable" in done_alone()[-1]["daemon"], lab.notify_log("r1")
+        lab.start_daemon("r1")
+        assert lab.ha_state("r1") == "master"
+        figures("fail-back to a router whose daemon is dead: TCP stream gap (s)", flows.stream.outage(failback))

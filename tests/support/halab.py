@@ -354,10 +354,16 @@ class HaLab(netlab.Lab):
         except FileNotFoundError:
             return ""
 
-    def conntrack_count(self, name, addr):
-        """Flows in router `name`'s conntrack to or from `addr` (either direction's tuple)."""
-        out = self.run(self.ns(name), ["conntrack", "-L", "-o", "extended"], check=False).stdout
-        return sum(1 for line in out.splitlines() if f"={addr} " in line)
+    def notify_events(self, name):
+        """The JSON lines `ipfloaterd ha-state` printed for router `name`'s notify scripts."""
+        events = []
+        for line in self.notify_log(name).splitlines():
+            if line.startswith("{"):
+                try:
+                    events.append(json.loads(line))
+                except ValueError:
+                    pass
+        return events
 
     # -------------------------------------------------------------- etcd
 
