@@ -30,6 +30,9 @@ def test_master_links_down_backup_takes_over_and_the_tcp_flow_survives(figures):
         assert flows.wait_flowing(cut) == (True, True), "traffic did not flow again through r2"
         lab.wait_ha_state("r2", "master")
         lab.wait_ha_state("r1", "fault")
+        status = lab.daemons["r2"].cli("status")
+        assert status.returncode == 0 and status.stdout.startswith("HA state: master\n"), status
+        assert lab.daemons["r1"].cli_json("status")["ha_state"]["state"] == "fault"
         stream_gap, ping_gap = flows.stream.outage(cut), flows.ping.outage(cut)
         end = flows.stop()
         assert end["error"] is None, f"the TCP flow broke: {end}"
