@@ -198,7 +198,7 @@ def run(config: DaemonConfig, ready_fd: int | None = None, config_path: str = DE
     store = open_store_safely(config, backend, config_path)
     token = load_or_create_token(config.token_file)
     service = FloatingIPService(config, store, backend)
-    ha = hastate.HaState(hastate.state_path(config.db_path), lambda: floating_addresses(service),
+    ha = hastate.HaState(hastate.state_path(config.db_path), lambda: hastate.served_addresses(service),
                          hostnet.flush_conntrack)  # known before the kernel is touched
     try:
         repairs = service.start(supervisor.rules_in_place)
@@ -267,42 +267,6 @@ def run(config: DaemonConfig, ready_fd: int | None = None, config_path: str = DE
     store.close()
     os.close(lock_fd)
     instance.release(namespace_claim, prober)
-    return 0
-
-
-def floating_addresses(service) -> set:
-    """The addresses whose flows a new master forgets: the pool and any still-served one
-    (read under the service's lock: an API change may be editing the registry)."""
-    with service._lock:
-        return set(service.registry.pool) | {pub for pub, _priv in service.registry.associations()}
-
-
-def ha_state_command(config: DaemonConfig, state: str) -> int:
-    """keepalived's notify: tell the running daemon (it records the state and flushes the
-    floating addresses' conntrack entries, hastate.py); when none answers, do that here, so that the flush never depends
-    on the daemon being up. JSON on stdout; exit 1 only if the daemon refused."""
-    from .client import ApiError, IpfloaterClient, read_token
-    host = "127.0.0.1" if config.rest_ip in ("0.0.0.0", "") else config.rest_ip
-    try:
-        client = IpfloaterClient(f"http://{host}:{config.rest_port}",
-                                 read_token(config.token_file, file_setting="TOKEN_FILE"), timeout=5.0)
-        done = client.set_ha_state(state)
-        print(json.dumps({**done, "by": "daemon"}))
-        return 0
-    except ApiError as exc:
-        refused = exc.code not in ("unreachable", "timeout", "no_token")
-        why = exc.message
-    path = hastate.state_path(config.db_path)
-    try:
-        done = hastate.enter(state, path, config.pool, hostnet.flush_conntrack)
-    except (OSError, hostnet.HostNetError) as exc:
-        raise DaemonError(f"ha-state {state}: {exc} (the daemon: {why})") from None
-    log.warning("HA state -> %s (the daemon: %s): deleted %d conntrack entries of the floating addresses",
-                state, why, done["conntrack_flushed"])
-    print(json.dumps({**done, "by": "ha-state command", "daemon": why}))
-    if refused:
-        print(f"ipfloaterd: ha-state: the daemon refused: {why}", file=sys.stderr)
-        return 1
     return 0
 
 
@@ -502,7 +466,7 @@ def _main(argv: list[str] | None) -> int:
         if command == "token":
             return token_command(config, args)
         if command == "ha-state":
-            return ha_state_command(config, args.state)
+            return hastate.command(config, args.state)
         return run(config, getattr(args, "ready_fd", None), config_path)
     except (DaemonError, StoreError) as exc:
         print(f"ipfloaterd: {exc}", file=sys.stderr)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -133,3 +134,40 @@ class HaState:
         log.warning("HA state %s -> %s: deleted %d conntrack entries of the floating addresses",
                     previous, state, done["conntrack_flushed"])
         return {**done, "previous": previous}
+
+
+def served_addresses(service) -> set:
+    """The addresses whose flows a new state forgets: the pool and any still-served one
+    (read under the service's lock: an API change may be editing the registry)."""
+    with service._lock:
+        return set(service.registry.pool) | {pub for pub, _priv in service.registry.associations()}
+
+
+def command(config, state: str) -> int:
+    """`ipfloaterd ha-state STATE` (keepalived's notify): tell the running daemon; when
+    none answers, record the state and flush here, so that the cleanup never depends on
+    the daemon being up. JSON on stdout; exit 1 if the daemon refused (the work is done
+    anyway) or the work failed, with one line on stderr."""
+    from . import hostnet
+    from .client import ApiError, IpfloaterClient, read_token
+    host = "127.0.0.1" if config.rest_ip in ("0.0.0.0", "") else config.rest_ip
+    try:
+        client = IpfloaterClient(f"http://{host}:{config.rest_port}",
+                                 read_token(config.token_file, file_setting="TOKEN_FILE"), timeout=5.0)
+        print(json.dumps({**client.set_ha_state(state), "by": "daemon"}))
+        return 0
+    except ApiError as exc:
+        refused = exc.code not in ("unreachable", "timeout", "no_token")
+        why = exc.message
+    try:
+        done = enter(state, state_path(config.db_path), config.pool, hostnet.flush_conntrack)
+    except (OSError, hostnet.HostNetError) as exc:
+        print(f"ipfloaterd: ha-state {state}: {exc} (the daemon: {why})", file=sys.stderr)
+        return 1
+    log.warning("HA state -> %s (the daemon: %s): deleted %d conntrack entries of the floating addresses",
+                state, why, done["conntrack_flushed"])
+    print(json.dumps({**done, "by": "ha-state command", "daemon": why}))
+    if refused:
+        print(f"ipfloaterd: ha-state: the daemon refused: {why}", file=sys.stderr)
+        return 1
+    return 0

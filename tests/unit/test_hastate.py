@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from one_ipfloater import daemon as daemon_mod
-from one_ipfloater import hastate
+from one_ipfloater import hastate, hostnet
 from one_ipfloater.api import ApiApp
 from one_ipfloater.auth import Authenticator, TokenTable
 from one_ipfloater.httpserver import serve_in_thread
@@ -62,7 +62,7 @@ def api(tmp_path):
     host = FakeHost()
     svc = FloatingIPService(config, Store(config.db_path), FakeBackend(), host)
     svc.start()
-    ha = hastate.HaState(hastate.state_path(config.db_path), lambda: daemon_mod.floating_addresses(svc),
+    ha = hastate.HaState(hastate.state_path(config.db_path), lambda: hastate.served_addresses(svc),
                          host.flush_conntrack)
     tokens = TokenTable(config.db_path)
     reader = tokens.add("ro", "reader")
@@ -107,15 +107,26 @@ def _closed_port():
 
 
 def test_the_command_does_the_work_itself_when_no_daemon_answers(tmp_path, monkeypatch, capsys):
-    config = fake_config(tmp_path / "state.db")._replace(rest_port=_closed_port(),
-                                                          token_file=str(tmp_path / "token"))
+    """`ipfloaterd ha-state master` with nobody listening on REST_PORT (the daemon died)."""
+    conf = tmp_path / "ipfloaterd.conf"
+    conf.write_text(f"[IPFLOATER]\nIP_POOL = 203.0.113.10-203.0.113.12\nPRIVATE_IP_RANGES = 10.77.0.0/24\n"
+                    f"DB = {tmp_path / 'state.db'}\nTOKEN_FILE = {tmp_path / 'token'}\n"
+                    f"REST_PORT = {_closed_port()}\n")
     (tmp_path / "token").write_text(TOKEN)
     monkeypatch.delenv("IPFLOATER_TOKEN", raising=False)
     flushed = []
-    monkeypatch.setattr(daemon_mod.hostnet, "flush_conntrack",
-                        lambda addrs: flushed.extend(addrs) or {a: 1 for a in addrs})
-    assert daemon_mod.ha_state_command(config, "master") == 0
+    monkeypatch.setattr(hostnet, "flush_conntrack", lambda addrs: flushed.extend(addrs) or {a: 1 for a in addrs})
+    assert daemon_mod.main(["--config", str(conf), "ha-state", "MASTER"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["by"] == "ha-state command" and out["conntrack_flushed"] == 3 and "unreachable" in out["daemon"]
-    assert sorted(flushed) == list(config.pool)
-    assert hastate.read_state(hastate.state_path(config.db_path))["state"] == "master"
+    assert sorted(flushed) == [A("203.0.113.10"), A("203.0.113.11"), A("203.0.113.12")]
+    assert hastate.read_state(str(tmp_path / "state.db.ha-state"))["state"] == "master"
+
+
+def test_the_command_refuses_a_state_keepalived_does_not_have(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        daemon_mod.main(["--config", str(tmp_path / "none.conf"), "ha-state", "leader"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1
+    assert "argument STATE: 'leader' is not one of master, backup, fault" in err
+    assert not (tmp_path / "none.conf.ha-state").exists()
