@@ -115,7 +115,9 @@ class HaLab(netlab.Lab):
 
     HaLab(advert_int=0.2, notify=True, etcd=False) as a context manager. `notify=False`
     leaves keepalived's notify scripts out (the daemons never hear their state, no
-    conntrack flush): the negative control of the fail-back trap."""
+    conntrack flush): the negative control of the fail-back trap. `routers=False` builds
+    the network and etcd only. Logs (keepalived, notify, daemons, etcd) are in a work
+    directory per router that is removed at the end unless HALAB_KEEP=1."""
 
     def __init__(self, advert_int=0.2, unicast=True, notify=True, etcd=False, vms=2,
                  nat_backend="nftables", workdir=None, routers=True):
@@ -127,7 +129,7 @@ class HaLab(netlab.Lab):
         self.keepalived: dict[str, subprocess.Popen] = {}
         self.etcd: dict[int, subprocess.Popen] = {}
         self._ifindex = 100
-        super().__init__(vms=0)  # builds nothing of the single-router lab: see _build_router
+        super().__init__(vms=0)  # Lab's topology is replaced: see _build_router
         try:
             for _ in range(vms):
                 self.add_vm()
