@@ -166,10 +166,12 @@ class Request:
 class ApiApp:
     """The WSGI application: routes /v1/... to the service."""
 
-    def __init__(self, service, authenticate: Callable[[str], Optional[Principal]], max_body: int = 65536):
+    def __init__(self, service, authenticate: Callable[[str], Optional[Principal]], max_body: int = 65536,
+                 ha_state=None):
         self.service = service
         self.authenticate = authenticate
         self.max_body = max_body
+        self.ha_state = ha_state  # hastate.HaState: keepalived's word on this router (HA pairs)
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -205,7 +207,10 @@ class ApiApp:
                 raise FipError("not_found", f"path: {_show(path)} is not an API route", 404)
             route = parts[1:]
             if route == ["health"] and method in ("GET", "HEAD"):
-                return 200, {"status": "ok", "warnings": list(getattr(self.service, "warnings", []))}, who
+                health = {"status": "ok", "warnings": list(getattr(self.service, "warnings", []))}
+                if self.ha_state is not None:
+                    health["ha_state"] = self.ha_state.view()
+                return 200, health, who
             principal = self._principal(environ)
             if principal is None:
                 return 401, {"error": {"code": "unauthorized", "message": "missing or invalid token"}}, who
@@ -258,6 +263,8 @@ class ApiApp:
                 raise _forbidden(f"reconcile: token {p.name!r} ({p.role}) may not reconcile")
             req.body(set())
             return 200, {"repairs": svc.reconcile()}
+        if route == ["ha-state"]:
+            return self._ha_state(req)
         if route == ["neighbours"]:
             if p.role == OWNER:
                 raise _forbidden(f"neighbours: token {p.name!r} (owner) may not list the router's neighbours")
@@ -314,9 +321,25 @@ class ApiApp:
                                  actor=p.name)
         return 200, self._view(alloc)
 
+    def _ha_state(self, req: Request) -> tuple[int, dict]:
+        """keepalived's notify (through `ipfloaterd ha-state`): operator tokens only."""
+        if self.ha_state is None:
+            raise FipError("not_found", "path: '/v1/ha-state' is not served by this daemon", 404)
+        if req.method == "GET":
+            return 200, self.ha_state.view()
+        if req.principal.role != OPERATOR:
+            raise _forbidden(f"ha-state: token {req.principal.name!r} ({req.principal.role}) may not set it")
+        from .hastate import HaStateError, parse_state
+        body = req.body({"state"}, {"state"})
+        try:
+            state = parse_state(body["state"])
+        except HaStateError as exc:
+            raise bad_request(str(exc)) from None
+        return 200, self.ha_state.set(state)
+
     @staticmethod
     def _known_methods(route: list[str]) -> list[str]:
-        table = {("version",): ["GET"], ("pool",): ["GET"], ("reconcile",): ["POST"],
+        table = {("version",): ["GET"], ("pool",): ["GET"], ("reconcile",): ["POST"], ("ha-state",): ["GET", "PUT"],
                  ("neighbours",): ["GET"], ("floatingips",): ["GET", "POST"], ("history",): ["GET"]}
         if tuple(route) in table:
             return table[tuple(route)]

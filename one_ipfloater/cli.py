@@ -192,7 +192,11 @@ def _execute(args, client: IpfloaterClient):
         return alloc, f"released {alloc['public_ip']}"
     if cmd == "status":
         items = client.list()
-        return {"floatingips": items}, _table(items, ["public_ip", "private_ip", "status", "owner", "ref"])
+        ha = client.health().get("ha_state")  # keepalived's state of this router (HA pairs)
+        text = _table(items, ["public_ip", "private_ip", "status", "owner", "ref"])
+        if not ha or ha.get("state") == "unknown":  # a single router: as before
+            return {"floatingips": items}, text
+        return {"floatingips": items, "ha_state": ha}, f"HA state: {ha['state']}\n{text}"
     if cmd == "ippool":
         pool = client.pool()
         text = _table(pool["addresses"], ["public_ip", "status"]) + f"\n{pool['free']} of {pool['size']} free"

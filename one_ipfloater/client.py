@@ -213,5 +213,8 @@ class IpfloaterClient:
         """GET /v1/history: public_ip, at | since, until, limit (times as the API takes them)."""
         return self._call("GET", "/history", params={k: v for k, v in params.items() if v is not None})
 
+    def set_ha_state(self, state: str) -> dict:
+        return self._call("PUT", "/ha-state", {"state": state})
+
     def neighbours(self, mac: Optional[str] = None) -> list[dict]:
         return self._call("GET", "/neighbours", params={"mac": mac} if mac else None)["neighbours"]

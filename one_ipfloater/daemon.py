@@ -6,6 +6,7 @@
     ipfloaterd --config FILE check       every check `run` makes (config, paths, host), creating nothing
     ipfloaterd --config FILE token add NAME --role operator|reader|owner [--owner O]
     ipfloaterd --config FILE token list | token revoke NAME
+    ipfloaterd --config FILE ha-state master|backup|fault   (keepalived's notify scripts)
 
 Stopping the daemon leaves the rules in place, so floating IPs stay up across restarts
 and upgrades; the next start reconciles them with the stored state. A state file that is
@@ -27,7 +28,7 @@ import sys
 import threading
 import time
 
-from . import __version__, hostnet, instance, preflight, safefs
+from . import __version__, hastate, hostnet, instance, preflight, safefs
 from .cliutil import OneLineArgumentParser
 from .config import ConfigError, DaemonConfig, load_config
 from .locking import flock_exclusive
@@ -198,6 +199,8 @@ def run(config: DaemonConfig, ready_fd: int | None = None, config_path: str = DE
     store = open_store_safely(config, backend, config_path)
     token = load_or_create_token(config.token_file)
     service = FloatingIPService(config, store, backend)
+    ha = hastate.HaState(hastate.state_path(config.db_path), lambda: hastate.served_addresses(service),
+                         hostnet.flush_conntrack)  # known before the kernel is touched
     try:
         repairs = service.start(supervisor.rules_in_place)
     except (FipError, NatError, hostnet.HostNetError) as exc:
@@ -217,7 +220,7 @@ def run(config: DaemonConfig, ready_fd: int | None = None, config_path: str = DE
         tokens = TokenTable(config.db_path)
     except sqlite3.Error as exc:
         raise DaemonError(f"DB: cannot read the tokens of {config.db_path}: {exc}") from None
-    app = ApiApp(service, Authenticator(token, tokens), max_body=config.max_body_bytes)
+    app = ApiApp(service, Authenticator(token, tokens), max_body=config.max_body_bytes, ha_state=ha)
     try:
         server = make_server(app, config.rest_ip, config.rest_port, config.request_timeout,
                              config.max_body_bytes)
@@ -389,6 +392,13 @@ RETIRED_VERBS = {
 }
 
 
+def _ha_state_arg(value: str) -> str:
+    try:
+        return hastate.parse_state(value, "STATE")
+    except hastate.HaStateError as exc:  # argparse names the argument itself
+        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[1]) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Subcommands (run is the default); common options go before or after them."""
     common = argparse.ArgumentParser(add_help=False)
@@ -421,6 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
     rev = tsub.add_parser("revoke", parents=[common], help="delete a token (a running daemon refuses it at once)")
     rev.add_argument("name", metavar="NAME")
     rev.add_argument("--json", action="store_true", help="JSON output")
+    ha = sub.add_parser("ha-state", parents=[common],
+                        help="keepalived's notify: record master|backup|fault and delete the "
+                             "floating addresses' conntrack entries")
+    ha.add_argument("state", metavar="STATE", type=_ha_state_arg, help="master, backup or fault")
     for verb in RETIRED_VERBS:  # no help=: left out of the help listing
         sub.add_parser(verb, parents=[common], description=f"Not a command: {RETIRED_VERBS[verb]}.")
     return parser
@@ -457,6 +471,8 @@ def _main(argv: list[str] | None) -> int:
             return adopt(config)
         if command == "token":
             return token_command(config, args)
+        if command == "ha-state":
+            return hastate.command(config, args.state)
         return run(config, getattr(args, "ready_fd", None), config_path)
     except (DaemonError, StoreError) as exc:
         print(f"ipfloaterd: {exc}", file=sys.stderr)

@@ -15,9 +15,20 @@ fi
 if [ "${SKIP_APT:-0}" != 1 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
+    # keepalived and etcd-server: the HA lab runs them in its own namespaces only. Their
+    # packages would start (etcd) or enable them on this host: policy-rc.d says no, unless
+    # the machine already has a policy of its own.
+    policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        policy=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
+        trap 'rm -f "$policy"' EXIT
+    fi
     apt-get install -y -qq --no-install-recommends \
         iptables iproute2 conntrack iputils-arping iputils-ping nftables libnftables1 util-linux \
+        keepalived etcd-server \
         python3 python3-venv python3-pip ca-certificates >/dev/null
+    if [ -n "$policy" ]; then rm -f "$policy"; trap - EXIT; fi
 fi
 
 if [ ! -x "$venv/bin/python" ]; then

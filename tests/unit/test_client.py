@@ -149,12 +149,14 @@ def test_cli_ignores_the_environment_proxy_unless_asked(servers):
     daemon, proxy = servers(), servers()
     proc = cli("--url", daemon.url, "--json", "status", env=proxy_env(proxy))
     assert proc.returncode == 0, proc.stderr
-    assert proxy.requests == [] and daemon.tokens == [f"Bearer {TOKEN}"]
+    # (status asks /v1/floatingips, then /v1/health for the router's HA state)
+    assert proxy.requests == [] and daemon.tokens == [f"Bearer {TOKEN}"] * 2
     # The control: asked to, it goes through the proxy (so the recorder would have seen it).
     proc = cli("--use-env-proxy", "--url", daemon.url, "--json", "status", env=proxy_env(proxy))
     assert proc.returncode == 0, proc.stderr
-    assert [(m, p) for m, p, _ in proxy.requests] == [("GET", f"{daemon.url}/v1/floatingips")]
-    assert len(daemon.requests) == 1
+    assert [(m, p) for m, p, _ in proxy.requests] == [("GET", f"{daemon.url}/v1/floatingips"),
+                                                       ("GET", f"{daemon.url}/v1/health")]
+    assert len(daemon.requests) == 2
 
 
 def test_driver_client_follows_ipfloater_use_env_proxy(servers, clean_env, tmp_path):
