@@ -38,10 +38,11 @@ def bad_request(message: str) -> FipError:
     return FipError("bad_request", message, 400)
 
 
-class Allocation(namedtuple("Allocation", "public_ip owner ref private_ip", defaults=(None, None, None))):
+class Allocation(namedtuple("Allocation", "public_ip owner ref private_ip owner_group",
+                            defaults=(None, None, None, None))):
     """One public address taken from the pool (public_ip), maybe pointed at a private
-    address (private_ip), with who holds it (owner) and for what (ref). A named tuple:
-    see nat.ruleset.Rule."""
+    address (private_ip), with who holds it (owner) and for what (ref). owner_group: the
+    owner's group, counted by group quotas (quota.py). A named tuple: see nat.ruleset.Rule."""
 
     __slots__ = ()
 
@@ -50,6 +51,7 @@ class Allocation(namedtuple("Allocation", "public_ip owner ref private_ip", defa
             "public_ip": str(self.public_ip),
             "private_ip": str(self.private_ip) if self.private_ip else None,
             "owner": self.owner,
+            "owner_group": self.owner_group,
             "ref": self.ref,
             "status": "associated" if self.private_ip else "allocated",
             "in_pool": in_pool,
@@ -123,6 +125,10 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._by_public)
+
+    def values(self) -> Iterable[Allocation]:
+        """The allocations in no order (counting needs no sort, unlike iteration)."""
+        return self._by_public.values()
 
     def get(self, public_ip: IPv4Address) -> Allocation | None:
         return self._by_public.get(public_ip)
