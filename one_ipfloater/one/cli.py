@@ -102,7 +102,7 @@ def cmd_install_remotes(args) -> Tuple[dict, str, bool]:
 
 def cmd_sync(args) -> Tuple[dict, str, bool]:
     config, one, daemon = _clients(args)
-    out = sync_all(one, daemon, lock_dir=config.lock_dir)
+    out = sync_all(one, daemon, lock_dir=config.lock_dir, quota_default=config.floating_ip_quota)
     data = out.as_dict()
     lines = [f"converged {data['converged']} VM(s), released {len(data['released'])} "
              f"address(es), {len(data['errors'])} error(s)"]
