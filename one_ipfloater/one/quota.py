@@ -225,3 +225,49 @@ def read_limits(one: Any, uid: int, gid: int, default: int = UNLIMITED) -> Tuple
     if errors:
         raise QuotaError(errors)
     return found[0], found[1]
+
+
+def _held(allocations: Sequence[Mapping[str, Any]], key: str, scope: str) -> Tuple[int, Dict[str, int]]:
+    """How many allocations name ``scope`` in ``key``, in all and per pool (an allocation
+    view without "pool", from a daemon before named pools, is in ``default``)."""
+    mine = [a for a in allocations if a.get(key) == scope]
+    per_pool: Dict[str, int] = {}
+    for a in mine:
+        pool = a.get("pool", "default") or "(outside every pool)"
+        per_pool[pool] = per_pool.get(pool, 0) + 1
+    return len(mine), per_pool
+
+
+def usage(subjects: Sequence[Subject], allocations: Sequence[Mapping[str, Any]],
+          default: int = UNLIMITED, everyone: bool = False) -> List[dict]:
+    """Limits and usage per user and group, as the daemon counts them (a user's
+    allocations by owner, a group's by owner_group). Without ``everyone``: only those
+    that hold addresses, set a limit in their template, or have a bad value."""
+    rows = []
+    for subject in subjects:
+        limits = limits_of(subject, default)
+        count, per_pool = _held(allocations, "owner" if subject.kind == "user" else "owner_group",
+                                subject.scope)
+        if not (everyone or count or limits.source == "template" or limits.pools or limits.errors):
+            continue
+        row = limits.as_dict()
+        row.update(held=count, held_by_pool=dict(sorted(per_pool.items())),
+                   exempt=subject.id == 0)
+        rows.append(row)
+    return rows
+
+
+def usage_lines(rows: Sequence[Mapping[str, Any]]) -> List[str]:
+    """``ipfloater-one quota`` for people: one line per user or group."""
+    def shown(limit: int) -> str:
+        return "unlimited" if limit == UNLIMITED else str(limit)
+
+    lines = [f"{'KIND':<6} {'ID':>5}  {'NAME':<16} {'HELD':>5}  LIMIT"]
+    for r in rows:
+        limit = "exempt (oneadmin)" if r["exempt"] else \
+            shown(r["limit"]) + (" (default)" if r["source"] == "default" else "")
+        pools = ", ".join(f"{p} {r['held_by_pool'].get(p, 0)}/{shown(n)}" for p, n in r["pools"].items())
+        lines.append(f"{r['kind']:<6} {r['id']:>5}  {r['name']:<16} {r['held']:>5}  {limit}"
+                     + (f"; per pool: {pools}" if pools else "")
+                     + (f"; ERROR: {'; '.join(r['errors'])}" if r["errors"] else ""))
+    return lines

@@ -4,6 +4,7 @@ ipfloaterd API; what the VM shows when it is over, when a limit is lowered, and 
 value is bad."""
 
 from one_ipfloater.one.driver import converge_vm, sync_all
+from tests.one.fipenv import TOKEN
 from tests.one.test_driver import assert_error_written
 
 YES = 'NAME="a" NIC=[NETWORK="priv"] FLOATING_IP="YES"'
@@ -106,3 +107,45 @@ def test_oneadmin_is_exempt_as_in_opennebula(env):
     env.sim.set_user_template("oneadmin", 'FLOATING_IP_QUOTA="0"')
     vm = vms(env, 1, owner="oneadmin")[0]
     assert env.converge(vm).ok and env.public(vm)
+
+
+def run_quota_cli(env, tmp_path, monkeypatch, capsys, *args, default=None):
+    from one_ipfloater.one import cli
+    auth = tmp_path / "auth"
+    auth.write_text("oneadmin:adminpw\n")
+    conf = tmp_path / "c.conf"
+    conf.write_text(f"[ONE_IPFLOATER]\nIPFLOATER_URL = {env.daemon_url}\nONE_XMLRPC = {env.sim.url}\n"
+                    f"ONE_AUTH = {auth}\nLOCK_DIR = {tmp_path}/locks\n"
+                    + (f"FLOATING_IP_QUOTA = {default}\n" if default is not None else ""))
+    monkeypatch.setenv("IPFLOATER_TOKEN", TOKEN)
+    code = cli.main(["--config", str(conf), "quota", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_quota_command_shows_limits_and_usage(env, tmp_path, monkeypatch, capsys):
+    env.sim.set_user_template("alice", 'FLOATING_IP_QUOTA="3"\nFLOATING_IP_POOL_QUOTA=[POOL="default",LIMIT="2"]')
+    env.sim.set_group_template("users", 'FLOATING_IP_QUOTA="10"')
+    for vm in vms(env, 2):
+        assert env.converge(vm).ok
+    code, out, err = run_quota_cli(env, tmp_path, monkeypatch, capsys, "--json")
+    assert code == 0, err
+    rows = {(r["kind"], r["name"]): r for r in __import__("json").loads(out)["quotas"]}
+    assert set(rows) == {("user", "alice"), ("group", "users")}  # bob holds nothing, sets nothing
+    alice = rows[("user", "alice")]
+    assert (alice["limit"], alice["source"], alice["held"], alice["pools"], alice["held_by_pool"]) == (
+        3, "template", 2, {"default": 2}, {"default": 2})
+    assert alice["scope"] == f"one:uid:{env.sim.uid_of('alice')}"
+    assert (rows[("group", "users")]["held"], rows[("group", "users")]["limit"]) == (2, 10)
+
+    code, out, _ = run_quota_cli(env, tmp_path, monkeypatch, capsys, "bob", default=4)
+    assert code == 0 and out.splitlines()[1].split() == ["user", str(env.sim.uid_of("bob")), "bob", "0",
+                                                         "4", "(default)"]
+    code, out, _ = run_quota_cli(env, tmp_path, monkeypatch, capsys, "alice")
+    assert "per pool: default 2/2" in out
+
+    env.sim.set_group_template("users", 'FLOATING_IP_QUOTA="lots"')
+    code, out, _ = run_quota_cli(env, tmp_path, monkeypatch, capsys, "users")
+    assert code == 1 and "ERROR: FLOATING_IP_QUOTA of group users (1): 'lots' is not a number" in out
+    code, _, err = run_quota_cli(env, tmp_path, monkeypatch, capsys, "nobody")
+    assert code == 1 and err.strip() == "ipfloater-one: USER|GROUP: 'nobody' is no user or group (name or ID)"
