@@ -177,8 +177,10 @@ def _execute(steps: List[Step], daemon: Any, held: Dict[int, Held],
     releasing = {s.public_ip for s in steps if s.action == "release"}
     failed = set()
     for step in steps:
-        if step.nic_id in failed or (step.action == "allocate" and new_fields is None):
+        if step.nic_id in failed:
             continue
+        if new_fields is None and (step.action == "allocate" or step.replacing):
+            continue  # nothing new may be taken: keep the address a replacement would free
         try:
             if step.action == "release":
                 if step.replacing and not _replacement_free(daemon, step, releasing, result):

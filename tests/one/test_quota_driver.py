@@ -149,3 +149,14 @@ def test_quota_command_shows_limits_and_usage(env, tmp_path, monkeypatch, capsys
     assert code == 1 and "ERROR: FLOATING_IP_QUOTA of group users (1): 'lots' is not a number" in out
     code, _, err = run_quota_cli(env, tmp_path, monkeypatch, capsys, "nobody")
     assert code == 1 and err.strip() == "ipfloater-one: USER|GROUP: 'nobody' is no user or group (name or ID)"
+
+
+def test_a_bad_value_keeps_the_address_a_new_request_would_replace(env):
+    vm = vms(env, 1)[0]
+    assert env.converge(vm).ok
+    held = env.public(vm)
+    env.sim.set_group_template("users", 'FLOATING_IP_QUOTA="x"')
+    env.set_template(vm, FLOATING_IP="198.51.100.33")  # asks for another address
+    result = env.converge(vm)
+    assert_error_written(env, vm, result, "FLOATING_IP_QUOTA of group users (1): 'x'")
+    assert env.public(vm) == held and env.ut(vm)["FLOATING_IP_ADDRESS"] == held[0]
