@@ -9,10 +9,10 @@ import pyone
 import pytest
 from lxml import etree
 
+from tests.one.test_onesim import with_ns
 from tests.paths import XSD
 from tests.support.onesim import AUTHORIZATION, NO_EXISTS, XML_RPC_API, OneSimulator
 
-NS = "http://opennebula.org/XMLSchema"
 ADMIN = "oneadmin:pw"
 
 
@@ -24,15 +24,6 @@ def sim():
 
 def call(sim, method, *params, session=ADMIN):
     return getattr(xmlrpc.client.ServerProxy(sim.url), method)(session, *params)
-
-
-def with_ns(xml):
-    root = etree.fromstring(xml.encode())
-    for element in root.iter():
-        if isinstance(element.tag, str):
-            element.tag = f"{{{NS}}}{element.tag}"
-    etree.cleanup_namespaces(root)
-    return root
 
 
 def schema(name):

@@ -1259,16 +1259,7 @@ class OneSimulator:
         update_type = _p_opt(params, 3, _p_int, 0)   # omitted = 0 = replace!
         vm = self._vm(vm_id)
         self._authorize_vm(user, vm, "MANAGE")
-        if update_type not in (0, 1):
-            raise _Failure(XML_RPC_API, "Wrong update type")
-        try:
-            items = parse_template(template_text)
-        except TemplateParseError as exc:
-            raise _Failure(ACTION, f"Parse error: {exc}") from None
-        if update_type == 0:
-            vm.user_template = [(n, dict(v) if isinstance(v, dict) else v) for n, v in items]
-        else:
-            vm.user_template = _merge_items(vm.user_template, items)
+        vm.user_template = self._updated(vm.user_template, template_text, update_type, None)
         return vm.id
 
     def _rpc_vm_allocate(self, user: _User, params: Sequence[Any]):
@@ -1468,8 +1459,9 @@ class OneSimulator:
     @staticmethod
     def _updated(current: TemplateItems, text: str, update_type: int,
                  restricted: Optional[Sequence[str]]) -> TemplateItems:
-        """A template after ``one.*.update``; ``restricted`` (None for oneadmin): names
-        the caller may not set (oned.conf USER/GROUP_RESTRICTED_ATTR)."""
+        """A template after ``one.*.update`` (type 0 replaces, 1 merges); ``restricted``
+        (None for oneadmin): names the caller may not set (oned.conf
+        USER/GROUP_RESTRICTED_ATTR)."""
         if update_type not in (0, 1):
             raise _Failure(XML_RPC_API, "Wrong update type")
         try:
@@ -1504,13 +1496,16 @@ class OneSimulator:
                      f"<DEFAULT_GROUP_QUOTAS>{_EMPTY_QUOTAS}</DEFAULT_GROUP_QUOTAS>")
         return body + "</GROUP>"
 
+    @staticmethod
+    def _deny(user: _User, operation: str) -> _Failure:
+        return _Failure(AUTHORIZATION, f"User [{user.uid}] : Not authorized to perform {operation}.")
+
     def _rpc_user_info(self, user: _User, params: Sequence[Any]) -> str:
         uid = _p_int(params, 1)
         _p_opt(params, 2, _p_bool, False)
         target = user if uid == -1 else self._user(uid)
         if target.uid != user.uid and not user.is_admin:
-            raise _Failure(AUTHORIZATION, f"User [{user.uid}] : Not authorized to perform "
-                                          f"USE USER [{target.uid}].")
+            raise self._deny(user, f"USE USER [{target.uid}]")
         return self._user_xml(target, extended=True)
 
     def _rpc_user_update(self, user: _User, params: Sequence[Any]) -> int:
@@ -1519,8 +1514,7 @@ class OneSimulator:
         update_type = _p_opt(params, 3, _p_int, 0)
         target = self._user(uid)
         if target.uid != user.uid and not user.is_admin:
-            raise _Failure(AUTHORIZATION, f"User [{user.uid}] : Not authorized to perform "
-                                          f"MANAGE USER [{target.uid}].")
+            raise self._deny(user, f"MANAGE USER [{target.uid}]")
         target.template = self._updated(target.template, text, update_type,
                                         None if user.is_admin else self.user_restricted)
         return target.uid
@@ -1539,8 +1533,7 @@ class OneSimulator:
         _p_opt(params, 2, _p_bool, False)
         group = self._group(user.gid if gid == -1 else gid)
         if group.id != user.gid and not user.is_admin:
-            raise _Failure(AUTHORIZATION, f"User [{user.uid}] : Not authorized to perform "
-                                          f"USE GROUP [{group.id}].")
+            raise self._deny(user, f"USE GROUP [{group.id}]")
         return self._group_xml(group, extended=True)
 
     def _rpc_group_update(self, user: _User, params: Sequence[Any]) -> int:
@@ -1549,8 +1542,7 @@ class OneSimulator:
         update_type = _p_opt(params, 3, _p_int, 0)
         group = self._group(gid)
         if not user.is_admin:  # group admins are not modelled: only oneadmin's group
-            raise _Failure(AUTHORIZATION, f"User [{user.uid}] : Not authorized to perform "
-                                          f"MANAGE GROUP [{group.id}].")
+            raise self._deny(user, f"MANAGE GROUP [{group.id}]")
         group.template = self._updated(group.template, text, update_type, None)
         return group.id
 
