@@ -91,6 +91,11 @@ class Change(namedtuple("Change", "before after", defaults=((), ()))):
         return {pub for pub, priv in old.items() if new.get(pub) != priv}
 
 
+def _scopes(alloc: Allocation) -> set[str]:
+    """What an allocation counts for: its owner and its owner_group."""
+    return {alloc.owner, alloc.owner_group} - {None}
+
+
 class Registry:
     """In-memory view of the allocations, indexed by public, private address and ref."""
 
@@ -114,6 +119,16 @@ class Registry:
         return {a.ref: a.public_ip for a in self._by_public.values() if a.ref}
 
     @cached_property
+    def _by_scope(self) -> dict[str, set[IPv4Address]]:
+        """Public addresses per owner and per owner_group: what quotas count (quota.py),
+        without a walk over every allocation under the service lock."""
+        index: dict[str, set[IPv4Address]] = {}
+        for a in self._by_public.values():
+            for scope in _scopes(a):
+                index.setdefault(scope, set()).add(a.public_ip)
+        return index
+
+    @cached_property
     def _free(self) -> list[int]:
         """Free pool addresses as sorted integers (allocate takes the lowest)."""
         return sorted(set(map(int, self.pool)) - set(map(int, self._by_public)))
@@ -126,9 +141,9 @@ class Registry:
     def __len__(self) -> int:
         return len(self._by_public)
 
-    def values(self) -> Iterable[Allocation]:
-        """The allocations in no order (counting needs no sort, unlike iteration)."""
-        return self._by_public.values()
+    def held_by(self, scope: str) -> set[IPv4Address]:
+        """The public addresses whose owner or owner_group is `scope` (do not modify)."""
+        return self._by_scope.get(scope, set())
 
     def get(self, public_ip: IPv4Address) -> Allocation | None:
         return self._by_public.get(public_ip)
@@ -174,6 +189,8 @@ class Registry:
             self._by_private[alloc.private_ip] = alloc.public_ip
         if alloc.ref:
             self._by_ref[alloc.ref] = alloc.public_ip
+        for scope in _scopes(alloc):
+            self._by_scope.setdefault(scope, set()).add(alloc.public_ip)
         i = bisect.bisect_left(self._free, int(alloc.public_ip))
         if i < len(self._free) and self._free[i] == int(alloc.public_ip):
             del self._free[i]
@@ -184,6 +201,8 @@ class Registry:
             self._by_private.pop(alloc.private_ip, None)
         if alloc.ref:
             self._by_ref.pop(alloc.ref, None)
+        for scope in _scopes(alloc):
+            self._by_scope.get(scope, set()).discard(public_ip)
         if public_ip in self.pool:  # (a free list first built just now already has it)
             i = bisect.bisect_left(self._free, int(public_ip))
             if i == len(self._free) or self._free[i] != int(public_ip):

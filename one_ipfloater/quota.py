@@ -82,9 +82,10 @@ def pool_of(registry: Registry, public_ip: IPv4Address) -> str | None:
 
 def held(registry: Registry, scope: str, pool: str | None = None) -> int:
     """How many allocations `scope` holds (as owner or owner_group), in `pool` or in all."""
-    return sum(1 for a in registry.values()
-               if scope in (a.owner, a.owner_group)
-               and (pool is None or pool_of(registry, a.public_ip) == pool))
+    mine = registry.held_by(scope)
+    if pool is None:
+        return len(mine)
+    return sum(1 for ip in mine if pool_of(registry, ip) == pool)
 
 
 def check_quotas(registry: Registry, new: Allocation, quotas: Iterable[Quota]) -> None:

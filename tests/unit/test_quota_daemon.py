@@ -231,3 +231,29 @@ def test_api_only_operator_tokens_set_quota_or_owner_group(http):
         assert answer["error"]["message"].startswith(f"{field}: token 'alice-tok' (owner) may not set it")
     assert len(svc.registry) == 0
     assert post(url, {"ref": "z"}, token=owner_token)[0] == 201
+
+
+def test_a_release_frees_quota_and_the_index_matches_a_full_count(tmp_path):
+    """The per-scope index (Registry.held_by) follows allocations, moves and releases, and
+    agrees with a count over every allocation, also after a restart (index built afresh)."""
+    svc = service(tmp_path)
+    q = [Quota("u", 2, None), Quota("g", 3, None)]
+    a, _ = svc.allocate(private_ip=A("10.77.0.11"), owner="u", ref="a", owner_group="g", quotas=q)
+    svc.allocate(owner="u", ref="b", owner_group="g", quotas=q)
+    with pytest.raises(FipError):
+        svc.allocate(owner="u", ref="c", owner_group="g", quotas=q)
+    svc.associate(a.public_ip, A("10.77.0.12"), owner="u", allow_move=True)
+    svc.release(a.public_ip, owner="u")
+    svc.allocate(owner="u", ref="c", owner_group="g", quotas=q)  # room again
+    svc.allocate(owner="v", ref="d", owner_group="g")
+    with pytest.raises(FipError) as err:
+        svc.allocate(owner="v", ref="e", owner_group="g", quotas=[Quota("g", 3, None)])
+    assert "g already holds 3" in err.value.message
+
+    def full_count(registry, scope):
+        return sum(1 for x in registry if scope in (x.owner, x.owner_group))
+
+    for registry in (svc.registry, service(tmp_path).registry):
+        assert {s: quota_mod.held(registry, s) for s in ("u", "v", "g", "nobody")} == \
+            {s: full_count(registry, s) for s in ("u", "v", "g", "nobody")} == \
+            {"u": 2, "v": 1, "g": 3, "nobody": 0}
