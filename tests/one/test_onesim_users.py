@@ -11,7 +11,7 @@ from lxml import etree
 
 from tests.one.test_onesim import with_ns
 from tests.paths import XSD
-from tests.support.onesim import AUTHORIZATION, NO_EXISTS, XML_RPC_API, OneSimulator
+from tests.support.onesim import AUTHORIZATION, INTERNAL, NO_EXISTS, XML_RPC_API, OneSimulator
 
 ADMIN = "oneadmin:pw"
 
@@ -93,7 +93,10 @@ def test_users_read_themselves_but_not_others_and_never_set_restricted_attribute
     # ...unless oned.conf restricts the attribute (what the README tells operators to do)
     sim.user_restricted.append("FLOATING_IP_QUOTA")
     answer = call(sim, "one.user.update", alice, 'FLOATING_IP_QUOTA="100"', 1, session="alice:apw")
-    assert answer[:3] == [False, "[one.user.update] Template includes a restricted attribute "
-                                 "FLOATING_IP_QUOTA.", AUTHORIZATION]
+    assert answer[:3] == [False, "[one.user.update] Cannot update template. Tried to change "
+                                 "restricted attribute: FLOATING_IP_QUOTA", INTERNAL]
+    assert call(sim, "one.user.update", alice, 'LANG="de"', 0, session="alice:apw")[2] == INTERNAL  # dropped
+    assert call(sim, "one.user.update", alice, 'FLOATING_IP_QUOTA="99"', 1, session="alice:apw")[0]  # same
     assert call(sim, "one.user.update", alice, 'FLOATING_IP_QUOTA="1"', 1)[0]  # oneadmin may
+    assert "<FLOATING_IP_QUOTA><![CDATA[1]]>" in call(sim, "one.user.info", alice)[1]
     assert call(sim, "one.group.update", 1, "A=1", 1, session="alice:apw")[2] == AUTHORIZATION

@@ -1460,19 +1460,23 @@ class OneSimulator:
     def _updated(current: TemplateItems, text: str, update_type: int,
                  restricted: Optional[Sequence[str]]) -> TemplateItems:
         """A template after ``one.*.update`` (type 0 replaces, 1 merges); ``restricted``
-        (None for oneadmin): names the caller may not set (oned.conf
-        USER/GROUP_RESTRICTED_ATTR)."""
+        (None for oneadmin): names the caller may not change (oned.conf
+        USER/GROUP_RESTRICTED_ATTR). As PoolObjectSQL::replace_template does, a restricted
+        attribute may be sent with its current value, and a replace must keep it; any
+        other change fails the update as INTERNAL ("Cannot update template. ...")."""
         if update_type not in (0, 1):
             raise _Failure(XML_RPC_API, "Wrong update type")
         try:
             items = parse_template(text)
         except TemplateParseError as exc:
             raise _Failure(ACTION, f"Parse error: {exc}") from None
-        for name, _value in items:
-            if restricted is not None and name in restricted:
-                raise _Failure(AUTHORIZATION, f"Template includes a restricted attribute {name}.")
         items = [(n, dict(v) if isinstance(v, dict) else v) for n, v in items]
-        return items if update_type == 0 else _merge_items(current, items)
+        updated = items if update_type == 0 else _merge_items(current, items)
+        for name in restricted or ():
+            if [v for n, v in updated if n == name] != [v for n, v in current if n == name]:
+                raise _Failure(INTERNAL, f"Cannot update template. Tried to change restricted "
+                                         f"attribute: {name}")
+        return updated
 
     def _user_xml(self, user: _User, extended: bool) -> str:
         password = hashlib.sha256(user.password.encode()).hexdigest()
