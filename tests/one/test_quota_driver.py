@@ -27,7 +27,7 @@ def test_user_quota_refuses_the_next_vm_and_says_quota_and_held(env):
     assert_error_written(env, c, result, f"NIC 0: no floating IP, over quota: quota: one:uid:{uid} "
                                          "already holds 2 floating IP(s) in all pools; its limit is 2")
     assert env.public(c) == {} and taken(env) == 2 and "FLOATING_IP_ADDRESS" not in env.ut(c)
-    assert {a.owner_group for a in env.svc.registry.values()} == {"one:gid:1"}
+    assert {a.owner_group for a in env.svc.registry} == {"one:gid:1"}
 
 
 def test_lowering_a_quota_keeps_what_is_held_and_refuses_only_new(env):
