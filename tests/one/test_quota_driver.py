@@ -160,3 +160,14 @@ def test_a_bad_value_keeps_the_address_a_new_request_would_replace(env):
     result = env.converge(vm)
     assert_error_written(env, vm, result, "FLOATING_IP_QUOTA of group users (1): 'x'")
     assert env.public(vm) == held and env.ut(vm)["FLOATING_IP_ADDRESS"] == held[0]
+
+
+def test_a_refused_vm_gets_its_address_at_the_next_sync_after_a_release(env):
+    env.sim.set_user_template("alice", 'FLOATING_IP_QUOTA="1"')
+    a, b = vms(env, 2)
+    assert env.converge(a).ok and not env.converge(b).ok
+    env.sim.action(a, "terminate-hard")
+    assert env.converge(a).ok and env.public(a) == {}  # the DONE hook released it
+    assert env.public(b) == {}  # nothing retries by itself...
+    assert sync_all(env.client, env.daemon, lock_dir=env.lock_dir).ok  # ...the sync does
+    assert env.public(b) and env.ut(b)["FLOATING_IP_STATUS"] == "ACTIVE"
