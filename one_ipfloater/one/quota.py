@@ -29,7 +29,8 @@ from .vmxml import VmXmlError, safe_xml_root
 
 __all__ = ["ATTR_QUOTA", "ATTR_POOL_QUOTA", "UNLIMITED", "MAX_LIMIT", "Subject", "Limits",
            "parse_limit", "parse_subject", "parse_subject_pool", "limits_of", "quota_request",
-           "user_scope", "group_scope", "exempt", "read_limits", "QuotaError"]
+           "user_scope", "group_scope", "exempt", "read_limits", "QuotaError", "usage",
+           "usage_lines"]
 
 ATTR_QUOTA = "FLOATING_IP_QUOTA"
 ATTR_POOL_QUOTA = "FLOATING_IP_POOL_QUOTA"
@@ -48,7 +49,7 @@ class QuotaError(ValueError):
 
 
 def user_scope(uid: int) -> str:
-    """The daemon-side owner of a user's allocations (plan.owner_for says the same)."""
+    """The daemon-side owner of a user's allocations (plan.owner_for of its VMs)."""
     return f"one:uid:{uid}"
 
 
