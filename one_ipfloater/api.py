@@ -23,6 +23,7 @@ from .addresses import AddressError, parse_ipv4
 from .auth import OPERATOR, OWNER, READER, Principal
 from .httpserver import error_body
 from .model import TEXT_FIELD_RE, FipError, bad_request
+from .quota import parse_quotas
 
 log = logging.getLogger(__name__)
 
@@ -287,13 +288,19 @@ class ApiApp:
                                  owner=req.owner(query.get("owner")),
                                  ref_prefix=_text(query.get("ref_prefix"), "ref_prefix"))
                 return 200, {"floatingips": [self._view(a) for a in items]}
-            body = req.body({"public_ip", "private_ip", "owner", "ref", "allow_move", "operator"})
+            body = req.body({"public_ip", "private_ip", "owner", "ref", "allow_move", "operator",
+                             "owner_group", "quota"})
+            for field in ("owner_group", "quota"):  # what counts against whom: the operator's say
+                if body.get(field) is not None and p.role != OPERATOR:
+                    raise _forbidden(f"{field}: token {p.name!r} ({p.role}) may not set it (operator tokens only)")
             alloc, created = svc.allocate(
                 public_ip=_ip(body["public_ip"], "public_ip") if body.get("public_ip") is not None else None,
                 private_ip=_ip(body["private_ip"], "private_ip") if body.get("private_ip") is not None else None,
                 owner=req.owner(body.get("owner")), ref=_text(body.get("ref"), "ref"),
                 allow_move=_flag(body.get("allow_move"), "allow_move"),
-                operator=req.operator(body.get("operator")), unowned_ok=req.unowned_ok, actor=p.name)
+                operator=req.operator(body.get("operator")), unowned_ok=req.unowned_ok,
+                owner_group=_text(body.get("owner_group"), "owner_group"),
+                quotas=parse_quotas(body.get("quota")), actor=p.name)
             return (201 if created else 200), self._view(alloc)
         public_ip = _ip(route[1], "public_ip")
         if len(route) == 2 and method == "GET":

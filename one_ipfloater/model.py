@@ -38,10 +38,11 @@ def bad_request(message: str) -> FipError:
     return FipError("bad_request", message, 400)
 
 
-class Allocation(namedtuple("Allocation", "public_ip owner ref private_ip", defaults=(None, None, None))):
+class Allocation(namedtuple("Allocation", "public_ip owner ref private_ip owner_group",
+                            defaults=(None, None, None, None))):
     """One public address taken from the pool (public_ip), maybe pointed at a private
-    address (private_ip), with who holds it (owner) and for what (ref). A named tuple:
-    see nat.ruleset.Rule."""
+    address (private_ip), with who holds it (owner) and for what (ref). owner_group: the
+    owner's group, counted by group quotas (quota.py). A named tuple: see nat.ruleset.Rule."""
 
     __slots__ = ()
 
@@ -50,6 +51,7 @@ class Allocation(namedtuple("Allocation", "public_ip owner ref private_ip", defa
             "public_ip": str(self.public_ip),
             "private_ip": str(self.private_ip) if self.private_ip else None,
             "owner": self.owner,
+            "owner_group": self.owner_group,
             "ref": self.ref,
             "status": "associated" if self.private_ip else "allocated",
             "in_pool": in_pool,
@@ -89,6 +91,11 @@ class Change(namedtuple("Change", "before after", defaults=((), ()))):
         return {pub for pub, priv in old.items() if new.get(pub) != priv}
 
 
+def _scopes(alloc: Allocation) -> set[str]:
+    """What an allocation counts for: its owner and its owner_group."""
+    return {alloc.owner, alloc.owner_group} - {None}
+
+
 class Registry:
     """In-memory view of the allocations, indexed by public, private address and ref."""
 
@@ -112,6 +119,16 @@ class Registry:
         return {a.ref: a.public_ip for a in self._by_public.values() if a.ref}
 
     @cached_property
+    def _by_scope(self) -> dict[str, set[IPv4Address]]:
+        """Public addresses per owner and per owner_group: what quotas count (quota.py),
+        without a walk over every allocation under the service lock."""
+        index: dict[str, set[IPv4Address]] = {}
+        for a in self._by_public.values():
+            for scope in _scopes(a):
+                index.setdefault(scope, set()).add(a.public_ip)
+        return index
+
+    @cached_property
     def _free(self) -> list[int]:
         """Free pool addresses as sorted integers (allocate takes the lowest)."""
         return sorted(set(map(int, self.pool)) - set(map(int, self._by_public)))
@@ -123,6 +140,10 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._by_public)
+
+    def held_by(self, scope: str) -> set[IPv4Address]:
+        """The public addresses whose owner or owner_group is `scope` (do not modify)."""
+        return self._by_scope.get(scope, set())
 
     def get(self, public_ip: IPv4Address) -> Allocation | None:
         return self._by_public.get(public_ip)
@@ -168,6 +189,8 @@ class Registry:
             self._by_private[alloc.private_ip] = alloc.public_ip
         if alloc.ref:
             self._by_ref[alloc.ref] = alloc.public_ip
+        for scope in _scopes(alloc):
+            self._by_scope.setdefault(scope, set()).add(alloc.public_ip)
         i = bisect.bisect_left(self._free, int(alloc.public_ip))
         if i < len(self._free) and self._free[i] == int(alloc.public_ip):
             del self._free[i]
@@ -178,6 +201,8 @@ class Registry:
             self._by_private.pop(alloc.private_ip, None)
         if alloc.ref:
             self._by_ref.pop(alloc.ref, None)
+        for scope in _scopes(alloc):
+            self._by_scope.get(scope, set()).discard(public_ip)
         if public_ip in self.pool:  # (a free list first built just now already has it)
             i = bisect.bisect_left(self._free, int(public_ip))
             if i == len(self._free) or self._free[i] != int(public_ip):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address
 
 from . import __version__, history, hostnet, preflight
@@ -24,6 +24,7 @@ from .config import DaemonConfig
 from .model import Allocation, Change, FipError, Registry
 from .nat import NatError, remove_other_backends
 from .nat.ruleset import desired_spec, pair_delta
+from .quota import Quota, check_quotas
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -234,17 +235,23 @@ class FloatingIPService:
 
     def allocate(self, public_ip: IPv4Address | None = None, private_ip: IPv4Address | None = None,
                  owner: str | None = None, ref: str | None = None, allow_move: bool = False,
-                 operator: bool = False, unowned_ok: bool = True, *,
+                 operator: bool = False, unowned_ok: bool = True,
+                 owner_group: str | None = None, quotas: Sequence[Quota] = (), *,
                  actor: str | None = None) -> tuple[Allocation, bool]:
         """Take an address and optionally associate it, in one atomic change.
 
         Returns (allocation, created): created is False when `ref` already held it.
+        `quotas` are counted here, under the lock, so racing requests cannot overshoot.
         """
         with self._lock:
             if private_ip is not None:
                 self.registry.check_target(private_ip, self.config.private_ranges)
             alloc, change = self.registry.plan_allocate(public_ip, owner, ref, operator, unowned_ok)
             created = not change.noop
+            if created:
+                alloc = alloc._replace(owner_group=owner_group)
+                change = Change(after=(alloc,))
+                check_quotas(self.registry, alloc, quotas)
             if private_ip is not None and alloc.private_ip != private_ip:
                 self.registry.apply(change)
                 try:

@@ -37,6 +37,14 @@ CREATE TABLE IF NOT EXISTS allocations (
 """
 
 
+def _add_owner_group(db: sqlite3.Connection) -> None:
+    """The owner_group column (group quotas) on files of daemons before it: additive,
+    so older daemons still read the file (they name their columns)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(allocations)")}
+    if "owner_group" not in columns:
+        db.execute("ALTER TABLE allocations ADD COLUMN owner_group TEXT")
+
+
 class StoreError(RuntimeError):
     """The state file cannot be used; the message names the path."""
 
@@ -86,6 +94,7 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
             self._db.executescript(SCHEMA)
+            _add_owner_group(self._db)
             row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if row is None:
                 self._db.execute("INSERT INTO meta(key, value) VALUES('schema', ?)", (str(SCHEMA_VERSION),))
@@ -140,10 +149,10 @@ class Store:
 
     def allocations(self) -> list[Allocation]:
         """All stored allocations; a value that is not an address is a StoreError naming it."""
-        rows = self._db.execute("SELECT public_ip, owner, ref, private_ip FROM allocations").fetchall()
+        rows = self._db.execute("SELECT public_ip, owner, ref, private_ip, owner_group FROM allocations").fetchall()
         try:
-            return [Allocation(_ipv4(pub, "public_ip"), owner, ref, _ipv4(priv, "private_ip") if priv else None)
-                    for pub, owner, ref, priv in rows]
+            return [Allocation(_ipv4(pub, "public_ip"), owner, ref, _ipv4(priv, "private_ip") if priv else None,
+                               group) for pub, owner, ref, priv, group in rows]
         except ValueError as exc:
             raise StoreError(f"DB: {self.path}: {exc}") from None
 
@@ -167,10 +176,10 @@ class Store:
             created[alloc.public_ip] = row[0] if row else now
             self._db.execute("DELETE FROM allocations WHERE public_ip=?", (str(alloc.public_ip),))
         self._db.executemany(
-            "INSERT INTO allocations(public_ip, owner, ref, private_ip, created_at, updated_at) "
-            "VALUES(?, ?, ?, ?, ?, ?)",
+            "INSERT INTO allocations(public_ip, owner, ref, private_ip, created_at, updated_at, owner_group) "
+            "VALUES(?, ?, ?, ?, ?, ?, ?)",
             ((str(a.public_ip), a.owner, a.ref, str(a.private_ip) if a.private_ip else None,
-              created.get(a.public_ip, now), now) for a in change.after))
+              created.get(a.public_ip, now), now, a.owner_group) for a in change.after))
 
     def replace_all(self, allocations: Iterable[Allocation]) -> None:
         """Used by tests and imports: the whole allocation table at once."""

@@ -4,6 +4,7 @@
     ipfloater-one [--json] [-v] install-remotes [--remotes DIR] [--dry-run]
     ipfloater-one [--config F] [--json] [-v] sync
     ipfloater-one [--config F] [--json] [-v] show VMID
+    ipfloater-one [--config F] [--json] [-v] quota [USER|GROUP]
 
 Human-readable output by default, ``--json`` for scripts (also accepted after the
 command). Every error is one line on stderr; exit 1 on errors, 2 on bad arguments or a
@@ -29,6 +30,7 @@ from .driver import clients_from_config, held_by_vm, read_vm, sync_all
 from .fipspec import FipSpec, desired_floating_ips, vm_phase
 from .hookinstall import TemplateError, default_hooks_dir, install_hooks, read_templates
 from .plan import owner_for, ownership_errors, plan_steps
+from .quota import parse_subject_pool, usage, usage_lines
 from .remotesinstall import RemotesError, default_remotes_dir, install_remotes
 from .shipped import hooks_dir
 
@@ -76,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", parents=[common],
                        help="desired vs actual floating IPs of one VM (changes nothing)")
     p.add_argument("vm_id", type=_vm_id, metavar="VMID")
+    p = sub.add_parser("quota", parents=[common],
+                       help="floating-IP limits and usage of users and groups (changes nothing)")
+    p.add_argument("who", nargs="?", metavar="USER|GROUP",
+                   help="a user or group, by name or ID (default: every user and group that "
+                   "holds addresses or has a limit in its template)")
     return parser
 
 
@@ -102,7 +109,7 @@ def cmd_install_remotes(args) -> Tuple[dict, str, bool]:
 
 def cmd_sync(args) -> Tuple[dict, str, bool]:
     config, one, daemon = _clients(args)
-    out = sync_all(one, daemon, lock_dir=config.lock_dir)
+    out = sync_all(one, daemon, lock_dir=config.lock_dir, quota_default=config.floating_ip_quota)
     data = out.as_dict()
     lines = [f"converged {data['converged']} VM(s), released {len(data['released'])} "
              f"address(es), {len(data['errors'])} error(s)"]
@@ -151,8 +158,25 @@ def cmd_show(args) -> Tuple[dict, str, bool]:
     return data, "\n".join(lines), True
 
 
+def cmd_quota(args) -> Tuple[dict, str, bool]:
+    config, one, daemon = _clients(args)
+    subjects = []
+    for kind, method in (("user", "one.userpool.info"), ("group", "one.grouppool.info")):
+        xml = rpc.call_raw(one, method)
+        if not isinstance(xml, str):
+            raise Failure(f"{method}: oned answered {type(xml).__name__}, not a document")
+        subjects += parse_subject_pool(xml, kind)
+    if args.who is not None:
+        subjects = [s for s in subjects if args.who in (s.name, str(s.id))]
+        if not subjects:
+            raise Failure(f"USER|GROUP: {args.who!r} is no user or group (name or ID)")
+    rows = usage(subjects, daemon.list(), config.floating_ip_quota, everyone=args.who is not None)
+    ok = not any(r["errors"] for r in rows)
+    return {"quotas": rows}, "\n".join(usage_lines(rows)), ok
+
+
 COMMANDS = {"install-hooks": cmd_install_hooks, "install-remotes": cmd_install_remotes,
-            "sync": cmd_sync, "show": cmd_show}
+            "sync": cmd_sync, "show": cmd_show, "quota": cmd_quota}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -26,6 +26,7 @@ import pyone
 from ..client import ApiError, IpfloaterClient
 from . import rpc
 from .fipspec import FipSpec, desired_floating_ips, parse_ref, vm_phase
+from .quota import QuotaError, exempt, group_scope, quota_request, read_limits
 from .plan import (ATTR_STATUS, Held, Step, changed_attributes, error_line, foreign_held,
                    held_from_api, ownership_errors, plan_steps, wanted_attributes)
 from .vmlock import LockError, open_lock_dir, vm_lock
@@ -98,15 +99,16 @@ def held_by_vm(daemon: Any, vm_id: int) -> Dict[int, Held]:
 
 
 def converge_vm(vm_id: int, one: Any, daemon: Any, *, lock_dir: Optional[str] = None,
-                lock_timeout: float = 60.0) -> Result:
+                lock_timeout: float = 60.0, quota_default: int = -1) -> Result:
     """Bring the daemon and the VM's USER_TEMPLATE in line with what the VM asks for.
 
     ``one``: an rpc.OneClient; ``daemon``: an IpfloaterClient. ``lock_dir`` None takes no
-    lock (only for callers that never run two converges at once)."""
+    lock (only for callers that never run two converges at once). ``quota_default``: the
+    limit of users and groups whose template sets none (config FLOATING_IP_QUOTA)."""
     result = Result(vm_id=vm_id)
     try:
         with vm_lock(lock_dir, vm_id, lock_timeout):
-            _converge(vm_id, one, daemon, result)
+            _converge(vm_id, one, daemon, result, quota_default)
     except LockError as exc:
         result.errors.append(str(exc))
     if result.errors:
@@ -114,7 +116,7 @@ def converge_vm(vm_id: int, one: Any, daemon: Any, *, lock_dir: Optional[str] = 
     return result
 
 
-def _converge(vm_id: int, one: Any, daemon: Any, result: Result) -> None:
+def _converge(vm_id: int, one: Any, daemon: Any, result: Result, quota_default: int = -1) -> None:
     try:
         vm: Optional[Vm] = read_vm(one, vm_id)
     except pyone.OneNoExistsException:
@@ -143,19 +145,42 @@ def _converge(vm_id: int, one: Any, daemon: Any, result: Result) -> None:
     result.errors.extend(ownership_errors(vm, held))
     held = {n: h for n, h in held.items() if n not in foreign}  # never adopted
     steps = plan_steps(vm, result.phase, spec, held)
-    result.addresses = _execute(steps, daemon, held, result)
+    result.addresses = _execute(steps, daemon, held, result,
+                                _new_allocation_fields(one, vm, steps, quota_default, result))
     if vm is not None:
         _write_back(one, vm, result, result.addresses)
 
 
+def _new_allocation_fields(one: Any, vm: Optional[Vm], steps: List[Step], default: int,
+                           result: Result) -> Optional[Dict[str, Any]]:
+    """``owner_group`` and ``quota`` for this run's new allocations (the daemon counts
+    them atomically); None when the limits cannot be used (errors in ``result``): then no
+    new address is taken, and held ones stay. Read only when something is to be taken."""
+    if vm is None or not any(s.action == "allocate" for s in steps):
+        return {}
+    fields: Dict[str, Any] = {"owner_group": group_scope(vm.gid)}
+    if exempt(vm.uid, vm.gid):
+        return fields
+    try:
+        user, group = read_limits(one, vm.uid, vm.gid, default)
+    except QuotaError as exc:
+        result.errors.extend(f"no new floating IP: {line}" for line in exc.lines)
+        return None
+    fields["quota"] = quota_request(user, group) or None
+    return fields
+
+
 def _execute(steps: List[Step], daemon: Any, held: Dict[int, Held],
-             result: Result) -> Dict[int, str]:
+             result: Result, new_fields: Optional[Dict[str, Any]] = None) -> Dict[int, str]:
+    """Run the steps in order; ``new_fields`` go with new allocations (None: take none)."""
     addresses = {nic_id: h.public_ip for nic_id, h in held.items()}
     releasing = {s.public_ip for s in steps if s.action == "release"}
     failed = set()
     for step in steps:
         if step.nic_id in failed:
             continue
+        if new_fields is None and (step.action == "allocate" or step.replacing):
+            continue  # nothing new may be taken: keep the address a replacement would free
         try:
             if step.action == "release":
                 if step.replacing and not _replacement_free(daemon, step, releasing, result):
@@ -168,7 +193,8 @@ def _execute(steps: List[Step], daemon: Any, held: Dict[int, Held],
                     _check_private_free(daemon, step, addresses)
                 got = daemon.allocate(public_ip=step.public_ip, private_ip=step.private_ip,
                                       owner=step.owner, ref=step.ref,
-                                      allow_move=True if step.action == "move" else None)
+                                      allow_move=True if step.action == "move" else None,
+                                      **((new_fields or {}) if step.action == "allocate" else {}))
                 addresses[step.nic_id] = got["public_ip"]
             result.steps.append(step)
             log.info("VM %d: %s NIC %d %s -> %s (%s)", result.vm_id, step.action, step.nic_id,
@@ -252,6 +278,7 @@ def _step_error(step: Step, exc: ApiError) -> str:
                                f"({_daemon_error(exc)})",
         "private_in_use": f"{nic}: {step.private_ip} is already served by another VM's "
                           "floating IP (private_in_use)",
+        "quota_exceeded": f"{nic}: no floating IP, over quota: {_daemon_error(exc)}",
     }
     return messages.get(code, f"{nic}: {step.action} failed: {_daemon_error(exc)} ({code})")
 
@@ -297,7 +324,7 @@ class SyncResult:
 
 
 def sync_all(one: Any, daemon: Any, *, lock_dir: Optional[str] = None,
-             lock_timeout: float = 60.0) -> SyncResult:
+             lock_timeout: float = 60.0, quota_default: int = -1) -> SyncResult:
     """Converge every VM but DONE ones, then every VM the daemon holds addresses for that
     was not in that list (DONE or gone: converge_vm re-reads it, so a VM created since the
     list was read is converged, not robbed). Refs that do not parse are left alone."""
@@ -319,7 +346,7 @@ def sync_all(one: Any, daemon: Any, *, lock_dir: Optional[str] = None,
     listed = {vm.id for vm in vms}
     for vm_id in sorted(listed):
         out.results.append(converge_vm(vm_id, one, daemon, lock_dir=lock_dir,
-                                       lock_timeout=lock_timeout))
+                                       lock_timeout=lock_timeout, quota_default=quota_default))
     try:
         allocations = daemon.list()
     except ApiError as exc:
@@ -329,5 +356,5 @@ def sync_all(one: Any, daemon: Any, *, lock_dir: Optional[str] = None,
                       if ref is not None and ref[0] not in listed})
     for vm_id in orphans:
         out.results.append(converge_vm(vm_id, one, daemon, lock_dir=lock_dir,
-                                       lock_timeout=lock_timeout))
+                                       lock_timeout=lock_timeout, quota_default=quota_default))
     return out

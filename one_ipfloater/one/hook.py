@@ -86,7 +86,8 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(exc)
     log.info("%s event for VM %d (%s)", event.kind, event.vm_id, what)
-    result = converge_vm(event.vm_id, one, daemon, lock_dir=config.lock_dir)
+    result = converge_vm(event.vm_id, one, daemon, lock_dir=config.lock_dir,
+                         quota_default=config.floating_ip_quota)
     if not result.ok:
         return _fail(result.message)
     print(f"{PROG}: {result.message}")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional
 
 from .fipspec import FipSpec, parse_ref, ref_for, status_for
+from .quota import user_scope
 from .vmxml import Vm
 
 __all__ = ["ATTR_ADDRESS", "ATTR_STATUS", "ATTR_ERROR", "ATTR_NIC_PREFIX", "Held", "Step",
@@ -42,7 +43,7 @@ MAX_ERROR_CHARS = 1000
 
 def owner_for(vm: Vm) -> str:
     """The daemon-side owner of a VM's allocations: its OpenNebula user."""
-    return f"one:uid:{vm.uid}"
+    return user_scope(vm.uid)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import hashlib
 import dataclasses
 import http.server
 import ipaddress
@@ -492,10 +493,27 @@ class _User:
     name: str
     gname: str
     password: str
+    template: TemplateItems = dataclasses.field(default_factory=list)
 
     @property
     def is_admin(self) -> bool:
         return self.uid == 0 or self.gid == 0
+
+
+@dataclasses.dataclass
+class _Group:
+    id: int
+    name: str
+    template: TemplateItems = dataclasses.field(default_factory=list)
+
+
+# oned.conf's defaults: attributes only oneadmin (user or group) may set in a user's or a
+# group's template. An operator who keeps quotas there adds FLOATING_IP_QUOTA and
+# FLOATING_IP_POOL_QUOTA to both lists (see the README), or users raise their own limits.
+DEFAULT_RESTRICTED_ATTRS = ("VM_USE_OPERATIONS", "VM_MANAGE_OPERATIONS", "VM_ADMIN_OPERATIONS")
+# What oned writes for the quotas a user or group has (none here) and for the defaults.
+_EMPTY_QUOTAS = ("<DATASTORE_QUOTA></DATASTORE_QUOTA><NETWORK_QUOTA></NETWORK_QUOTA>"
+                 "<VM_QUOTA></VM_QUOTA><IMAGE_QUOTA></IMAGE_QUOTA>")
 
 
 @dataclasses.dataclass
@@ -748,6 +766,9 @@ class OneSimulator:
         self._thread: Optional[threading.Thread] = None
         self.version = version
         self._users: Dict[str, _User] = {}
+        self._groups: Dict[int, _Group] = {0: _Group(0, "oneadmin"), 1: _Group(1, "users")}
+        self.user_restricted: List[str] = list(DEFAULT_RESTRICTED_ATTRS)
+        self.group_restricted: List[str] = list(DEFAULT_RESTRICTED_ATTRS)
         users = dict(users or {"oneadmin": "opennebula"})
         self._users["oneadmin"] = _User(0, 0, "oneadmin", "oneadmin",
                                         users.pop("oneadmin", "opennebula"))
@@ -783,6 +804,12 @@ class OneSimulator:
             "one.hookpool.info": self._rpc_hookpool_info,
             "one.hooklog.info": self._rpc_hooklog_info,
             "one.hook.retry": self._rpc_hook_retry,
+            "one.user.info": self._rpc_user_info,
+            "one.user.update": self._rpc_user_update,
+            "one.userpool.info": self._rpc_userpool_info,
+            "one.group.info": self._rpc_group_info,
+            "one.group.update": self._rpc_group_update,
+            "one.grouppool.info": self._rpc_grouppool_info,
         }
 
     # ----------------------------------------------------------------------------------
@@ -859,6 +886,49 @@ class OneSimulator:
     # ----------------------------------------------------------------------------------
     def uid_of(self, user: str) -> int:
         return self._users[user].uid
+
+    def add_group(self, name: str) -> int:
+        """``onegroup create``: new groups are numbered from 100 (0 and 1 are oned's)."""
+        with self._lock:
+            if any(g.name == name for g in self._groups.values()):
+                raise ValueError(f"group {name!r} exists")
+            gid = max(99, *self._groups) + 1
+            self._groups[gid] = _Group(gid, name)
+            return gid
+
+    def add_user(self, name: str, password: str, group: str = "users") -> int:
+        """``oneuser create`` (+ ``oneuser chgrp``); returns the new user's ID."""
+        with self._lock:
+            if name in self._users:
+                raise ValueError(f"user {name!r} exists")
+            gid = self._group_by_name(group).id
+            uid = max(u.uid for u in self._users.values()) + 1
+            self._users[name] = _User(uid, gid, name, group, password)
+            return uid
+
+    def chgrp_user(self, name: str, group: str) -> None:
+        """``oneuser chgrp``: the user's primary group (its VMs keep theirs, as in oned)."""
+        with self._lock:
+            user, target = self._users[name], self._group_by_name(group)
+            user.gid, user.gname = target.id, target.name
+
+    def set_user_template(self, name: str, text: str, merge: bool = True) -> None:
+        """``oneuser update`` as oneadmin, without an API event."""
+        with self._lock:
+            user = self._users[name]
+            user.template = self._updated(user.template, text, 1 if merge else 0, None)
+
+    def set_group_template(self, name: str, text: str, merge: bool = True) -> None:
+        """``onegroup update`` as oneadmin, without an API event."""
+        with self._lock:
+            group = self._group_by_name(name)
+            group.template = self._updated(group.template, text, 1 if merge else 0, None)
+
+    def _group_by_name(self, name: str) -> _Group:
+        for group in self._groups.values():
+            if group.name == name:
+                return group
+        raise KeyError(name)
 
     def add_host(self, name: str) -> int:
         with self._lock:
@@ -1189,16 +1259,7 @@ class OneSimulator:
         update_type = _p_opt(params, 3, _p_int, 0)   # omitted = 0 = replace!
         vm = self._vm(vm_id)
         self._authorize_vm(user, vm, "MANAGE")
-        if update_type not in (0, 1):
-            raise _Failure(XML_RPC_API, "Wrong update type")
-        try:
-            items = parse_template(template_text)
-        except TemplateParseError as exc:
-            raise _Failure(ACTION, f"Parse error: {exc}") from None
-        if update_type == 0:
-            vm.user_template = [(n, dict(v) if isinstance(v, dict) else v) for n, v in items]
-        else:
-            vm.user_template = _merge_items(vm.user_template, items)
+        vm.user_template = self._updated(vm.user_template, template_text, update_type, None)
         return vm.id
 
     def _rpc_vm_allocate(self, user: _User, params: Sequence[Any]):
@@ -1380,6 +1441,124 @@ class OneSimulator:
     # ----------------------------------------------------------------------------------
     # VM allocation
     # ----------------------------------------------------------------------------------
+    # ----------------------------------------------------------------------------------
+    # Users and groups (one.user.*, one.group.*; documents as User/Group::to_xml write them)
+    # ----------------------------------------------------------------------------------
+    def _user(self, uid: int) -> _User:
+        user = next((u for u in self._users.values() if u.uid == uid), None)
+        if user is None:
+            raise _Failure(NO_EXISTS, f"Error getting user [{uid}].", uid)
+        return user
+
+    def _group(self, gid: int) -> _Group:
+        group = self._groups.get(gid)
+        if group is None:
+            raise _Failure(NO_EXISTS, f"Error getting group [{gid}].", gid)
+        return group
+
+    @staticmethod
+    def _updated(current: TemplateItems, text: str, update_type: int,
+                 restricted: Optional[Sequence[str]]) -> TemplateItems:
+        """A template after ``one.*.update`` (type 0 replaces, 1 merges); ``restricted``
+        (None for oneadmin): names the caller may not change (oned.conf
+        USER/GROUP_RESTRICTED_ATTR). As PoolObjectSQL::replace_template does, a restricted
+        attribute may be sent with its current value, and a replace must keep it; any
+        other change fails the update as INTERNAL ("Cannot update template. ...")."""
+        if update_type not in (0, 1):
+            raise _Failure(XML_RPC_API, "Wrong update type")
+        try:
+            items = parse_template(text)
+        except TemplateParseError as exc:
+            raise _Failure(ACTION, f"Parse error: {exc}") from None
+        items = [(n, dict(v) if isinstance(v, dict) else v) for n, v in items]
+        updated = items if update_type == 0 else _merge_items(current, items)
+        for name in restricted or ():
+            if [v for n, v in updated if n == name] != [v for n, v in current if n == name]:
+                raise _Failure(INTERNAL, f"Cannot update template. Tried to change restricted "
+                                         f"attribute: {name}")
+        return updated
+
+    def _user_xml(self, user: _User, extended: bool) -> str:
+        password = hashlib.sha256(user.password.encode()).hexdigest()
+        body = (f"<USER><ID>{user.uid}</ID><GID>{user.gid}</GID><GROUPS><ID>{user.gid}</ID>"
+                f"</GROUPS><GNAME>{_esc(user.gname)}</GNAME><NAME>{_esc(user.name)}</NAME>"
+                f"<PASSWORD>{password}</PASSWORD><AUTH_DRIVER>core</AUTH_DRIVER>"
+                f"<ENABLED>1</ENABLED><TEMPLATE>{_items_xml(user.template)}</TEMPLATE>")
+        if extended:
+            body += _EMPTY_QUOTAS + f"<DEFAULT_USER_QUOTAS>{_EMPTY_QUOTAS}</DEFAULT_USER_QUOTAS>"
+        return body + "</USER>"
+
+    def _group_xml(self, group: _Group, extended: bool) -> str:
+        members = "".join(f"<ID>{u.uid}</ID>" for u in sorted(self._users.values(),
+                                                              key=lambda u: u.uid)
+                          if u.gid == group.id)
+        body = (f"<GROUP><ID>{group.id}</ID><NAME>{_esc(group.name)}</NAME>"
+                f"<TEMPLATE>{_items_xml(group.template)}</TEMPLATE>"
+                f"<USERS>{members}</USERS><ADMINS></ADMINS>")
+        if extended:  # VLAN_RULES: required by the 7.x group.xsd (see SOURCES.md)
+            body += (_EMPTY_QUOTAS + f"<VLAN_RULES><ID>{group.id}</ID></VLAN_RULES>"
+                     f"<DEFAULT_GROUP_QUOTAS>{_EMPTY_QUOTAS}</DEFAULT_GROUP_QUOTAS>")
+        return body + "</GROUP>"
+
+    @staticmethod
+    def _deny(user: _User, operation: str) -> _Failure:
+        return _Failure(AUTHORIZATION, f"User [{user.uid}] : Not authorized to perform {operation}.")
+
+    def _rpc_user_info(self, user: _User, params: Sequence[Any]) -> str:
+        uid = _p_int(params, 1)
+        _p_opt(params, 2, _p_bool, False)
+        target = user if uid == -1 else self._user(uid)
+        if target.uid != user.uid and not user.is_admin:
+            raise self._deny(user, f"USE USER [{target.uid}]")
+        return self._user_xml(target, extended=True)
+
+    def _rpc_user_update(self, user: _User, params: Sequence[Any]) -> int:
+        uid = _p_int(params, 1)
+        text = _p_str(params, 2)
+        update_type = _p_opt(params, 3, _p_int, 0)
+        target = self._user(uid)
+        if target.uid != user.uid and not user.is_admin:
+            raise self._deny(user, f"MANAGE USER [{target.uid}]")
+        target.template = self._updated(target.template, text, update_type,
+                                        None if user.is_admin else self.user_restricted)
+        return target.uid
+
+    def _rpc_userpool_info(self, user: _User, params: Sequence[Any]) -> str:
+        users = sorted(self._users.values(), key=lambda u: u.uid)
+        if not user.is_admin:
+            users = [u for u in users if u.uid == user.uid]
+        body = "".join(self._user_xml(u, extended=False)
+                       + f"<QUOTAS><ID>{u.uid}</ID>{_EMPTY_QUOTAS}</QUOTAS>" for u in users)
+        return (f"<USER_POOL>{body}<DEFAULT_USER_QUOTAS>{_EMPTY_QUOTAS}"
+                "</DEFAULT_USER_QUOTAS></USER_POOL>")
+
+    def _rpc_group_info(self, user: _User, params: Sequence[Any]) -> str:
+        gid = _p_int(params, 1)
+        _p_opt(params, 2, _p_bool, False)
+        group = self._group(user.gid if gid == -1 else gid)
+        if group.id != user.gid and not user.is_admin:
+            raise self._deny(user, f"USE GROUP [{group.id}]")
+        return self._group_xml(group, extended=True)
+
+    def _rpc_group_update(self, user: _User, params: Sequence[Any]) -> int:
+        gid = _p_int(params, 1)
+        text = _p_str(params, 2)
+        update_type = _p_opt(params, 3, _p_int, 0)
+        group = self._group(gid)
+        if not user.is_admin:  # group admins are not modelled: only oneadmin's group
+            raise self._deny(user, f"MANAGE GROUP [{group.id}]")
+        group.template = self._updated(group.template, text, update_type, None)
+        return group.id
+
+    def _rpc_grouppool_info(self, user: _User, params: Sequence[Any]) -> str:
+        groups = sorted(self._groups.values(), key=lambda g: g.id)
+        if not user.is_admin:
+            groups = [g for g in groups if g.id == user.gid]
+        body = "".join(self._group_xml(g, extended=False)
+                       + f"<QUOTAS><ID>{g.id}</ID>{_EMPTY_QUOTAS}</QUOTAS>" for g in groups)
+        return (f"<GROUP_POOL>{body}<DEFAULT_GROUP_QUOTAS>{_EMPTY_QUOTAS}"
+                "</DEFAULT_GROUP_QUOTAS></GROUP_POOL>")
+
     def _allocate_vm(self, owner: _User, template_text: str, hold: bool) -> int:
         try:
             items = parse_template(template_text)
