@@ -151,7 +151,8 @@ def test_history_survives_restarts_and_reconciles(make):
 def test_a_file_of_an_earlier_version_gets_baselines_once(tmp_path, make):
     store = Store(str(tmp_path / "state.db"))
     with store.transaction():  # what an earlier daemon wrote: allocations, no events
-        store._db.execute("INSERT INTO allocations VALUES('198.51.100.10', 'uid:1', 'r', '10.77.0.11', 1, 1)")
+        store._db.execute("INSERT INTO allocations(public_ip, owner, ref, private_ip, created_at, updated_at) "
+                          "VALUES('198.51.100.10', 'uid:1', 'r', '10.77.0.11', 1, 1)")
     store.close()
     clock = Clock()
     svc = make(clock)
