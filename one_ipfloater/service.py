@@ -20,8 +20,8 @@ from ipaddress import IPv4Address
 
 from . import __version__, hostnet, preflight
 from .coalesce import Coalescer
-from .config import DaemonConfig
-from .model import Allocation, Change, FipError, Registry
+from .config import DaemonConfig, config_pools
+from .model import DEFAULT_POOL, Allocation, Change, FipError, Registry
 from .nat import NatError, remove_other_backends
 from .nat.ruleset import desired_spec, pair_delta
 from .store import Store
@@ -39,7 +39,7 @@ class FloatingIPService:
         self.host = host
         self._lock = threading.RLock()
         self._conntrack_flush = Coalescer(host.flush_conntrack)
-        self.registry = Registry(config.pool, store.allocations())
+        self.registry = Registry(config.pool, store.allocations(), pools=config_pools(config))
         self.warnings: list[str] = []  # preflight's, set by start(); /v1/health shows them
         self.repair_wanted = threading.Event()  # set when a committed change's side effect failed
 
@@ -155,7 +155,7 @@ class FloatingIPService:
                     self.backend.apply(removed, added)
                 except NatError as exc:
                     log.warning("incremental rule change failed (%s); converging in full", exc)
-                    trial = Registry(self.registry.pool, self.registry)
+                    trial = Registry(self.registry.pool, self.registry, pools=self.registry.pools.items())
                     trial.apply(change)
                     self.backend.sync(self.desired(trial))
         except Exception as exc:
@@ -230,15 +230,18 @@ class FloatingIPService:
 
     def allocate(self, public_ip: IPv4Address | None = None, private_ip: IPv4Address | None = None,
                  owner: str | None = None, ref: str | None = None, allow_move: bool = False,
-                 operator: bool = False, unowned_ok: bool = True) -> tuple[Allocation, bool]:
-        """Take an address and optionally associate it, in one atomic change.
+                 operator: bool = False, unowned_ok: bool = True,
+                 pool: str | None = None) -> tuple[Allocation, bool]:
+        """Take an address (of `pool`, see Registry.plan_allocate) and optionally associate
+        it, in one atomic change.
 
         Returns (allocation, created): created is False when `ref` already held it.
         """
         with self._lock:
             if private_ip is not None:
                 self.registry.check_target(private_ip, self.config.private_ranges)
-            alloc, change = self.registry.plan_allocate(public_ip, owner, ref, operator, unowned_ok)
+            alloc, change = self.registry.plan_allocate(public_ip, owner, ref, operator, unowned_ok,
+                                                        pool=pool)
             created = not change.noop
             if private_ip is not None and alloc.private_ip != private_ip:
                 self.registry.apply(change)
@@ -252,8 +255,8 @@ class FloatingIPService:
             self._commit(change)
         self._flush_conntrack(change)
         if not change.noop:
-            log.info("allocated %s (private=%s owner=%s ref=%s)", alloc.public_ip, alloc.private_ip,
-                     alloc.owner, alloc.ref)
+            log.info("allocated %s (pool=%s private=%s owner=%s ref=%s)", alloc.public_ip,
+                     self.registry.pool_of(alloc.public_ip), alloc.private_ip, alloc.owner, alloc.ref)
         return alloc, created
 
     def associate(self, public_ip: IPv4Address, private_ip: IPv4Address, owner: str | None = None,
@@ -278,22 +281,48 @@ class FloatingIPService:
             return self.registry.require(public_ip)
 
     def list(self, private_ip: IPv4Address | None = None, ref: str | None = None,
-             owner: str | None = None, ref_prefix: str | None = None) -> list[Allocation]:
+             owner: str | None = None, ref_prefix: str | None = None,
+             pool: str | None = None) -> list[Allocation]:
         """Allocations matching every given filter (ref_prefix: e.g. all NICs of one VM)."""
         with self._lock:
+            if pool is not None:
+                self.registry.require_pool(pool)
             return [a for a in self.registry
                     if (private_ip is None or a.private_ip == private_ip)
                     and (ref is None or a.ref == ref)
                     and (owner is None or a.owner == owner)
-                    and (ref_prefix is None or (a.ref or "").startswith(ref_prefix))]
+                    and (ref_prefix is None or (a.ref or "").startswith(ref_prefix))
+                    and (pool is None or self.registry.pool_of(a.public_ip) == pool)]
 
     def pool(self) -> dict:
+        """The `default` pool as before (empty if there is none), plus every pool's figures."""
         with self._lock:
-            status = {a.public_ip: ("associated" if a.private_ip else "allocated") for a in self.registry}
-            addresses = [{"public_ip": str(a), "status": status.get(a, "free")}
-                         for a in sorted(self.registry.pool)]
-            return {"size": len(self.registry.pool), "free": self.registry.free_count(),
+            answer = {"size": 0, "free": 0, "addresses": []}
+            if DEFAULT_POOL in self.registry.pools:
+                answer = self.pool_detail(DEFAULT_POOL)
+                del answer["name"], answer["allocated"], answer["associated"]
+            answer["pools"] = [{k: v for k, v in self.pool_detail(name).items() if k != "addresses"}
+                               for name in self.registry.pools]
+            return answer
+
+    def pool_detail(self, name: str) -> dict:
+        """One pool: its figures and each address's status (free/allocated/associated)."""
+        with self._lock:
+            addrs = self.registry.pools[self.registry.require_pool(name)]
+            addresses = []
+            for addr in sorted(addrs):
+                alloc = self.registry.get(addr)
+                addresses.append({"public_ip": str(addr), "status": "free" if alloc is None else
+                                  "associated" if alloc.private_ip else "allocated"})
+            associated = sum(1 for a in addresses if a["status"] == "associated")
+            free = self.registry.free_count(name)
+            return {"name": name, "size": len(addrs), "free": free,
+                    "allocated": len(addrs) - free - associated, "associated": associated,
                     "addresses": addresses}
+
+    def pools(self) -> list[dict]:
+        with self._lock:
+            return [self.pool_detail(name) for name in self.registry.pools]
 
     def version(self) -> dict:
         return {"version": __version__, "backend": self.backend.name}
