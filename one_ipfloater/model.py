@@ -162,8 +162,11 @@ class Registry:
         return sorted(((a.public_ip, a.private_ip) for a in self._by_public.values() if a.private_ip),
                       key=lambda pair: int(pair[0]))
 
-    def association_count(self) -> int:
-        return sum(1 for a in self._by_public.values() if a.private_ip)
+    def association_count(self, pool: str | None = None) -> int:
+        """Associated addresses (of one pool, or all)."""
+        if pool is None:
+            return sum(1 for a in self._by_public.values() if a.private_ip)
+        return sum(1 for a in self._by_public.values() if a.private_ip and self.pool_of(a.public_ip) == pool)
 
     def free_count(self, pool: str | None = None) -> int:
         """Free addresses of one pool, or of all of them."""

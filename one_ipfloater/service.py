@@ -301,24 +301,25 @@ class FloatingIPService:
             if DEFAULT_POOL in self.registry.pools:
                 answer = self.pool_detail(DEFAULT_POOL)
                 del answer["name"], answer["allocated"], answer["associated"]
-            answer["pools"] = [{k: v for k, v in self.pool_detail(name).items() if k != "addresses"}
-                               for name in self.registry.pools]
+            answer["pools"] = [self.pool_detail(name, addresses=False) for name in self.registry.pools]
             return answer
 
-    def pool_detail(self, name: str) -> dict:
-        """One pool: its figures and each address's status (free/allocated/associated)."""
+    def pool_detail(self, name: str, addresses: bool = True) -> dict:
+        """One pool: its figures and (`addresses`) each address's status
+        (free/allocated/associated)."""
         with self._lock:
-            addrs = self.registry.pools[self.registry.require_pool(name)]
-            addresses = []
-            for addr in sorted(addrs):
-                alloc = self.registry.get(addr)
-                addresses.append({"public_ip": str(addr), "status": "free" if alloc is None else
-                                  "associated" if alloc.private_ip else "allocated"})
-            associated = sum(1 for a in addresses if a["status"] == "associated")
-            free = self.registry.free_count(name)
-            return {"name": name, "size": len(addrs), "free": free,
-                    "allocated": len(addrs) - free - associated, "associated": associated,
-                    "addresses": addresses}
+            reg = self.registry
+            addrs = reg.pools[reg.require_pool(name)]
+            free = reg.free_count(name)
+            associated = reg.association_count(name)
+            answer = {"name": name, "size": len(addrs), "free": free,
+                      "allocated": len(addrs) - free - associated, "associated": associated}
+            if addresses:
+                answer["addresses"] = [
+                    {"public_ip": str(addr), "status": "free" if alloc is None else
+                     "associated" if alloc.private_ip else "allocated"}
+                    for addr, alloc in ((addr, reg.get(addr)) for addr in sorted(addrs))]
+            return answer
 
     def pools(self) -> list[dict]:
         with self._lock:
