@@ -10,6 +10,7 @@ from one_ipfloater.api import ApiApp
 from one_ipfloater.auth import Authenticator
 from one_ipfloater.config import parse_config_text
 from one_ipfloater.httpserver import serve_in_thread
+from one_ipfloater.one.driver import sync_all
 from one_ipfloater.one.vmxml import parse_vm
 from one_ipfloater.one.fipspec import desired_floating_ips
 from one_ipfloater.service import FloatingIPService
@@ -184,3 +185,10 @@ def test_template_level_pool_of_the_vm_document():
     vm = vm.__class__(**{**vm.__dict__, "user_template": {**vm.user_template, "FLOATING_IP": "YES"}})
     spec = desired_floating_ips(vm, {})
     assert [(r.nic_id, r.pool) for r in spec.requests] == [(nic.nic_id, "campus")]
+
+
+def test_a_sweep_reads_each_network_once(env):
+    vms = [env.create('NAME="x" NIC=[NETWORK="campus-net", FLOATING_IP="YES"]') for _ in range(2)]
+    out = sync_all(env.client, env.daemon, lock_dir=env.lock_dir)
+    assert out.ok and all(env.public(vm) for vm in vms)
+    assert len(vn_info_calls(env)) == 1  # two VMs on one network
