@@ -266,7 +266,7 @@ class ApiApp:
             return 200, svc.pool()
         if route == ["pools"]:
             return 200, {"pools": svc.pools()}
-        if route[0] == "pools":
+        if route[:1] == ["pools"]:
             name = _pool_name(route[1])
             if name not in svc.registry.pools:
                 raise FipError("unknown_pool", f"pool: {name!r} is not a configured pool "
@@ -336,7 +336,7 @@ class ApiApp:
                  ("neighbours",): ["GET"], ("floatingips",): ["GET", "POST"]}
         if tuple(route) in table:
             return table[tuple(route)]
-        if route[0] == "pools" and len(route) <= 2:
+        if route and route[0] == "pools" and len(route) <= 2:
             return ["GET"]
         if len(route) == 2 and route[0] == "floatingips":
             return ["GET", "DELETE"]

@@ -234,3 +234,10 @@ def test_cli_ippool_and_getip_pool(daemon, capsys, tmp_path, monkeypatch):
     assert code == 1 and err.strip() == "ipfloater: pool: 'nope' is not a configured pool (known: default, campus)"
     code, _, err = run_cli(url, "ippool", "nope", capsys=capsys)
     assert code == 1 and "'nope' is not a configured pool" in err
+
+
+def test_bare_prefix_and_deep_pool_paths_are_404s(daemon):
+    url, _svc = daemon
+    for path in ("/v1", "/v1/", "/v1/pools/campus/x"):
+        status, body = call(url, "GET", path)
+        assert status == 404 and body["error"]["code"] == "not_found", (path, body)
