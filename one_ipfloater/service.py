@@ -67,8 +67,8 @@ class FloatingIPService:
                 log.info("addresses on %s in place after %.3f s", iface, time.perf_counter() - started)
             for alloc in self.registry:
                 if alloc.public_ip not in self.registry.pool:
-                    log.warning("%s is allocated but no longer in IP_POOL; it stays until released",
-                                alloc.public_ip)
+                    log.warning("%s is allocated but no longer in any pool (IP_POOL or [POOL ...]); "
+                                "it stays until released", alloc.public_ip)
             # leftovers of a backend switched away from, once ours are in place
             return repairs + remove_other_backends(self.backend, self.config.xtables_lock)
 
