@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+import re
 import socket
 import struct
 from collections.abc import Iterable, Sequence
@@ -16,6 +17,11 @@ from ipaddress import IPv4Address, IPv4Network
 from itertools import chain
 
 MAX_POOL_SIZE = 65536
+
+#: The pool of IP_POOL, and of every request that names none (both sides).
+DEFAULT_POOL = "default"
+#: What a pool may be called: `[POOL <name>]`, `FLOATING_IP_POOL`, the API's `pool`.
+POOL_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 
 class AddressError(ValueError):

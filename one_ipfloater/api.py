@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, urlsplit
 
 from . import history, hostnet
-from .addresses import AddressError, parse_ipv4
+from .addresses import POOL_NAME_RE, AddressError, parse_ipv4
 from .auth import OPERATOR, OWNER, READER, Principal
 from .httpserver import error_body
 from .model import TEXT_FIELD_RE, FipError, bad_request
@@ -53,6 +53,16 @@ def _text(value: Any, field: str) -> Optional[str]:
         return None
     if not isinstance(value, str) or not TEXT_FIELD_RE.fullmatch(value):
         raise bad_request(f"{field}: {_show(value)} must be 1-128 characters of letters, digits and _.:@/+-")
+    return value
+
+
+def _pool_name(value: Any, field: str = "pool") -> Optional[str]:
+    """A pool name as sent (whether it is configured is the registry's question)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not POOL_NAME_RE.fullmatch(value):
+        raise FipError("unknown_pool", f"{field}: {_show(value)} is not a pool name "
+                       "(a lower-case letter, then up to 31 of a-z 0-9 _ -)", 422)
     return value
 
 
@@ -259,6 +269,14 @@ class ApiApp:
             return 200, svc.version()
         if route == ["pool"]:
             return 200, svc.pool()
+        if route == ["pools"]:
+            return 200, {"pools": svc.pools()}
+        if route[:1] == ["pools"]:
+            name = _pool_name(route[1])
+            if name not in svc.registry.pools:
+                raise FipError("unknown_pool", f"pool: {name!r} is not a configured pool "
+                               f"(known: {', '.join(svc.registry.pools)})", 404)
+            return 200, svc.pool_detail(name)
         if route == ["reconcile"]:
             if p.role != OPERATOR:
                 raise _forbidden(f"reconcile: token {p.name!r} ({p.role}) may not reconcile")
@@ -280,16 +298,17 @@ class ApiApp:
             return 200, self._history(req)
         if route == ["floatingips"]:
             if method == "GET":
-                unknown = sorted(set(query) - {"private_ip", "ref", "owner", "ref_prefix"})
+                unknown = sorted(set(query) - {"private_ip", "ref", "owner", "ref_prefix", "pool"})
                 if unknown:
                     raise bad_request(f"{_show(unknown[0])[1:-1]}: unknown query parameter")
                 private = _ip(query["private_ip"], "private_ip") if "private_ip" in query else None
                 items = svc.list(private_ip=private, ref=_text(query.get("ref"), "ref"),
                                  owner=req.owner(query.get("owner")),
-                                 ref_prefix=_text(query.get("ref_prefix"), "ref_prefix"))
+                                 ref_prefix=_text(query.get("ref_prefix"), "ref_prefix"),
+                                 **self._pool_arg(query))
                 return 200, {"floatingips": [self._view(a) for a in items]}
             body = req.body({"public_ip", "private_ip", "owner", "ref", "allow_move", "operator",
-                             "owner_group", "quota"})
+                             "owner_group", "quota", "pool"})
             for field in ("owner_group", "quota"):  # what counts against whom: the operator's say
                 if body.get(field) is not None and p.role != OPERATOR:
                     raise _forbidden(f"{field}: token {p.name!r} ({p.role}) may not set it (operator tokens only)")
@@ -300,7 +319,8 @@ class ApiApp:
                 allow_move=_flag(body.get("allow_move"), "allow_move"),
                 operator=req.operator(body.get("operator")), unowned_ok=req.unowned_ok,
                 owner_group=_text(body.get("owner_group"), "owner_group"),
-                quotas=parse_quotas(body.get("quota")), actor=p.name)
+                quotas=parse_quotas(body.get("quota")), actor=p.name,
+                **self._pool_arg(body))
             return (201 if created else 200), self._view(alloc)
         public_ip = _ip(route[1], "public_ip")
         if len(route) == 2 and method == "GET":
@@ -350,6 +370,8 @@ class ApiApp:
                  ("neighbours",): ["GET"], ("floatingips",): ["GET", "POST"], ("history",): ["GET"]}
         if tuple(route) in table:
             return table[tuple(route)]
+        if route and route[0] == "pools" and len(route) <= 2:
+            return ["GET"]
         if len(route) == 2 and route[0] == "floatingips":
             return ["GET", "DELETE"]
         if len(route) == 3 and route[0] == "floatingips" and route[2] == "association":
@@ -396,8 +418,14 @@ class ApiApp:
                                              owner=p.owner if p.role == OWNER else None, limit=limit)
         return {**found, "events": [ev.as_dict() for ev in found["events"]]}
 
+    @staticmethod
+    def _pool_arg(given: dict) -> dict:
+        """`pool=` for the service only when sent (small hunks: other fields merge beside it)."""
+        return {"pool": _pool_name(given["pool"])} if given.get("pool") is not None else {}
+
     def _view(self, alloc) -> dict:
-        return alloc.as_dict(in_pool=alloc.public_ip in self.service.registry.pool)
+        pool = self.service.registry.pool_of(alloc.public_ip)
+        return alloc.as_dict(in_pool=pool is not None, pool=pool)
 
 
 _REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",

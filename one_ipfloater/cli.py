@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("private_ip", type=_ip_arg("private_ip"),
                    help="private IP address for which a floating IP is requested")
     p.add_argument("--owner", help="record this owner on the allocation")
+    p.add_argument("--pool", help="take the address from this named pool (default: the pool 'default')")
     p = command("redirect", "point a floating IP at a private IP (moves it if needed)")
     p.add_argument("public_ip", type=_ip_arg("public_ip"), help="the floating IP address")
     p.add_argument("private_ip", type=_ip_arg("private_ip"),
@@ -136,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--operator", action="store_true",
                    help="explicit operator request: release another owner's address (operator tokens only)")
     command("status", "show the allocations and their redirections")
-    command("ippool", "show the public addresses in the pool")
+    p = command("ippool", "show the public addresses of every pool, or of one pool")
+    p.add_argument("name", nargs="?", metavar="NAME", help="the pool's name (default: every pool)")
     command("version", "show the client and server versions")
     p = command("arp", "look a MAC address up in the router's neighbour table")
     p.add_argument("mac", help="the MAC address whose IP address is requested")
@@ -162,7 +164,12 @@ def _execute(args, client: IpfloaterClient):
     cmd = args.command
     if cmd == "getip":
         existing = client.list(private_ip=args.private_ip)
-        alloc = existing[0] if existing else client.allocate(private_ip=args.private_ip, owner=args.owner)
+        if existing and args.pool is not None and existing[0].get("pool") != args.pool:
+            raise ApiError("address_in_use", f"private_ip: {args.private_ip} already has "
+                           f"{existing[0]['public_ip']} of pool {existing[0].get('pool')!r}, "
+                           f"not of pool {args.pool!r} (release it first)", 409)
+        alloc = existing[0] if existing else client.allocate(private_ip=args.private_ip, owner=args.owner,
+                                                             pool=args.pool)
         return alloc, alloc["public_ip"]
     if cmd == "redirect":
         try:
@@ -198,9 +205,16 @@ def _execute(args, client: IpfloaterClient):
             return {"floatingips": items}, text
         return {"floatingips": items, "ha_state": ha}, f"HA state: {ha['state']}\n{text}"
     if cmd == "ippool":
-        pool = client.pool()
-        text = _table(pool["addresses"], ["public_ip", "status"]) + f"\n{pool['free']} of {pool['size']} free"
-        return pool, text
+        if args.name is not None:
+            pool = client.pools(args.name)
+            return pool, _table(pool["addresses"], ["public_ip", "status"]) + \
+                f"\n{pool['free']} of {pool['size']} free in pool {pool['name']}"
+        pools = client.pools()
+        rows = [{**a, "pool": p["name"]} for p in pools for a in p["addresses"]]
+        text = _table(rows, ["public_ip", "pool", "status"]) + "".join(
+            f"\n{p['name']}: {p['free']} of {p['size']} free" for p in pools)
+        # JSON: the `default` pool at the top as before (GET /v1/pool), every pool in "pools"
+        return {**client.pool(), "pools": pools}, text
     if cmd == "version":
         server = client.version()
         payload = {"client": __version__, "server": server.get("version"), "backend": server.get("backend")}

@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Mapping, Optional
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import requests
 
@@ -183,6 +183,12 @@ class IpfloaterClient:
 
     def pool(self) -> dict:
         return self._call("GET", "/pool")
+
+    def pools(self, name: Optional[str] = None) -> Any:
+        """Every pool (a list), or one pool (a dict): figures and addresses."""
+        if name is None:
+            return self._call("GET", "/pools")["pools"]
+        return self._call("GET", f"/pools/{quote(name, safe='')}")
 
     def list(self, **filters) -> list[dict]:
         params = {k: v for k, v in filters.items() if v is not None}

@@ -76,7 +76,8 @@ def command_summary(prog: str, sub) -> str:
             if isinstance(action, argparse._HelpAction) or action.default is argparse.SUPPRESS:
                 continue  # -h and the flags accepted anywhere
             if not action.option_strings:
-                words.append(action.metavar or action.dest)
+                word = action.metavar or action.dest
+                words.append(f"[{word}]" if action.nargs == "?" else word)
                 continue
             metavar = action.metavar or action.dest.upper()
             if action.nargs == 0:

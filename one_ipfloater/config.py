@@ -1,4 +1,4 @@
-"""The daemon's configuration file: INI with an [IPFLOATER] section.
+"""The daemon's configuration file: INI with an [IPFLOATER] section (and [POOL <name>] ones).
 
 Keys of the original ipfloater (IP_POOL, PRIVATE_IP_RANGES, REST_IP, REST_PORT, DB,
 BLOCK_PUBLIC_IPS) keep their names and meaning so that old config files still load.
@@ -15,9 +15,11 @@ import re
 from collections import namedtuple
 from ipaddress import IPv4Address, IPv4Network
 
-from .addresses import AddressError, never_floating_overlap, parse_networks, parse_pool
+from .addresses import DEFAULT_POOL, MAX_POOL_SIZE, POOL_NAME_RE, AddressError, never_floating_overlap, parse_networks, parse_pool
 
 SECTION = "IPFLOATER"
+POOL_SECTION_PREFIX = "POOL "
+POOL_KEYS = {"IP_POOL"}
 DEFAULT_DB = "/var/lib/ipfloater/ipfloater.db"
 DEFAULT_TOKEN_FILE = "/var/lib/ipfloater/token"
 DEFAULT_XTABLES_LOCK = "/run/xtables.lock"
@@ -57,6 +59,7 @@ _SETTINGS = (  # (field, default); the first two have none
     ("request_timeout", 10.0),
     ("db_sync", "full"),
     ("history_days", 400),                   # history kept this many days; 0: forever
+    ("pools", None),                         # ((name, addresses), ...); None: one pool, `default`
 )
 
 
@@ -66,6 +69,11 @@ class DaemonConfig(namedtuple("DaemonConfig", [name for name, _ in _SETTINGS],
     nat.ruleset.Rule)."""
 
     __slots__ = ()
+
+
+def config_pools(config: DaemonConfig) -> tuple[tuple[str, tuple[IPv4Address, ...]], ...]:
+    """The named pools, `default` first: configs built without `pools` have one, `default`."""
+    return config.pools if config.pools is not None else ((DEFAULT_POOL, tuple(config.pool)),)
 
 
 def _bool(key: str, value: str) -> bool:
@@ -107,9 +115,59 @@ def parse_config_text(text: str, source: str = "<config>") -> DaemonConfig:
         raise ConfigError(f"{source}: missing section [{SECTION}]")
     raw = dict(parser.items(SECTION))
     try:
-        return _build(raw)
+        named = _named_pool_sections(parser)
+        return _build(raw, named)
     except (ConfigError, AddressError) as exc:
         raise ConfigError(f"{source}: {exc}") from None
+
+
+def _named_pool_sections(parser: configparser.ConfigParser) -> list[tuple[str, str]]:
+    """(name, IP_POOL text) of every [POOL <name>] section, in file order. Other sections
+    are ignored as before (old files may have them), but not a misspelt pool section."""
+    named = []
+    for section in parser.sections():
+        if section == SECTION or not section.upper().startswith("POOL"):
+            continue
+        if not section.startswith(POOL_SECTION_PREFIX):
+            raise ConfigError(f"[{section}]: not a pool section (write [POOL <name>])")
+        name = section[len(POOL_SECTION_PREFIX):]
+        if not POOL_NAME_RE.fullmatch(name):
+            raise ConfigError(f"[{section}]: pool name {name!r} must be 1-32 characters: a lower-case "
+                              "letter, then lower-case letters, digits, _ or -")
+        if name == DEFAULT_POOL:
+            raise ConfigError(f"[{section}]: the pool {DEFAULT_POOL!r} is IP_POOL in [{SECTION}]")
+        keys = dict(parser.items(section))
+        unknown = sorted(set(keys) - POOL_KEYS)
+        if unknown:
+            raise ConfigError(f"[{section}] {unknown[0]}: unknown key (known: {', '.join(sorted(POOL_KEYS))})")
+        if not keys.get("IP_POOL", "").strip():
+            raise ConfigError(f"[{section}] IP_POOL: missing (required)")
+        named.append((name, keys["IP_POOL"]))
+    return named
+
+
+def _build_pools(raw: dict[str, str], named: list[tuple[str, str]]
+                 ) -> tuple[tuple[str, tuple[IPv4Address, ...]], ...]:
+    """Every pool parsed, `default` (IP_POOL) first; overlaps between pools are refused
+    because the pool of an allocation is derived from its address."""
+    pools = []
+    if raw.get("IP_POOL", "").strip() or not named:
+        if not raw.get("IP_POOL", "").strip():
+            raise ConfigError("IP_POOL: missing (required unless [POOL <name>] sections exist)")
+        pools.append((DEFAULT_POOL, parse_pool(raw["IP_POOL"], "IP_POOL")))
+    for name, text in named:
+        pools.append((name, parse_pool(text, f"[POOL {name}] IP_POOL")))
+    if len(pools) > 1:
+        owner: dict[int, str] = {}
+        for name, addrs in pools:
+            for addr in map(int, addrs):
+                other = owner.setdefault(addr, name)
+                if other != name:
+                    raise ConfigError(f"[POOL {name}] IP_POOL: {IPv4Address(addr)} is also in pool "
+                                      f"{other!r} (pools must not overlap)")
+        if len(owner) > MAX_POOL_SIZE:
+            raise ConfigError(f"pools: {len(owner)} addresses in all pools, more than {MAX_POOL_SIZE}")
+    return tuple(pools)
 
 
 def _lowest_inside(pool: tuple[IPv4Address, ...], ranges: tuple[IPv4Network, ...]
@@ -149,20 +207,23 @@ def _check_paths(values: dict) -> None:
         owners[path] = key
 
 
-def _build(raw: dict[str, str]) -> DaemonConfig:
+def _build(raw: dict[str, str], named: list[tuple[str, str]] = ()) -> DaemonConfig:
     unknown = sorted(set(raw) - KNOWN_KEYS - IGNORED_LEGACY_KEYS)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown key (known: {', '.join(sorted(KNOWN_KEYS))})")
-    for key in ("IP_POOL", "PRIVATE_IP_RANGES"):
-        if not raw.get(key, "").strip():
-            raise ConfigError(f"{key}: missing (required)")
-    pool = parse_pool(raw["IP_POOL"], "IP_POOL")
+    pools = _build_pools(raw, list(named))
+    if not raw.get("PRIVATE_IP_RANGES", "").strip():
+        raise ConfigError("PRIVATE_IP_RANGES: missing (required)")
     ranges = parse_networks(raw["PRIVATE_IP_RANGES"], "PRIVATE_IP_RANGES")
     _check_private_ranges(ranges)
-    inside = _lowest_inside(pool, ranges)
-    if inside:
-        raise ConfigError(f"IP_POOL: {inside[0]} lies inside PRIVATE_IP_RANGES {inside[1]}")
-    values: dict = {"pool": pool, "private_ranges": ranges}
+    for name, addrs in pools:
+        inside = _lowest_inside(addrs, ranges)
+        if inside:
+            key = "IP_POOL" if name == DEFAULT_POOL else f"[POOL {name}] IP_POOL"
+            raise ConfigError(f"{key}: {inside[0]} lies inside PRIVATE_IP_RANGES {inside[1]}")
+    pool = pools[0][1] if len(pools) == 1 else tuple(sorted(a for _, addrs in pools for a in addrs))
+    values: dict = {"pool": pool, "private_ranges": ranges,
+                    "pools": pools if [name for name, _ in pools] != [DEFAULT_POOL] else None}
     if "REST_IP" in raw:
         try:
             values["rest_ip"] = str(ipaddress.ip_address(raw["REST_IP"].strip()))

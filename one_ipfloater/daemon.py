@@ -30,7 +30,7 @@ import time
 
 from . import __version__, hastate, hostnet, instance, preflight, safefs
 from .cliutil import OneLineArgumentParser
-from .config import ConfigError, DaemonConfig, load_config
+from .config import ConfigError, DaemonConfig, config_pools, load_config
 from .locking import flock_exclusive
 from .livestate import AdoptError, plan_adopt, read_live, start_refusal
 from .model import Change, FipError
@@ -302,6 +302,7 @@ def check(config: DaemonConfig, path: str) -> int:
     refusal as one line on stderr and run's exit status."""
     found = preflight.report(config, hostnet)
     print(json.dumps({"config": path, "pool_size": len(config.pool), "history_days": config.history_days,
+                      "pools": {name: len(addrs) for name, addrs in config_pools(config)},
                       "private_ranges": [str(n) for n in config.private_ranges], **found}))
     if found["errors"]:
         print(f"ipfloaterd: {found['errors'][0]}", file=sys.stderr)

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network
 
-from .addresses import AddressError, check_private_target
+from .addresses import DEFAULT_POOL, AddressError, check_private_target
 
 
 # What an `owner` or a `ref` may be; always matched whole (fullmatch): no newline at the end.
@@ -46,8 +46,9 @@ class Allocation(namedtuple("Allocation", "public_ip owner ref private_ip owner_
 
     __slots__ = ()
 
-    def as_dict(self, in_pool: bool = True) -> dict:
+    def as_dict(self, in_pool: bool = True, pool: str | None = DEFAULT_POOL) -> dict:
         return {
+            "pool": pool if in_pool else None,
             "public_ip": str(self.public_ip),
             "private_ip": str(self.private_ip) if self.private_ip else None,
             "owner": self.owner,
@@ -97,11 +98,19 @@ def _scopes(alloc: Allocation) -> set[str]:
 
 
 class Registry:
-    """In-memory view of the allocations, indexed by public, private address and ref."""
+    """In-memory view of the allocations, indexed by public, private address and ref.
+
+    `pool` is every configured address; `pools` splits it into named pools (name ->
+    addresses; default: all of `pool` is the pool `default`). An allocation's pool is not
+    stored: it follows from its address (`pool_of`), so moving a range between pools in
+    the config moves its allocations with it."""
 
     def __init__(self, pool: Sequence[IPv4Address], allocations: Iterable[Allocation] = (),
-                 router_addresses: Iterable[IPv4Address] = ()):
+                 router_addresses: Iterable[IPv4Address] = (),
+                 pools: Iterable[tuple[str, Sequence[IPv4Address]]] | None = None):
         self.pool = frozenset(pool)
+        self.pools: dict[str, Sequence[IPv4Address]] = dict(pools) if pools is not None \
+            else {DEFAULT_POOL: pool}
         self.router_addresses = frozenset(router_addresses)
         self._by_public: dict[IPv4Address, Allocation] = {a.public_ip: a for a in allocations}
 
@@ -129,9 +138,21 @@ class Registry:
         return index
 
     @cached_property
+    def _free_by_pool(self) -> dict[str, list[int]]:
+        """Free addresses of each pool as sorted integers (allocate takes the lowest)."""
+        taken = set(map(int, self._by_public))
+        return {name: sorted(set(map(int, addrs)) - taken) for name, addrs in self.pools.items()}
+
+    @property
     def _free(self) -> list[int]:
-        """Free pool addresses as sorted integers (allocate takes the lowest)."""
-        return sorted(set(map(int, self.pool)) - set(map(int, self._by_public)))
+        """All free addresses, sorted (with one pool: that pool's list itself)."""
+        lists = list(self._free_by_pool.values())
+        return lists[0] if len(lists) == 1 else sorted(i for free in lists for i in free)
+
+    @cached_property
+    def _pool_ints(self) -> list[tuple[str, list[int]]]:
+        """(name, sorted integers) per pool, for `pool_of` with several pools."""
+        return [(name, sorted(map(int, addrs))) for name, addrs in self.pools.items()]
 
     # -- queries ---------------------------------------------------------------------
 
@@ -161,11 +182,37 @@ class Registry:
         return sorted(((a.public_ip, a.private_ip) for a in self._by_public.values() if a.private_ip),
                       key=lambda pair: int(pair[0]))
 
-    def association_count(self) -> int:
-        return sum(1 for a in self._by_public.values() if a.private_ip)
+    def association_count(self, pool: str | None = None) -> int:
+        """Associated addresses (of one pool, or all)."""
+        if pool is None:
+            return sum(1 for a in self._by_public.values() if a.private_ip)
+        return sum(1 for a in self._by_public.values() if a.private_ip and self.pool_of(a.public_ip) == pool)
 
-    def free_count(self) -> int:
-        return len(self._free)
+    def free_count(self, pool: str | None = None) -> int:
+        """Free addresses of one pool, or of all of them."""
+        if pool is not None:
+            return len(self._free_by_pool[pool])
+        return sum(map(len, self._free_by_pool.values()))
+
+    def pool_of(self, public_ip: IPv4Address) -> str | None:
+        """The pool an address belongs to; None: outside every configured pool."""
+        if public_ip not in self.pool:
+            return None
+        if len(self.pools) == 1:
+            return next(iter(self.pools))
+        value = int(public_ip)
+        for name, ints in self._pool_ints:
+            i = bisect.bisect_left(ints, value)
+            if i < len(ints) and ints[i] == value:
+                return name
+        return None
+
+    def require_pool(self, pool: str) -> str:
+        """`pool` if it is configured, else the unknown_pool refusal (names the known ones)."""
+        if pool not in self.pools:
+            raise FipError("unknown_pool", f"pool: {pool!r} is not a configured pool "
+                           f"(known: {', '.join(self.pools)})", 422)
+        return pool
 
     def require(self, public_ip: IPv4Address) -> Allocation:
         alloc = self.get(public_ip)
@@ -191,9 +238,12 @@ class Registry:
             self._by_ref[alloc.ref] = alloc.public_ip
         for scope in _scopes(alloc):
             self._by_scope.setdefault(scope, set()).add(alloc.public_ip)
-        i = bisect.bisect_left(self._free, int(alloc.public_ip))
-        if i < len(self._free) and self._free[i] == int(alloc.public_ip):
-            del self._free[i]
+        pool = self.pool_of(alloc.public_ip)
+        if pool is not None:
+            free = self._free_by_pool[pool]
+            i = bisect.bisect_left(free, int(alloc.public_ip))
+            if i < len(free) and free[i] == int(alloc.public_ip):
+                del free[i]
 
     def _remove(self, public_ip: IPv4Address) -> None:
         alloc = self._by_public.pop(public_ip)
@@ -203,40 +253,54 @@ class Registry:
             self._by_ref.pop(alloc.ref, None)
         for scope in _scopes(alloc):
             self._by_scope.get(scope, set()).discard(public_ip)
-        if public_ip in self.pool:  # (a free list first built just now already has it)
-            i = bisect.bisect_left(self._free, int(public_ip))
-            if i == len(self._free) or self._free[i] != int(public_ip):
-                self._free.insert(i, int(public_ip))
+        pool = self.pool_of(public_ip)
+        if pool is not None:  # (a free list first built just now already has it)
+            free = self._free_by_pool[pool]
+            i = bisect.bisect_left(free, int(public_ip))
+            if i == len(free) or free[i] != int(public_ip):
+                free.insert(i, int(public_ip))
 
     # -- planning --------------------------------------------------------------------
 
     def plan_allocate(self, public_ip: IPv4Address | None, owner: str | None,
                       ref: str | None, operator: bool = False,
-                      unowned_ok: bool = True) -> tuple[Allocation, Change]:
-        """Take an address (a given one or the lowest free one).
+                      unowned_ok: bool = True, pool: str | None = None) -> tuple[Allocation, Change]:
+        """Take an address (a given one or the lowest free one of `pool`).
 
+        `pool` None: the given address's own pool, or `default` when none is given.
         With a `ref` the call is idempotent: the same ref returns the address it already
         holds, so a hook that runs twice never takes two addresses; but only to the
         caller that may change that allocation (else the ref would hand it over).
         """
+        if pool is not None or public_ip is None:
+            pool = self.require_pool(pool if pool is not None else DEFAULT_POOL)
         if ref is not None:
             held = self.by_ref(ref)
             if held is not None:
                 if public_ip is not None and held.public_ip != public_ip:
                     raise FipError("ref_conflict",
                                    f"ref: {ref!r} already holds {held.public_ip}, not {public_ip}", 409)
+                held_pool = self.pool_of(held.public_ip)
+                if pool is not None and held_pool != pool:
+                    raise FipError("ref_conflict", f"ref: {ref!r} already holds {held.public_ip} of pool "
+                                   f"{held_pool!r}, not of pool {pool!r}", 409)
                 self.check_owner(held, owner, operator, unowned_ok)
                 return held, Change()
         if public_ip is not None:
             if public_ip not in self.pool:
                 raise FipError("not_in_pool", f"public_ip: {public_ip} is not in the pool", 422)
+            if pool is not None and self.pool_of(public_ip) != pool:
+                raise FipError("not_in_pool", f"public_ip: {public_ip} is in pool "
+                               f"{self.pool_of(public_ip)!r}, not in pool {pool!r}", 422)
             if public_ip in self._by_public:
                 raise FipError("address_in_use", f"public_ip: {public_ip} is already allocated", 409)
             chosen = public_ip
         else:
-            if not self._free:
-                raise FipError("pool_exhausted", f"pool: all {len(self.pool)} addresses are allocated", 409)
-            chosen = IPv4Address(self._free[0])
+            free = self._free_by_pool[pool]
+            if not free:
+                raise FipError("pool_exhausted", f"pool: all {len(self.pools[pool])} addresses of pool "
+                               f"{pool!r} are allocated", 409)
+            chosen = IPv4Address(free[0])
         alloc = Allocation(public_ip=chosen, owner=owner, ref=ref)
         return alloc, Change(after=(alloc,))
 

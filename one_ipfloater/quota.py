@@ -14,18 +14,15 @@ and a lowered limit takes nothing away.
 
 from __future__ import annotations
 
-import re
 from collections import namedtuple
 from collections.abc import Iterable
-from ipaddress import IPv4Address
 from typing import Any
 
+from .addresses import POOL_NAME_RE
 from .model import TEXT_FIELD_RE, Allocation, FipError, Registry, bad_request
 
 MAX_QUOTAS = 16
 MAX_LIMIT = 1_000_000
-POOL_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")  # the pools' name rule (contract)
-DEFAULT_POOL = "default"
 
 
 class Quota(namedtuple("Quota", "scope limit pool")):
@@ -71,21 +68,12 @@ def parse_quotas(value: Any, field: str = "quota") -> tuple[Quota, ...]:
     return tuple(out)
 
 
-def pool_of(registry: Registry, public_ip: IPv4Address) -> str | None:
-    """The pool an address belongs to. Registry.pool_of once named pools exist; until
-    then the one pool, IP_POOL, is `default`."""
-    named = getattr(registry, "pool_of", None)
-    if named is not None:
-        return named(public_ip)
-    return DEFAULT_POOL if public_ip in registry.pool else None
-
-
 def held(registry: Registry, scope: str, pool: str | None = None) -> int:
     """How many allocations `scope` holds (as owner or owner_group), in `pool` or in all."""
     mine = registry.held_by(scope)
     if pool is None:
         return len(mine)
-    return sum(1 for ip in mine if pool_of(registry, ip) == pool)
+    return sum(1 for ip in mine if registry.pool_of(ip) == pool)
 
 
 def check_quotas(registry: Registry, new: Allocation, quotas: Iterable[Quota]) -> None:
@@ -100,7 +88,7 @@ def check_quotas(registry: Registry, new: Allocation, quotas: Iterable[Quota]) -
                               f"({new.owner!r}) nor the owner_group ({new.owner_group!r}) of the request")
         if q.pool is not None:
             if new_pool is None:
-                new_pool = pool_of(registry, new.public_ip)
+                new_pool = registry.pool_of(new.public_ip)
             if new_pool != q.pool:
                 continue
         count = held(registry, q.scope, q.pool)

@@ -20,8 +20,8 @@ from ipaddress import IPv4Address
 
 from . import __version__, history, hostnet, preflight
 from .coalesce import Coalescer
-from .config import DaemonConfig
-from .model import Allocation, Change, FipError, Registry
+from .config import DaemonConfig, config_pools
+from .model import DEFAULT_POOL, Allocation, Change, FipError, Registry
 from .nat import NatError, remove_other_backends
 from .nat.ruleset import desired_spec, pair_delta
 from .quota import Quota, check_quotas
@@ -42,7 +42,7 @@ class FloatingIPService:
         self.host = host
         self._lock = threading.RLock()
         self._conntrack_flush = Coalescer(host.flush_conntrack)
-        self.registry = Registry(config.pool, store.allocations())
+        self.registry = Registry(config.pool, store.allocations(), pools=config_pools(config))
         self.warnings: list[str] = []  # preflight's, set by start(); /v1/health shows them
         self.repair_wanted = threading.Event()  # set when a committed change's side effect failed
 
@@ -71,8 +71,8 @@ class FloatingIPService:
                 log.info("addresses on %s in place after %.3f s", iface, time.perf_counter() - started)
             for alloc in self.registry:
                 if alloc.public_ip not in self.registry.pool:
-                    log.warning("%s is allocated but no longer in IP_POOL; it stays until released",
-                                alloc.public_ip)
+                    log.warning("%s is allocated but no longer in any pool (IP_POOL or [POOL ...]); "
+                                "it stays until released", alloc.public_ip)
             # leftovers of a backend switched away from, once ours are in place
             return repairs + remove_other_backends(self.backend, self.config.xtables_lock)
 
@@ -153,13 +153,13 @@ class FloatingIPService:
         touched = False
         try:
             with self.store.transaction():
-                self.store.write(change, actor=actor, at=self.clock(), pool_of=self.pool_of)
+                self.store.write(change, actor=actor, at=self.clock(), pool_of=self.registry.pool_of)
                 touched = True
                 try:
                     self.backend.apply(removed, added)
                 except NatError as exc:
                     log.warning("incremental rule change failed (%s); converging in full", exc)
-                    trial = Registry(self.registry.pool, self.registry)
+                    trial = Registry(self.registry.pool, self.registry, pools=self.registry.pools.items())
                     trial.apply(change)
                     self.backend.sync(self.desired(trial))
         except Exception as exc:
@@ -236,9 +236,10 @@ class FloatingIPService:
     def allocate(self, public_ip: IPv4Address | None = None, private_ip: IPv4Address | None = None,
                  owner: str | None = None, ref: str | None = None, allow_move: bool = False,
                  operator: bool = False, unowned_ok: bool = True,
-                 owner_group: str | None = None, quotas: Sequence[Quota] = (), *,
-                 actor: str | None = None) -> tuple[Allocation, bool]:
-        """Take an address and optionally associate it, in one atomic change.
+                 owner_group: str | None = None, quotas: Sequence[Quota] = (),
+                 pool: str | None = None, *, actor: str | None = None) -> tuple[Allocation, bool]:
+        """Take an address (of `pool`, see Registry.plan_allocate) and optionally associate
+        it, in one atomic change.
 
         Returns (allocation, created): created is False when `ref` already held it.
         `quotas` are counted here, under the lock, so racing requests cannot overshoot.
@@ -246,7 +247,8 @@ class FloatingIPService:
         with self._lock:
             if private_ip is not None:
                 self.registry.check_target(private_ip, self.config.private_ranges)
-            alloc, change = self.registry.plan_allocate(public_ip, owner, ref, operator, unowned_ok)
+            alloc, change = self.registry.plan_allocate(public_ip, owner, ref, operator, unowned_ok,
+                                                        pool=pool)
             created = not change.noop
             if created:
                 alloc = alloc._replace(owner_group=owner_group)
@@ -264,8 +266,8 @@ class FloatingIPService:
             self._commit(change, actor)
         self._flush_conntrack(change)
         if not change.noop:
-            log.info("allocated %s (private=%s owner=%s ref=%s)", alloc.public_ip, alloc.private_ip,
-                     alloc.owner, alloc.ref)
+            log.info("allocated %s (pool=%s private=%s owner=%s ref=%s)", alloc.public_ip,
+                     self.registry.pool_of(alloc.public_ip), alloc.private_ip, alloc.owner, alloc.ref)
         return alloc, created
 
     def associate(self, public_ip: IPv4Address, private_ip: IPv4Address, owner: str | None = None,
@@ -294,38 +296,57 @@ class FloatingIPService:
             return self.registry.require(public_ip)
 
     def list(self, private_ip: IPv4Address | None = None, ref: str | None = None,
-             owner: str | None = None, ref_prefix: str | None = None) -> list[Allocation]:
+             owner: str | None = None, ref_prefix: str | None = None,
+             pool: str | None = None) -> list[Allocation]:
         """Allocations matching every given filter (ref_prefix: e.g. all NICs of one VM)."""
         with self._lock:
+            if pool is not None:
+                self.registry.require_pool(pool)
             return [a for a in self.registry
                     if (private_ip is None or a.private_ip == private_ip)
                     and (ref is None or a.ref == ref)
                     and (owner is None or a.owner == owner)
-                    and (ref_prefix is None or (a.ref or "").startswith(ref_prefix))]
+                    and (ref_prefix is None or (a.ref or "").startswith(ref_prefix))
+                    and (pool is None or self.registry.pool_of(a.public_ip) == pool)]
 
     def pool(self) -> dict:
+        """The `default` pool as before (empty if there is none), plus every pool's figures."""
         with self._lock:
-            status = {a.public_ip: ("associated" if a.private_ip else "allocated") for a in self.registry}
-            addresses = [{"public_ip": str(a), "status": status.get(a, "free")}
-                         for a in sorted(self.registry.pool)]
-            return {"size": len(self.registry.pool), "free": self.registry.free_count(),
-                    "addresses": addresses}
+            answer = {"size": 0, "free": 0, "addresses": []}
+            if DEFAULT_POOL in self.registry.pools:
+                answer = self.pool_detail(DEFAULT_POOL)
+                del answer["name"], answer["allocated"], answer["associated"]
+            answer["pools"] = [self.pool_detail(name, addresses=False) for name in self.registry.pools]
+            return answer
+
+    def pool_detail(self, name: str, addresses: bool = True) -> dict:
+        """One pool: its figures and (`addresses`) each address's status
+        (free/allocated/associated)."""
+        with self._lock:
+            reg = self.registry
+            addrs = reg.pools[reg.require_pool(name)]
+            free = reg.free_count(name)
+            associated = reg.association_count(name)
+            answer = {"name": name, "size": len(addrs), "free": free,
+                      "allocated": len(addrs) - free - associated, "associated": associated}
+            if addresses:
+                answer["addresses"] = [
+                    {"public_ip": str(addr), "status": "free" if alloc is None else
+                     "associated" if alloc.private_ip else "allocated"}
+                    for addr, alloc in ((addr, reg.get(addr)) for addr in sorted(addrs))]
+            return answer
+
+    def pools(self) -> list[dict]:
+        with self._lock:
+            return [self.pool_detail(name) for name in self.registry.pools]
 
     def version(self) -> dict:
         return {"version": __version__, "backend": self.backend.name}
 
     # -- history (history.py, historylog.py) -------------------------------------------
 
-    def pool_of(self, public_ip: IPv4Address) -> str | None:
-        """The pool an address belongs to, for the history. A stand-in until named pools
-        exist (Registry.pool_of): "default" for IP_POOL, None outside it."""
-        named = getattr(self.registry, "pool_of", None)
-        if named is not None:
-            return named(public_ip)
-        return "default" if public_ip in self.registry.pool else None
-
     def _begin_history(self) -> None:
-        baselines = self.store.history.begin(self.clock(), self.pool_of)
+        baselines = self.store.history.begin(self.clock(), self.registry.pool_of)
         if baselines:
             log.info("history begins: %d allocations held now recorded as baseline", baselines)
         self.prune_history()

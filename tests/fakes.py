@@ -9,12 +9,13 @@ from one_ipfloater.nat.ruleset import rules_by_chain
 A = IPv4Address
 
 
-def fake_config(db, pool="198.51.100.10-198.51.100.12", public_interface=None):
-    """The daemon config the in-memory tests share: a small pool, 10.77.0.0/24 private."""
+def fake_config(db, pool="198.51.100.10-198.51.100.12", public_interface=None, extra=""):
+    """The daemon config the in-memory tests share: a small pool, 10.77.0.0/24 private
+    (`extra`: more config text after [IPFLOATER], e.g. [POOL <name>] sections)."""
     text = f"[IPFLOATER]\nIP_POOL = {pool}\nPRIVATE_IP_RANGES = 10.77.0.0/24\nDB = {db}\n"
     if public_interface:
         text += f"PUBLIC_INTERFACE = {public_interface}\n"
-    return parse_config_text(text)
+    return parse_config_text(text + extra)
 
 
 class FakeBackend(NatBackend):

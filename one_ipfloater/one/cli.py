@@ -26,8 +26,8 @@ from ..cliutil import OneLineArgumentParser, anywhere, fail
 from ..client import ApiError
 from . import rpc
 from .config import ConfigError, load_one_config
-from .driver import clients_from_config, held_by_vm, read_vm, sync_all
-from .fipspec import FipSpec, desired_floating_ips, vm_phase
+from .driver import clients_from_config, desired_with_pools, held_by_vm, read_vm, sync_all
+from .fipspec import FipSpec, vm_phase
 from .hookinstall import TemplateError, default_hooks_dir, install_hooks, read_templates
 from .plan import owner_for, ownership_errors, plan_steps
 from .quota import parse_subject_pool, usage, usage_lines
@@ -125,17 +125,17 @@ def cmd_show(args) -> Tuple[dict, str, bool]:
     except pyone.OneNoExistsException:
         raise Failure(f"VM {args.vm_id} does not exist") from None
     phase = vm_phase(vm)
-    spec = desired_floating_ips(vm) if phase == "hold" else FipSpec()
+    spec = desired_with_pools(one, vm) if phase == "hold" else FipSpec()
     held = held_by_vm(daemon, vm.id)
     steps = plan_steps(vm, phase, spec, held)
     data = {
         "vm_id": vm.id, "name": vm.name, "owner": owner_for(vm),
         "state": f"{vm.state_name}/{vm.lcm_state_name}", "phase": phase,
         "desired": [{"nic_id": r.nic_id, "private_ip": str(r.private_ip),
-                     "public_ip": str(r.public_ip) if r.public_ip else None}
+                     "public_ip": str(r.public_ip) if r.public_ip else None, "pool": r.pool}
                     for r in spec.requests],
         "actual": [{"nic_id": h.nic_id, "public_ip": h.public_ip, "private_ip": h.private_ip,
-                    "owner": h.owner} for _, h in sorted(held.items())],
+                    "owner": h.owner, "pool": h.pool} for _, h in sorted(held.items())],
         "pending": [{"action": s.action, "nic_id": s.nic_id, "public_ip": s.public_ip,
                      "private_ip": s.private_ip, "reason": s.reason} for s in steps],
         "errors": list(spec.errors) + ownership_errors(vm, held),

@@ -25,7 +25,7 @@ import pyone
 
 from ..client import ApiError, IpfloaterClient
 from . import rpc
-from .fipspec import FipSpec, desired_floating_ips, parse_ref, vm_phase
+from .fipspec import FipSpec, desired_floating_ips, parse_ref, pool_networks, vm_phase
 from .quota import QuotaError, exempt, group_scope, quota_request, read_limits
 from .plan import (ATTR_STATUS, Held, Step, changed_attributes, error_line, foreign_held,
                    held_from_api, ownership_errors, plan_steps, wanted_attributes)
@@ -33,7 +33,7 @@ from .vmlock import LockError, open_lock_dir, vm_lock
 from .vmxml import Vm, VmXmlError, parse_vm, parse_vm_pool
 
 __all__ = ["Result", "SyncResult", "converge_vm", "sync_all", "read_vm", "held_by_vm",
-           "clients_from_config"]
+           "clients_from_config", "desired_with_pools"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class Result:
     written: Dict[str, str] = field(default_factory=dict)
     status: str = ""
     errors: List[str] = field(default_factory=list)
+    pools: Dict[int, str] = field(default_factory=dict)  # NIC_ID -> pool of its address
 
     @property
     def ok(self) -> bool:
@@ -93,22 +94,48 @@ def read_vm(one: Any, vm_id: int) -> Vm:
     return parse_vm(rpc.vm_xml(one, vm_id))
 
 
+def desired_with_pools(one: Any, vm: Vm, cache: Optional[Dict[int, Any]] = None) -> FipSpec:
+    """What the VM asks for, pools decided: the FLOATING_IP_POOL of the virtual networks
+    that decide one are read with ``one.vn.info``, each once (``cache``: network ID ->
+    value or error text, shared by the VMs of one sweep)."""
+    spec = desired_floating_ips(vm)
+    needed = pool_networks(vm, spec)
+    if not needed:
+        return desired_floating_ips(vm, {}) if spec.requests else spec
+    cache = {} if cache is None else cache
+    for net_id in needed:
+        if net_id not in cache:
+            try:
+                cache[net_id] = rpc.vnet_pool(one, net_id)
+            except rpc.ONE_ERRORS as exc:
+                cache[net_id] = _VnetError(rpc.describe_one_error(exc, one))
+    pools = {n: v for n, v in cache.items() if not isinstance(v, _VnetError)}
+    errors = {n: str(v) for n, v in cache.items() if isinstance(v, _VnetError)}
+    return desired_floating_ips(vm, pools, errors)
+
+
+class _VnetError(str):
+    """A virtual network that could not be read (its one-line reason)."""
+
+
 def held_by_vm(daemon: Any, vm_id: int) -> Dict[int, Held]:
     """The daemon's allocations for the VM's NICs, by NIC_ID."""
     return held_from_api(daemon.list(ref_prefix=f"one:vm:{vm_id}:"), vm_id)
 
 
 def converge_vm(vm_id: int, one: Any, daemon: Any, *, lock_dir: Optional[str] = None,
-                lock_timeout: float = 60.0, quota_default: int = -1) -> Result:
+                lock_timeout: float = 60.0, quota_default: int = -1,
+                vnet_cache: Optional[Dict[int, Any]] = None) -> Result:
     """Bring the daemon and the VM's USER_TEMPLATE in line with what the VM asks for.
 
     ``one``: an rpc.OneClient; ``daemon``: an IpfloaterClient. ``lock_dir`` None takes no
     lock (only for callers that never run two converges at once). ``quota_default``: the
-    limit of users and groups whose template sets none (config FLOATING_IP_QUOTA)."""
+    limit of users and groups whose template sets none (config FLOATING_IP_QUOTA).
+    ``vnet_cache``: see desired_with_pools."""
     result = Result(vm_id=vm_id)
     try:
         with vm_lock(lock_dir, vm_id, lock_timeout):
-            _converge(vm_id, one, daemon, result, quota_default)
+            _converge(vm_id, one, daemon, result, quota_default, vnet_cache)
     except LockError as exc:
         result.errors.append(str(exc))
     if result.errors:
@@ -116,7 +143,8 @@ def converge_vm(vm_id: int, one: Any, daemon: Any, *, lock_dir: Optional[str] = 
     return result
 
 
-def _converge(vm_id: int, one: Any, daemon: Any, result: Result, quota_default: int = -1) -> None:
+def _converge(vm_id: int, one: Any, daemon: Any, result: Result, quota_default: int = -1,
+              vnet_cache: Optional[Dict[int, Any]] = None) -> None:
     try:
         vm: Optional[Vm] = read_vm(one, vm_id)
     except pyone.OneNoExistsException:
@@ -132,7 +160,7 @@ def _converge(vm_id: int, one: Any, daemon: Any, result: Result, quota_default: 
         return
     spec = FipSpec()
     if vm is not None and result.phase == "hold":
-        spec = desired_floating_ips(vm)
+        spec = desired_with_pools(one, vm, vnet_cache)
         result.errors.extend(spec.errors)
     try:
         held = held_by_vm(daemon, vm_id)
@@ -145,6 +173,7 @@ def _converge(vm_id: int, one: Any, daemon: Any, result: Result, quota_default: 
     result.errors.extend(ownership_errors(vm, held))
     held = {n: h for n, h in held.items() if n not in foreign}  # never adopted
     steps = plan_steps(vm, result.phase, spec, held)
+    result.pools = {n: h.pool for n, h in held.items() if h.pool}
     result.addresses = _execute(steps, daemon, held, result,
                                 _new_allocation_fields(one, vm, steps, quota_default, result))
     if vm is not None:
@@ -186,16 +215,23 @@ def _execute(steps: List[Step], daemon: Any, held: Dict[int, Held],
                 if step.replacing and not _replacement_free(daemon, step, releasing, result):
                     failed.add(step.nic_id)
                     continue
+                if step.replacing_pool and not _pool_has_room(daemon, step, result):
+                    failed.add(step.nic_id)
+                    continue
                 _release(daemon, step)
                 addresses.pop(step.nic_id, None)
+                result.pools.pop(step.nic_id, None)
             else:
                 if step.action == "move":
                     _check_private_free(daemon, step, addresses)
                 got = daemon.allocate(public_ip=step.public_ip, private_ip=step.private_ip,
                                       owner=step.owner, ref=step.ref,
                                       allow_move=True if step.action == "move" else None,
+                                      pool=step.pool,
                                       **((new_fields or {}) if step.action == "allocate" else {}))
                 addresses[step.nic_id] = got["public_ip"]
+                if got.get("pool"):
+                    result.pools[step.nic_id] = got["pool"]
             result.steps.append(step)
             log.info("VM %d: %s NIC %d %s -> %s (%s)", result.vm_id, step.action, step.nic_id,
                      addresses.get(step.nic_id, step.public_ip), step.private_ip, step.reason)
@@ -247,6 +283,23 @@ def _replacement_free(daemon: Any, step: Step, releasing: set, result: Result) -
     return False
 
 
+def _pool_has_room(daemon: Any, step: Step, result: Result) -> bool:
+    """Before giving up the held address for one of another pool: has that pool one?"""
+    wanted = step.replacing_pool
+    try:
+        free = daemon.pools(wanted).get("free", 0)
+    except ApiError as exc:
+        result.errors.append(_step_error(Step("allocate", step.nic_id, step.ref, None,
+                                              step.private_ip, pool=wanted), exc)
+                             + f" (keeping {step.public_ip})")
+        return False
+    if free > 0:
+        return True
+    result.errors.append(f"NIC {step.nic_id}: no free address left in the floating IP pool "
+                         f"{wanted!r} (keeping {step.public_ip})")
+    return False
+
+
 def _disassociate(daemon: Any, step: Step, result: Result) -> None:
     """A NAT that could not follow its NIC must not keep pointing at the old address."""
     try:
@@ -270,7 +323,10 @@ def _step_error(step: Step, exc: ApiError) -> str:
     if step.action == "release":
         return f"{nic}: could not release {asked}: {_daemon_error(exc)} ({code})"
     messages = {
-        "pool_exhausted": f"{nic}: no free address left in the floating IP pool",
+        "pool_exhausted": f"{nic}: no free address left in the floating IP pool"
+                          + (f" {step.pool!r}" if step.pool else ""),
+        "unknown_pool": f"{nic}: the floating IP pool {step.pool!r} does not exist "
+                        f"({_daemon_error(exc)})",
         "not_in_pool": f"{nic}: {asked} is not in the floating IP pool",
         "address_in_use": f"{nic}: {asked} is already allocated to another VM",
         "owner_mismatch": f"{nic}: {asked} belongs to another user (owner_mismatch)",
@@ -285,7 +341,7 @@ def _step_error(step: Step, exc: ApiError) -> str:
 
 def _write_back(one: Any, vm: Vm, result: Result,
                 addresses: Optional[Dict[int, str]]) -> None:
-    wanted = wanted_attributes(vm, result.phase, addresses, result.errors)
+    wanted = wanted_attributes(vm, result.phase, addresses, result.errors, result.pools)
     result.status = wanted.get(ATTR_STATUS, "")
     changes = changed_attributes(vm.user_template, wanted)
     if not changes:
@@ -344,9 +400,11 @@ def sync_all(one: Any, daemon: Any, *, lock_dir: Optional[str] = None,
         out.errors.append(f"cannot use the VM pool document: {exc}")
         return out
     listed = {vm.id for vm in vms}
+    vnet_cache: Dict[int, Any] = {}  # each network read once per sweep
     for vm_id in sorted(listed):
         out.results.append(converge_vm(vm_id, one, daemon, lock_dir=lock_dir,
-                                       lock_timeout=lock_timeout, quota_default=quota_default))
+                                       lock_timeout=lock_timeout, quota_default=quota_default,
+                                       vnet_cache=vnet_cache))
     try:
         allocations = daemon.list()
     except ApiError as exc:

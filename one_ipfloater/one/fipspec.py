@@ -5,6 +5,9 @@ The user writes, in USER_TEMPLATE (``onevm update``) or in a NIC vector::
     FLOATING_IP     = "YES" | "NO" | "" | "<public IPv4>"   (case-insensitive, trimmed)
     FLOATING_IP_NIC = "<NIC_ID>"     (USER_TEMPLATE only; default: lowest NIC_ID with IPv4)
     NIC = [ NETWORK = "...", FLOATING_IP = "YES" ]        (per NIC; several NICs may ask)
+    FLOATING_IP_POOL = "<pool name>" (in a NIC, else at the top level: USER_TEMPLATE, then
+                                      TEMPLATE; else the NIC's virtual network's TEMPLATE;
+                                      else "default"; ignored for a given address)
 
 Top-level and per-NIC requests combine; "YES" on a NIC also asked for a given address
 merges into that address; two different addresses for one NIC, or one address for two NICs,
@@ -23,20 +26,22 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from ipaddress import AddressValueError, IPv4Address, IPv6Address
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
-from ..addresses import ipv4_from_text, never_floating
+from ..addresses import DEFAULT_POOL, POOL_NAME_RE, ipv4_from_text, never_floating
 from .vmxml import (ACTIVE, CLONING, CLONING_FAILURE, DONE, HOLD, INIT, PENDING, POWEROFF,
                     RUNNING, STOPPED, SUSPENDED, UNDEPLOYED, Vm)
 
 __all__ = [
-    "ATTR_FLOATING_IP", "ATTR_FLOATING_IP_NIC", "FipRequest", "FipSpec",
-    "desired_floating_ips", "parse_public_ip", "ref_for", "parse_ref", "vm_phase",
+    "ATTR_FLOATING_IP", "ATTR_FLOATING_IP_NIC", "ATTR_FLOATING_IP_POOL", "DEFAULT_POOL",
+    "FipRequest", "FipSpec", "desired_floating_ips", "pool_networks", "parse_public_ip",
+    "ref_for", "parse_ref", "vm_phase",
     "status_for",
 ]
 
 ATTR_FLOATING_IP = "FLOATING_IP"
 ATTR_FLOATING_IP_NIC = "FLOATING_IP_NIC"
+ATTR_FLOATING_IP_POOL = "FLOATING_IP_POOL"
 
 _DOTTED_QUAD = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
 _NIC_ID = re.compile(r"[0-9]{1,9}")
@@ -51,6 +56,7 @@ class FipRequest:
     nic_id: int
     private_ip: IPv4Address
     public_ip: Optional[IPv4Address] = None
+    pool: Optional[str] = None  # None: a given address (its own pool), or not decided yet
 
 
 @dataclass(frozen=True)
@@ -112,9 +118,52 @@ def _looks_ipv6(t: str) -> bool:
         return False
 
 
-def desired_floating_ips(vm: Vm) -> FipSpec:
+def _pool_for(vm: Vm, nic, network_pools: Optional[Mapping[int, Optional[str]]],
+              network_errors: Mapping[int, str]) -> Tuple[Optional[str], Optional[str]]:
+    """(pool, error) of a NIC asking for any address: NIC > VM top level > virtual network >
+    default. Pool None without error: the network decides and has not been read."""
+    for where, raw in ((f"{ATTR_FLOATING_IP_POOL} in NIC {nic.nic_id}",
+                        nic.attrs.get(ATTR_FLOATING_IP_POOL)),
+                       (ATTR_FLOATING_IP_POOL, vm.user_template.get(ATTR_FLOATING_IP_POOL)),
+                       (f"{ATTR_FLOATING_IP_POOL} in TEMPLATE", vm.template_pool)):
+        if raw is not None and raw.strip():
+            return _checked_pool(where, raw)
+    if network_pools is None or nic.network_id is None:
+        return (None if network_pools is None and nic.network_id is not None else DEFAULT_POOL), None
+    if nic.network_id in network_errors:
+        return None, (f"NIC {nic.nic_id}: cannot read virtual network {nic.network_id} for its "
+                      f"{ATTR_FLOATING_IP_POOL}: {network_errors[nic.network_id]}")
+    raw = network_pools.get(nic.network_id)
+    if raw is not None and raw.strip():
+        return _checked_pool(f"{ATTR_FLOATING_IP_POOL} of virtual network {nic.network_id}", raw)
+    return DEFAULT_POOL, None
+
+
+def _checked_pool(where: str, raw: str) -> Tuple[Optional[str], Optional[str]]:
+    name = raw.strip()
+    if POOL_NAME_RE.fullmatch(name):
+        return name, None
+    return None, (f"{where}: {_show(raw)} is not a pool name (a lower-case letter, then up to "
+                  "31 of a-z 0-9 _ -)")
+
+
+def pool_networks(vm: Vm, spec: FipSpec) -> List[int]:
+    """The virtual networks whose FLOATING_IP_POOL is still needed to decide `spec`'s pools
+    (read each once with ``one.vn.info``)."""
+    nics = {n.nic_id: n for n in vm.nics}
+    return sorted({nics[r.nic_id].network_id for r in spec.requests
+                   if r.public_ip is None and r.pool is None and r.nic_id in nics
+                   and nics[r.nic_id].network_id is not None})
+
+
+def desired_floating_ips(vm: Vm, network_pools: Optional[Mapping[int, Optional[str]]] = None,
+                         network_errors: Optional[Mapping[int, str]] = None) -> FipSpec:
     """The floating IPs ``vm`` asks for. Never raises on user input; raises ValueError only
-    for a reduced ``one.vmpool.info`` body, which lacks the attributes this needs."""
+    for a reduced ``one.vmpool.info`` body, which lacks the attributes this needs.
+
+    ``network_pools``: FLOATING_IP_POOL of the virtual networks (``pool_networks``; None
+    if not read: then requests that depend on one have pool None); ``network_errors``:
+    why a network could not be read."""
     if vm.reduced:
         raise ValueError(f"VM {vm.id}: reduced body (one.vmpool.info) lacks NIC attributes; "
                          "read it with one.vm.info or one.vmpool.infoextended")
@@ -198,7 +247,17 @@ def desired_floating_ips(vm: Vm) -> FipSpec:
                               f"and NIC {nic_id}; NIC {nic_id} gets none")
                 continue
             owner[public] = nic_id
-        requests.append(FipRequest(nic_id=nic_id, private_ip=nics[nic_id].ip, public_ip=public))
+        pool = None
+        if public is None:
+            pool, problem = _pool_for(vm, nics[nic_id], network_pools, network_errors or {})
+            if problem is not None:
+                errors.append(problem)
+                continue
+        requests.append(FipRequest(nic_id=nic_id, private_ip=nics[nic_id].ip, public_ip=public,
+                                   pool=pool))
+    for attr in (ATTR_FLOATING_IP_POOL,):
+        if attr in vm.user_vectors:
+            errors.append(f"{attr}: is a vector attribute ({attr}=[...]); expected a value")
     return FipSpec(requests=tuple(requests), errors=tuple(errors))
 
 

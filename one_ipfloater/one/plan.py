@@ -15,11 +15,14 @@ and so that the rules are readable in one place:
   (written back), moved nor released; the VM shows ERROR until an operator sorts it out.
 * A held address is never traded for another under the same ref (the daemon refuses
   that with ref_conflict): asking for a different address releases the old one first,
-  after the driver checked that the new one is free (``Step.replacing``).
+  after the driver checked that the new one is free (``Step.replacing``). Asking for
+  another pool does the same, after the driver checked that the pool has a free address
+  (``Step.replacing_pool``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional
@@ -38,6 +41,9 @@ ATTR_STATUS = "FLOATING_IP_STATUS"
 ATTR_ERROR = "FLOATING_IP_ERROR"
 ATTR_NIC_PREFIX = "FLOATING_IP_ADDRESS_NIC"
 _NIC_ATTR = re.compile(re.escape(ATTR_NIC_PREFIX) + r"[0-9]+")
+ATTR_ADDRESS_POOL = "FLOATING_IP_ADDRESS_POOL"   # written only when a pool other than default is used
+ATTR_POOL_NIC_PREFIX = "FLOATING_IP_ADDRESS_POOL_NIC"
+_POOL_NIC_ATTR = re.compile(re.escape(ATTR_POOL_NIC_PREFIX) + r"[0-9]+")
 MAX_ERROR_CHARS = 1000
 
 
@@ -55,6 +61,7 @@ class Held:
     private_ip: Optional[str]
     owner: Optional[str]
     ref: str
+    pool: Optional[str] = None  # None: outside every pool, or a daemon that does not say
 
 
 def held_from_api(items: Iterable[Mapping], vm_id: int) -> Dict[int, Held]:
@@ -67,7 +74,7 @@ def held_from_api(items: Iterable[Mapping], vm_id: int) -> Dict[int, Held]:
             continue
         out[parsed[1]] = Held(nic_id=parsed[1], public_ip=str(item["public_ip"]),
                               private_ip=item.get("private_ip"), owner=item.get("owner"),
-                              ref=item["ref"])
+                              ref=item["ref"], pool=item.get("pool"))
     return out
 
 
@@ -104,6 +111,8 @@ class Step:
     owner: Optional[str] = None
     replacing: Optional[str] = None
     reason: str = ""
+    pool: Optional[str] = None            # allocate: the pool to take an address from
+    replacing_pool: Optional[str] = None  # release: the pool asked for instead
 
 
 def plan_steps(vm: Optional[Vm], phase: str, spec: FipSpec,
@@ -137,6 +146,10 @@ def plan_steps(vm: Optional[Vm], phase: str, spec: FipSpec,
         elif r.public_ip is not None and str(r.public_ip) != h.public_ip:
             releases.append(release(h, f"NIC {nic_id} asks for {r.public_ip} instead",
                                     replacing=str(r.public_ip)))
+        elif r.public_ip is None and r.pool is not None and h.pool is not None and h.pool != r.pool:
+            releases.append(dataclasses.replace(
+                release(h, f"NIC {nic_id} asks for pool {r.pool!r} instead of {h.pool!r}"),
+                replacing_pool=r.pool))
     released = {s.nic_id for s in releases}
     owner = owner_for(vm)
     for r in spec.requests:
@@ -148,7 +161,9 @@ def plan_steps(vm: Optional[Vm], phase: str, spec: FipSpec,
         if h is None or r.nic_id in released:
             others.append(Step("allocate", r.nic_id, ref_for(vm.id, r.nic_id), public, private,
                                owner, reason=f"NIC {r.nic_id} asks for "
-                               f"{public or 'a floating IP'}"))
+                               f"{public or 'a floating IP'}"
+                               + (f" of pool {r.pool!r}" if public is None and r.pool else ""),
+                               pool=r.pool if public is None else None))
         elif h.private_ip != private:
             others.append(Step("move", r.nic_id, h.ref, h.public_ip, private, owner,
                                reason=f"NIC {r.nic_id} now has {private}"))
@@ -163,9 +178,12 @@ def error_line(errors: Iterable[str]) -> str:
 
 
 def wanted_attributes(vm: Vm, phase: str, addresses: Optional[Mapping[int, str]],
-                      errors: Iterable[str]) -> Dict[str, str]:
+                      errors: Iterable[str], pools: Optional[Mapping[int, str]] = None
+                      ) -> Dict[str, str]:
     """USER_TEMPLATE values the VM should show. ``addresses`` (NIC_ID -> public) None
-    means "unknown" (the daemon did not answer): only status and error are set then."""
+    means "unknown" (the daemon did not answer): only status and error are set then.
+    ``pools`` (NIC_ID -> pool): the pools are shown (FLOATING_IP_ADDRESS_POOL...) only
+    when one is not `default`, so that VMs of a one-pool cloud get nothing new."""
     line = error_line(errors)
     attrs: Dict[str, str] = {ATTR_ERROR: line}
     if addresses is None:
@@ -185,7 +203,19 @@ def wanted_attributes(vm: Vm, phase: str, addresses: Optional[Mapping[int, str]]
     if len(ordered) > 1:
         for nic_id, public in ordered:
             attrs[f"{ATTR_NIC_PREFIX}{nic_id}"] = public
+    _pool_attributes(vm, attrs, ordered, pools or {})
     return attrs
+
+
+def _pool_attributes(vm: Vm, attrs: Dict[str, str], ordered, pools: Mapping[int, str]) -> None:
+    shown = any(pools.get(n) not in (None, "default") for n, _ in ordered)
+    attrs[ATTR_ADDRESS_POOL] = (pools.get(ordered[0][0]) or "") if shown else ""
+    for key in vm.user_template:
+        if _POOL_NIC_ATTR.fullmatch(key):
+            attrs[key] = ""
+    if shown and len(ordered) > 1:
+        for nic_id, _public in ordered:
+            attrs[f"{ATTR_POOL_NIC_PREFIX}{nic_id}"] = pools.get(nic_id) or ""
 
 
 def changed_attributes(current: Mapping[str, str], wanted: Mapping[str, str]) -> Dict[str, str]:

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import http.client
 import xmlrpc.client
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 from xml.parsers.expat import ExpatError
 from xml.sax.saxutils import escape
 
 import pyone
 
-__all__ = ["OneClient", "connect", "call_raw", "vm_xml", "vmpool_xml", "hookpool_xml",
+from .vmxml import safe_xml_root
+
+__all__ = ["OneClient", "connect", "call_raw", "vm_xml", "vnet_pool", "vmpool_xml", "hookpool_xml",
            "update_user_template", "describe_one_error", "endpoint", "ONE_ERRORS"]
 
 #: Exceptions a call to oned can end with (pyone's, transport, malformed answers).
@@ -112,6 +114,15 @@ def _xml(one: Any, method: str, *params: Any) -> str:
 def vm_xml(one: Any, vm_id: int) -> str:
     """``one.vm.info``: the full VM document."""
     return _xml(one, "one.vm.info", vm_id)
+
+
+def vnet_pool(one: Any, net_id: int) -> Optional[str]:
+    """``one.vn.info``: the virtual network's TEMPLATE/FLOATING_IP_POOL (None: not set)."""
+    root = safe_xml_root(_xml(one, "one.vn.info", net_id), what="VNET document")
+    if root.tag != "VNET":
+        raise ValueError(f"one.vn.info: document root is <{root.tag}>, expected <VNET>")
+    element = root.find("TEMPLATE/FLOATING_IP_POOL")
+    return None if element is None or len(element) else (element.text or "")
 
 
 def vmpool_xml(one: Any) -> str:

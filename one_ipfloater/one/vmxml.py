@@ -202,6 +202,7 @@ class Vm:
     prev_lcm_state: Optional[int] = None
     vrouter_id: Optional[int] = None
     reduced: bool = False
+    template_pool: Optional[str] = None  # TEMPLATE/FLOATING_IP_POOL (set at instantiation)
 
     def __post_init__(self) -> None:
         if not isinstance(self.user_template, MappingProxyType):
@@ -372,7 +373,10 @@ def _vm_from_element(vm: etree._Element, where: str = "VM") -> Vm:
     nics = []
     aliases = []
     vrouter_id = None
+    template_pool = None
     if template is not None:
+        pool_el = template.find("FLOATING_IP_POOL")
+        template_pool = pool_el.text or "" if pool_el is not None and not len(pool_el) else None
         for i, el in enumerate(template.findall("NIC")):
             nics.append(Nic(**_nic_common(el, f"{where}/TEMPLATE/NIC[{i}]")))
         for i, el in enumerate(template.findall("NIC_ALIAS")):
@@ -422,6 +426,7 @@ def _vm_from_element(vm: etree._Element, where: str = "VM") -> Vm:
         user_vectors=MappingProxyType(vectors),
         vrouter_id=vrouter_id,
         reduced=vm.find("PERMISSIONS") is None,
+        template_pool=template_pool,
     )
 
 

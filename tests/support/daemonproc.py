@@ -45,6 +45,7 @@ class DaemonProcess:
                          "TOKEN_FILE": str(self.workdir / "token"),
                          "XTABLES_LOCK": str(self.workdir / "xtables.lock"), **settings}
         self.config_path = self.workdir / "ipfloaterd.conf"
+        self.extra_config = ""  # config text after [IPFLOATER], e.g. [POOL <name>] sections
         self.log_path = self.workdir / "ipfloaterd.log"
         self.proc: Optional[subprocess.Popen] = None
         self.port: Optional[int] = None
@@ -52,7 +53,7 @@ class DaemonProcess:
 
     def write_config(self) -> None:
         lines = ["[IPFLOATER]"] + [f"{k} = {v}" for k, v in self.settings.items()]
-        self.config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        self.config_path.write_text("\n".join(lines) + "\n" + self.extra_config, encoding="utf-8")
 
     def argv(self, *args: str) -> list[str]:
         return ["ip", "netns", "exec", self.ns, *self.wrapper, sys.executable, "-m", "one_ipfloater.daemon",

@@ -545,6 +545,8 @@ class _Network:
     mac_base: int = 0
     next_index: int = 0
     used: Dict[int, int] = dataclasses.field(default_factory=dict)   # index -> vm id
+    template: List[Tuple[str, "TemplateValue"]] = dataclasses.field(default_factory=list)  # user's
+    other_use: bool = False        # OTHER_U: any user may USE (read) it (chmod 604)
 
     def address(self, index: int) -> str:
         return str(self.first + index) if self.first is not None else ""
@@ -789,6 +791,7 @@ class OneSimulator:
         self._methods: Dict[str, Callable[[_User, Sequence[Any]], Any]] = {
             "one.system.version": self._rpc_system_version,
             "one.vm.info": self._rpc_vm_info,
+            "one.vn.info": self._rpc_vn_info,
             "one.vm.update": self._rpc_vm_update,
             "one.vm.allocate": self._rpc_vm_allocate,
             "one.vm.action": self._rpc_vm_action,
@@ -941,7 +944,8 @@ class OneSimulator:
                     bridge: Optional[str] = None, vn_mad: str = "bridge",
                     gateway: str = "", dns: str = "", search_domain: str = "",
                     mtu: str = "", vlan_id: str = "", phydev: str = "",
-                    ip6_global_prefix: Optional[str] = None) -> int:
+                    ip6_global_prefix: Optional[str] = None, template: str = "",
+                    other_use: bool = False) -> int:
         """Add a virtual network and return its ID.
 
         ``cidr`` IPv4 ("10.77.0.0/24"): IPv4 leases from ``first_lease`` (default: the
@@ -949,6 +953,9 @@ class OneSimulator:
         ``cidr`` IPv6: an IPv6-only network (``IP6`` leases, ``gateway`` is the IPv6
         gateway). ``cidr=None``: an L2 network, leases are MACs only.
         ``ip6_global_prefix`` on an IPv4 network adds SLAAC ``IP6_GLOBAL``/``IP6_LINK``.
+        ``template``: more attributes of the network's TEMPLATE (``onevnet update``), e.g.
+        ``FLOATING_IP_POOL="campus"``. The network belongs to oneadmin (group oneadmin,
+        permissions 600 by oned's default umask); ``other_use`` grants OTHER_U (604).
         """
         with self._lock:
             if any(net.name == name for net in self._networks.values()):
@@ -979,8 +986,21 @@ class OneSimulator:
                 else:
                     net = _Network(kind="ipv6", first=first, size=count, gateway6=gateway,
                                    prefixlen=network.prefixlen, **common)
+            net.template = list(parse_template(template)) if template.strip() else []
+            net.other_use = other_use
             self._networks[net_id] = net
             return net_id
+
+    def update_network(self, name: str, template: str) -> None:
+        """``onevnet update --append``: merge attributes into the network's TEMPLATE."""
+        with self._lock:
+            net = self._network_by_name(name)
+            net.template = _merge_items(net.template, parse_template(template))
+
+    def vnet_xml(self, net_id: int) -> str:
+        """What ``one.vn.info`` answers for the network (as oneadmin)."""
+        with self._lock:
+            return self._vnet_xml(self._networks[net_id])
 
     def network_leases(self, name: str) -> Dict[str, int]:
         """``{address or MAC: vm_id}`` for the leases currently held on a network."""
@@ -1252,6 +1272,19 @@ class OneSimulator:
         vm = self._vm(vm_id)
         self._authorize_vm(user, vm, "USE")
         return self._vm_xml(vm)
+
+    def _rpc_vn_info(self, user: _User, params: Sequence[Any]) -> str:
+        """one.vn.info(s, id[, decrypt]): RequestManagerInfo, auth USE NET (see _vnet_xml)."""
+        net_id = _p_int(params, 1)
+        _p_opt(params, 2, _p_bool, False)
+        net = self._networks.get(net_id)
+        if net is None:
+            raise _Failure(NO_EXISTS, f"Error getting virtual network [{net_id}].", net_id)
+        # Owned by oneadmin: the oneadmin group may do anything, others need OTHER_U.
+        if not (user.is_admin or net.other_use):
+            raise _Failure(AUTHORIZATION, f"User [{user.uid}] : Not authorized to perform "
+                                          f"USE NET [{net.id}].")
+        return self._vnet_xml(net)
 
     def _rpc_vm_update(self, user: _User, params: Sequence[Any]) -> int:
         vm_id = _p_int(params, 1)
@@ -2029,6 +2062,65 @@ class OneSimulator:
         parts.append(f"<RESCHED>{vm.resched}</RESCHED><STIME>{vm.stime}</STIME>"
                      f"<ETIME>{vm.etime}</ETIME><DEPLOY_ID>{_esc(vm.deploy_id)}</DEPLOY_ID>")
         return "".join(parts)
+
+    def _vnet_xml(self, net: _Network) -> str:
+        """The VNET document as oned 7.x writes it (VirtualNetwork::to_xml_extended and
+        AddressRange::to_xml of OpenNebula/one, commit f847cf2e): compact, fixed elements
+        escaped, TEMPLATE values in CDATA sorted by name, one AR with its LEASES. Validates
+        against vnet.xsd (tests/one/test_onesim_vnet.py), but for IP6_STATIC ranges, as oned's:
+        AR attributes come out of a sorted map, and the schema expects IP6 late, no
+        PREFIX_LENGTH."""
+        template = dict(BRIDGE=net.bridge, BRIDGE_TYPE="linux", OUTER_VLAN_ID="",
+                        PHYDEV=net.phydev, SECURITY_GROUPS="0", VLAN_ID=net.vlan_id,
+                        VN_MAD=net.vn_mad)
+        for key, value in (("DNS", net.dns), ("GATEWAY", net.gateway),
+                           ("GATEWAY6", net.gateway6), ("NETWORK_ADDRESS", net.network_address),
+                           ("NETWORK_MASK", net.netmask), ("SEARCH_DOMAIN", net.search_domain),
+                           ("GUEST_MTU", net.mtu)):
+            if value:
+                template[key] = value
+        items = [(k, v) for k, v in template.items() if k not in {n for n, _ in net.template}]
+        ar = {"AR_ID": "0", "MAC": net.mac(0), "NEXT_INDEX": str(net.next_index), "SIZE": str(net.size),
+              "TYPE": {"ipv4": "IP4", "ipv6": "IP6_STATIC", "l2": "ETHER"}[net.kind]}
+        if net.kind == "ipv4":
+            ar["IP"] = str(net.first)
+        elif net.kind == "ipv6":
+            ar["IP6"] = str(net.first)
+            ar["PREFIX_LENGTH"] = str(net.prefixlen)
+        ar_xml = "".join(f"<{k}>{_esc(ar[k])}</{k}>" for k in sorted(ar))
+        ar_xml += f"<MAC_END>{_esc(net.mac(net.size - 1))}</MAC_END>"
+        if net.kind == "ipv4":
+            ar_xml += f"<IP_END>{_esc(net.address(net.size - 1))}</IP_END>"
+        elif net.kind == "ipv6":
+            ar_xml += f"<IP6_END>{_esc(net.address(net.size - 1))}</IP6_END>"
+        ar_xml += f"<USED_LEASES>{len(net.used)}</USED_LEASES>"
+        leases = []
+        for index, vm_id in sorted(net.used.items()):
+            lease = {"MAC": net.mac(index), "VM": str(vm_id)}
+            if net.kind == "ipv4":
+                lease["IP"] = net.address(index)
+            elif net.kind == "ipv6":
+                lease["IP6"] = net.address(index)
+            leases.append(_vector_xml("LEASE", lease))
+        ar_xml += ("<LEASES>" + "".join(leases) + "</LEASES>") if leases else "<LEASES/>"
+        other_u = 1 if net.other_use else 0
+        return (f"<VNET><ID>{net.id}</ID><UID>0</UID><GID>0</GID><UNAME>oneadmin</UNAME>"
+                f"<GNAME>oneadmin</GNAME><NAME>{_esc(net.name)}</NAME>"
+                "<PERMISSIONS><OWNER_U>1</OWNER_U><OWNER_M>1</OWNER_M><OWNER_A>0</OWNER_A>"
+                "<GROUP_U>0</GROUP_U><GROUP_M>0</GROUP_M><GROUP_A>0</GROUP_A>"
+                f"<OTHER_U>{other_u}</OTHER_U><OTHER_M>0</OTHER_M><OTHER_A>0</OTHER_A></PERMISSIONS>"
+                f"<CLUSTERS><ID>0</ID></CLUSTERS><BRIDGE>{_esc(net.bridge)}</BRIDGE>"
+                "<BRIDGE_TYPE>linux</BRIDGE_TYPE><STATE>1</STATE><PREV_STATE>0</PREV_STATE>"
+                "<PARENT_NETWORK_ID/><TEMPLATE_ID/>"
+                + (f"<VN_MAD>{_esc(net.vn_mad)}</VN_MAD>" if net.vn_mad else "<VN_MAD/>")
+                + (f"<PHYDEV>{_esc(net.phydev)}</PHYDEV>" if net.phydev else "<PHYDEV/>")
+                + (f"<VLAN_ID>{_esc(net.vlan_id)}</VLAN_ID>" if net.vlan_id else "<VLAN_ID/>")
+                + "<OUTER_VLAN_ID/><VLAN_ID_AUTOMATIC>0</VLAN_ID_AUTOMATIC>"
+                "<OUTER_VLAN_ID_AUTOMATIC>0</OUTER_VLAN_ID_AUTOMATIC>"
+                f"<USED_LEASES>{len(net.used)}</USED_LEASES>"
+                "<VROUTERS/><UPDATED_VMS/><OUTDATED_VMS/><UPDATING_VMS/><ERROR_VMS/>"
+                "<TEMPLATE>" + _items_xml(items + list(net.template)) + "</TEMPLATE>"
+                "<AR_POOL><AR>" + ar_xml + "</AR></AR_POOL></VNET>")
 
     def _vm_xml(self, vm: _Vm) -> str:
         """The full body, compact, like ``one.vm.info`` (and infoextended) returns it."""

@@ -114,10 +114,10 @@ def test_per_pool_quota_counts_only_that_pool(tmp_path, monkeypatch):
     assert "already holds 3 floating IP(s) in all pools" in err.value.message
 
 
-def test_stand_in_pool_of_names_ip_pool_default():
+def test_ip_pool_is_the_pool_default():
     reg = Registry([A("198.51.100.10")])
-    assert quota_mod.pool_of(reg, A("198.51.100.10")) == "default"
-    assert quota_mod.pool_of(reg, A("198.51.100.99")) is None
+    assert reg.pool_of(A("198.51.100.10")) == "default"
+    assert reg.pool_of(A("198.51.100.99")) is None
 
 
 def test_twenty_racing_threads_of_one_user_get_exactly_the_quota(tmp_path):
