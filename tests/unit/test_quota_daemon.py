@@ -23,8 +23,8 @@ TOKEN = "q" * 40
 POOL = "198.51.100.10-198.51.100.40"
 
 
-def service(tmp_path, pool=POOL):
-    config = fake_config(tmp_path / "state.db", pool=pool)
+def service(tmp_path, pool=POOL, extra=""):
+    config = fake_config(tmp_path / "state.db", pool=pool, extra=extra)
     svc = FloatingIPService(config, Store(config.db_path), FakeBackend(), FakeHost())
     svc.start()
     return svc
@@ -97,11 +97,10 @@ def test_a_quota_must_name_the_owner_or_the_group_of_the_request(tmp_path):
     assert len(svc.registry) == 0
 
 
-def test_per_pool_quota_counts_only_that_pool(tmp_path, monkeypatch):
-    """Stand-in pools until Registry.pool_of exists: .10-.19 'campus', the rest 'default'."""
-    svc = service(tmp_path)
-    monkeypatch.setattr(quota_mod, "pool_of",
-                        lambda registry, ip: "campus" if int(ip) < int(A("198.51.100.20")) else "default")
+def test_per_pool_quota_counts_only_that_pool(tmp_path):
+    """.10-.19 are the pool 'campus', the rest 'default'."""
+    svc = service(tmp_path, pool="198.51.100.20-198.51.100.40",
+                  extra="[POOL campus]\nIP_POOL = 198.51.100.10-198.51.100.19\n")
     q = [Quota("u", 1, "campus"), Quota("u", 3, None)]
     svc.allocate(public_ip=A("198.51.100.11"), owner="u", ref="c1", quotas=q)
     with pytest.raises(FipError) as err:
