@@ -22,6 +22,7 @@ from . import hostnet
 from .addresses import AddressError, parse_ipv4
 from .auth import OPERATOR, OWNER, READER, Principal
 from .httpserver import error_body
+from .metrics import Observer
 from .model import TEXT_FIELD_RE, FipError, bad_request
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,15 @@ def parse_json(raw: bytes) -> Any:
     return value
 
 
+class Exposition(tuple):
+    """(content type, body) of an answer that is not JSON: the Prometheus text format."""
+
+    __slots__ = ()
+
+
+_NO_OBSERVER = Observer()
+
+
 def _forbidden(message: str) -> FipError:
     return FipError("forbidden", message, 403)
 
@@ -176,9 +186,15 @@ class ApiApp:
     def __call__(self, environ: dict, start_response) -> list[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         status, payload, who = self._handle(environ, method)
-        data = json.dumps(payload, sort_keys=True).encode() + b"\n" if status < 400 else \
-            error_body(status, payload["error"]["message"], payload["error"]["code"])
-        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+        ctype = "application/json"
+        if isinstance(payload, Exposition):
+            ctype, data = payload
+        else:
+            data = json.dumps(payload, sort_keys=True).encode() + b"\n" if status < 400 else \
+                error_body(status, payload["error"]["message"], payload["error"]["code"])
+        if status >= 400:
+            getattr(self.service, "observer", _NO_OBSERVER).refused(payload["error"]["code"])
+        headers = [("Content-Type", ctype), ("Content-Length", str(len(data)))]
         if status == 413:  # the body was not read: what follows on the connection is not a request
             headers.append(("Connection", "close"))
         if method not in ("GET", "HEAD"):
@@ -253,6 +269,10 @@ class ApiApp:
             return 200, svc.version()
         if route == ["pool"]:
             return 200, svc.pool()
+        if route == ["metrics"]:
+            if p.role == OWNER:
+                raise _forbidden(f"metrics: token {p.name!r} (owner) may not read the daemon's metrics")
+            return 200, Exposition(getattr(svc, "observer", _NO_OBSERVER).exposition())
         if route == ["reconcile"]:
             if p.role != OPERATOR:
                 raise _forbidden(f"reconcile: token {p.name!r} ({p.role}) may not reconcile")
@@ -312,7 +332,8 @@ class ApiApp:
     @staticmethod
     def _known_methods(route: list[str]) -> list[str]:
         table = {("version",): ["GET"], ("pool",): ["GET"], ("reconcile",): ["POST"],
-                 ("neighbours",): ["GET"], ("floatingips",): ["GET", "POST"]}
+                 ("neighbours",): ["GET"], ("floatingips",): ["GET", "POST"],
+                 ("metrics",): ["GET"]}
         if tuple(route) in table:
             return table[tuple(route)]
         if len(route) == 2 and route[0] == "floatingips":

@@ -12,6 +12,7 @@ it is committed the change stands, so their failure is logged and left to reconc
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -21,6 +22,7 @@ from ipaddress import IPv4Address
 from . import __version__, hostnet, preflight
 from .coalesce import Coalescer
 from .config import DaemonConfig
+from .metrics import Observer, outcome
 from .model import Allocation, Change, FipError, Registry
 from .nat import NatError, remove_other_backends
 from .nat.ruleset import desired_spec, pair_delta
@@ -29,8 +31,36 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 
+def _observed(kind):
+    """Report the decorated change to `self.observer`: its kind (a name, or a function of
+    the call's arguments), result and time, whatever it raised."""
+    def decorate(method):
+        @functools.wraps(method)
+        def observed(self, *args, **kwargs):
+            name = kind if isinstance(kind, str) else kind(self, *args, **kwargs)
+            started = time.perf_counter()
+            try:
+                result = method(self, *args, **kwargs)
+            except BaseException as exc:
+                self.observer.change(name, outcome(exc), time.perf_counter() - started)
+                raise
+            self.observer.change(name, "ok", time.perf_counter() - started)
+            return result
+        return observed
+    return decorate
+
+
+def _associate_kind(self, public_ip, private_ip, *_args, **_kwargs) -> str:
+    """`move` when the address serves another private address now (read without the
+    lock: it only names the metric)."""
+    current = self.registry.get(public_ip)
+    return "move" if current is not None and current.private_ip not in (None, private_ip) else "associate"
+
+
 class FloatingIPService:
     """Allocate / associate / disassociate / release, and reconcile."""
+
+    observer: Observer = Observer()  # the daemon sets its metrics here (metrics.py)
 
     def __init__(self, config: DaemonConfig, store: Store, backend, host=hostnet):
         self.config = config
@@ -80,6 +110,16 @@ class FloatingIPService:
                              registry.pool, self.config.block_public_ips)
 
     def reconcile(self, rules_done: Callable[[], None] | None = None, at_start: bool = False) -> list[str]:
+        """`_reconcile`, counted by the observer (runs, failures, repairs)."""
+        try:
+            repairs = self._reconcile(rules_done, at_start)
+        except BaseException:
+            self.observer.reconciled(None)
+            raise
+        self.observer.reconciled(len(repairs))
+        return repairs
+
+    def _reconcile(self, rules_done: Callable[[], None] | None = None, at_start: bool = False) -> list[str]:
         """Repair drift: our chains, jumps and floating addresses back to the stored state
         (`rules_done` runs once the rules are, before the addresses); the repairs.
 
@@ -228,6 +268,7 @@ class FloatingIPService:
 
     # -- operations ------------------------------------------------------------------
 
+    @_observed("allocate")
     def allocate(self, public_ip: IPv4Address | None = None, private_ip: IPv4Address | None = None,
                  owner: str | None = None, ref: str | None = None, allow_move: bool = False,
                  operator: bool = False, unowned_ok: bool = True) -> tuple[Allocation, bool]:
@@ -256,17 +297,20 @@ class FloatingIPService:
                      alloc.owner, alloc.ref)
         return alloc, created
 
+    @_observed(_associate_kind)
     def associate(self, public_ip: IPv4Address, private_ip: IPv4Address, owner: str | None = None,
                   allow_move: bool = False, operator: bool = False, unowned_ok: bool = True) -> Allocation:
         return self._run(lambda: self.registry.plan_associate(
             public_ip, private_ip, self.config.private_ranges, owner, allow_move, operator, unowned_ok),
             "associated")
 
+    @_observed("disassociate")
     def disassociate(self, public_ip: IPv4Address, owner: str | None = None,
                      operator: bool = False, unowned_ok: bool = True) -> Allocation:
         return self._run(lambda: self.registry.plan_disassociate(public_ip, owner, operator, unowned_ok),
                          "disassociated")
 
+    @_observed("release")
     def release(self, public_ip: IPv4Address, owner: str | None = None,
                 operator: bool = False, unowned_ok: bool = True) -> Allocation:
         return self._run(lambda: self.registry.plan_release(public_ip, owner, operator, unowned_ok), "released")
