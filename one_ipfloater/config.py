@@ -227,15 +227,16 @@ def _metrics_address(value: str, rest_port: int) -> tuple[str, int]:
     port is refused whatever the host: one port, one listener, no guessing which answers."""
     text = value.strip()
     host, sep, port_text = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
         host = host[1:-1]
     try:
-        if not sep:
+        if not sep or (":" in host and not bracketed):  # ::1:9470 could be either
             raise ValueError
         host = str(ipaddress.ip_address(host))
     except ValueError:
         raise ConfigError(f"METRICS_ADDRESS: {value!r} is not host:port (an IP address and a port, "
-                          "e.g. 127.0.0.1:9470; empty: no listener)") from None
+                          "e.g. 127.0.0.1:9470 or [::1]:9470; empty: no listener)") from None
     try:
         port = _number("METRICS_ADDRESS", port_text, int, 1, 65535)
     except ConfigError:

@@ -69,6 +69,13 @@ def use_format(log_format: str) -> None:
             handler.setFormatter(formatter(log_format, text_format))
 
 
+def json_line(level: int, logger: str, message: str, **fields) -> str:
+    """One JSON log line written without a handler (a hook's closing result line)."""
+    record = logging.LogRecord(logger, level, "", 0, message, (), None)
+    record.__dict__.update(fields)
+    return JsonFormatter().format(record)
+
+
 def parse_format(key: str, value: str) -> str:
     """A LOG_FORMAT value from a config file; ValueError naming the key and the value."""
     word = value.strip().lower()

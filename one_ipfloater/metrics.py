@@ -3,17 +3,21 @@
 The service and the API report through the small `Observer` interface below, so that
 service.py does not import prometheus_client and the tests of the service need no
 metrics at all (the no-op `Observer` is the default). `PrometheusMetrics` is the real
-one: counters and histograms move as the changes happen (a few dictionary look-ups and
-additions per change, next to milliseconds of SQLite and netfilter work), and the pool
-figures are computed only when somebody scrapes, from the service's current state, so
-that they cost nothing per change and can never drift from it.
+one. It counts in plain integers under one lock (a few additions per change, next to
+milliseconds of SQLite and netfilter work) and hands them to prometheus_client only
+when somebody scrapes: the library (with the HTTP, SSL and e-mail modules its package
+loads) is imported at the first scrape, so a daemon nobody scrapes does not carry it.
+The pool figures, too, are computed at the scrape from the service's current state:
+they cost nothing per change and cannot drift from it.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import platform
+import threading
 from typing import Optional
 
 from . import __version__
@@ -61,6 +65,28 @@ def pool_figures(registry, allocations) -> dict[str, dict[str, int]]:
     return figures
 
 
+class _Histogram:
+    """Bucket counts and a sum, in plain numbers (the caller holds the lock)."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last: above every bound (+Inf only)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1  # `le` is inclusive
+        self.total += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        running, out = 0, []
+        for bound, count in zip(self.bounds + (float("inf"),), self.counts):
+            running += count
+            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
+        return out
+
+
 class Observer:
     """What the service and the API report; this one ignores everything (the default)."""
 
@@ -82,101 +108,115 @@ class Observer:
 
 
 class PrometheusMetrics(Observer):
-    """The daemon's metrics, in a registry of their own (not the library's global one:
-    tests make as many as they like, and nothing another library registers leaks in)."""
+    """The daemon's metrics: counted here, exposed through prometheus_client."""
 
     def __init__(self, service, backend: str = "", role: str = ROLE):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-        from prometheus_client import ProcessCollector
-
         self.service = service
-        self.registry = CollectorRegistry(auto_describe=True)
-        ProcessCollector(registry=self.registry)  # memory, CPU, descriptors: read at scrape time
-        changes = Counter("ipfloater_changes", "Changes asked for, by kind and result",
-                          ["kind", "result"], registry=self.registry)
-        latency = Histogram("ipfloater_change_duration_seconds",
-                            "Time from a change's start to its answer (lock, state file, rules, "
-                            "addresses, conntrack flush), by kind", ["kind"],
-                            buckets=CHANGE_BUCKETS, registry=self.registry)
-        # children made once: a change then costs a dict look-up per metric, not labels()
-        self._changes = {(k, r): changes.labels(k, r) for k in KINDS for r in RESULTS}
-        self._latency = {k: latency.labels(k) for k in KINDS}
-        self._refused = Counter("ipfloater_refused_requests", "Error answers of the API, by error code",
-                                ["code"], registry=self.registry)
-        self._reconcile_runs = Counter("ipfloater_reconcile_runs", "Reconcile rounds, by result",
-                                       ["result"], registry=self.registry)
-        self._reconcile_ok = self._reconcile_runs.labels("ok")
-        self._reconcile_failed = self._reconcile_runs.labels("failed")
-        self._repairs = Counter("ipfloater_reconcile_repairs", "Repairs made by reconcile rounds "
-                                "(rules or addresses found not as the state file says)",
-                                registry=self.registry)
-        self._commit = Histogram("ipfloater_store_commit_seconds", "Time of one state-file commit",
-                                 buckets=COMMIT_BUCKETS, registry=self.registry)
-        Gauge("ipfloater_role", "The daemon's role (1 for the current one)", ["role"],
-              registry=self.registry).labels(role).set(1)
-        Info("ipfloater_build", "Version of the daemon and its NAT backend",
-             registry=self.registry).info({"version": __version__, "backend": backend,
-                                           "python": platform.python_version()})
-        self.registry.register(_PoolCollector(service))
+        self.backend = backend
+        self.role = role
+        self._lock = threading.Lock()  # changes end on the API's worker threads
+        self.changes = dict.fromkeys(((k, r) for k in KINDS for r in RESULTS), 0)
+        self.latency = {k: _Histogram(CHANGE_BUCKETS) for k in KINDS}
+        self.refusals: dict[str, int] = {}
+        self.reconcile_runs = {"ok": 0, "failed": 0}
+        self.repairs = 0
+        self.commits = _Histogram(COMMIT_BUCKETS)
+        self._registry = None  # made at the first scrape
 
     # -- the observer ------------------------------------------------------------------
 
     def change(self, kind: str, result: str, seconds: float) -> None:
-        self._changes[kind, result].inc()
-        self._latency[kind].observe(seconds)
+        with self._lock:
+            self.changes[kind, result] += 1
+            self.latency[kind].observe(seconds)
 
     def refused(self, code: str) -> None:
-        self._refused.labels(code).inc()
+        with self._lock:
+            self.refusals[code] = self.refusals.get(code, 0) + 1
 
     def reconciled(self, repairs: Optional[int]) -> None:
-        if repairs is None:
-            self._reconcile_failed.inc()
-            return
-        self._reconcile_ok.inc()
-        if repairs:
-            self._repairs.inc(repairs)
+        with self._lock:
+            self.reconcile_runs["failed" if repairs is None else "ok"] += 1
+            self.repairs += repairs or 0
 
     def store_commit(self, seconds: float) -> None:
-        self._commit.observe(seconds)
+        with self._lock:  # (under the service lock too: never contended by another commit)
+            self.commits.observe(seconds)
+
+    # -- the scrape --------------------------------------------------------------------
 
     def exposition(self) -> tuple[str, bytes]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-        return CONTENT_TYPE_LATEST, generate_latest(self.registry)
-
-
-class _PoolCollector:
-    """The pool gauges, computed from the service at each scrape."""
-
-    def __init__(self, service):
-        self.service = service
-
-    def describe(self):
-        return []  # (no describe-time scrape: the registry would call collect() on register)
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry, ProcessCollector
+            registry = CollectorRegistry(auto_describe=False)  # ours alone, not the library's global one
+            ProcessCollector(registry=registry)  # memory, CPU, descriptors: read at each scrape
+            registry.register(self)
+            self._registry = registry
+        return CONTENT_TYPE_LATEST, generate_latest(self._registry)
 
     def collect(self):
-        from prometheus_client.core import GaugeMetricFamily
+        """prometheus_client's collector interface: every family, from a copy taken
+        under the lock (the pool figures under the service's own)."""
+        from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
+                                            InfoMetricFamily)
+        with self._lock:
+            changes = dict(self.changes)
+            latency = {k: (h.cumulative(), h.total) for k, h in self.latency.items()}
+            refusals = dict(self.refusals)
+            runs, repairs = dict(self.reconcile_runs), self.repairs
+            commits = (self.commits.cumulative(), self.commits.total)
+        family = CounterMetricFamily("ipfloater_changes", "Changes asked for, by kind and result",
+                                     labels=["kind", "result"])
+        for (kind, result), count in changes.items():
+            family.add_metric([kind, result], count)
+        yield family
+        family = HistogramMetricFamily("ipfloater_change_duration_seconds", "Time from a change's start "
+                                       "to its answer (lock, state file, rules, addresses, conntrack "
+                                       "flush), by kind", labels=["kind"])
+        for kind, (buckets, total) in latency.items():
+            family.add_metric([kind], buckets, total)
+        yield family
+        family = CounterMetricFamily("ipfloater_refused_requests", "Error answers of the API, by error code",
+                                     labels=["code"])
+        for code, count in sorted(refusals.items()):
+            family.add_metric([code], count)
+        yield family
+        family = CounterMetricFamily("ipfloater_reconcile_runs", "Reconcile rounds, by result",
+                                     labels=["result"])
+        for result, count in runs.items():
+            family.add_metric([result], count)
+        yield family
+        yield CounterMetricFamily("ipfloater_reconcile_repairs", "Repairs made by reconcile rounds (rules "
+                                  "or addresses found not as the state file says)", value=repairs)
+        yield HistogramMetricFamily("ipfloater_store_commit_seconds", "Time of one state-file commit",
+                                    buckets=commits[0], sum_value=commits[1])
+        family = GaugeMetricFamily("ipfloater_role", "The daemon's role (1 for the current one)",
+                                   labels=["role"])
+        family.add_metric([self.role], 1)
+        yield family
+        yield InfoMetricFamily("ipfloater_build", "Version of the daemon and its NAT backend",
+                               value={"version": __version__, "backend": self.backend,
+                                      "python": platform.python_version()})
+        yield from self._pool_families(GaugeMetricFamily)
+
+    def _pool_families(self, gauge):
         families = {
-            "size": GaugeMetricFamily("ipfloater_pool_size", "Addresses in the pool", labels=["pool"]),
-            "free": GaugeMetricFamily("ipfloater_pool_free", "Addresses of the pool nobody holds",
-                                      labels=["pool"]),
-            "allocated": GaugeMetricFamily("ipfloater_pool_allocated", "Addresses of the pool held "
-                                           "(associated or not)", labels=["pool"]),
-            "associated": GaugeMetricFamily("ipfloater_pool_associated", "Addresses of the pool "
-                                            "NATed to a private address", labels=["pool"]),
+            "size": gauge("ipfloater_pool_size", "Addresses in the pool", labels=["pool"]),
+            "free": gauge("ipfloater_pool_free", "Addresses of the pool nobody holds", labels=["pool"]),
+            "allocated": gauge("ipfloater_pool_allocated", "Addresses of the pool held (associated or not)",
+                               labels=["pool"]),
+            "associated": gauge("ipfloater_pool_associated", "Addresses of the pool NATed to a private "
+                                "address", labels=["pool"]),
         }
-        outside = GaugeMetricFamily("ipfloater_allocations_outside_pools", "Allocations whose "
-                                    "address is in no configured pool (the pool shrank under them)")
         figures = pool_figures(self.service.registry, self.service.list())
-        for name, row in sorted(figures.items(), key=lambda item: item[0] or ""):
-            if name is None:
-                outside.add_metric([], row["allocated"])
-                continue
+        outside = figures.pop(None, {"allocated": 0})["allocated"]
+        for name, row in sorted(figures.items()):
             for key, family in families.items():
                 family.add_metric([name], row[key])
-        if None not in figures:
-            outside.add_metric([], 0)
         yield from families.values()
-        yield outside
+        yield gauge("ipfloater_allocations_outside_pools", "Allocations whose address is in no configured "
+                    "pool (the pool shrank under them)", value=outside)
 
 
 class MetricsApp:

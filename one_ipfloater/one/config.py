@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
 from ..client import ApiError, UrlError, check_url, read_token
+from ..logformat import parse_format
 
 SECTION = "ONE_IPFLOATER"
 DEFAULT_PATH = "/etc/one/ipfloater.conf"
@@ -26,7 +27,8 @@ DEFAULT_LOCK_DIR = "/var/lock/one-ipfloater"
 SYSTEM_ONE_AUTH = "/var/lib/one/.one/one_auth"
 
 KNOWN_KEYS = ("ONE_XMLRPC", "ONE_AUTH", "IPFLOATER_URL", "IPFLOATER_TOKEN_FILE",
-              "ONE_TIMEOUT", "IPFLOATER_TIMEOUT", "LOCK_DIR", "IPFLOATER_USE_ENV_PROXY")
+              "ONE_TIMEOUT", "IPFLOATER_TIMEOUT", "LOCK_DIR", "IPFLOATER_USE_ENV_PROXY",
+              "LOG_FORMAT")
 
 
 class ConfigError(ValueError):
@@ -45,6 +47,7 @@ class OneConfig:
     ipfloater_timeout: float = 10.0
     lock_dir: str = DEFAULT_LOCK_DIR
     use_env_proxy: bool = False
+    log_format: str = "text"  # the hook's log lines: text, or one JSON object a line
     source: str = "<defaults>"
 
     def session(self) -> str:
@@ -119,6 +122,13 @@ def _seconds(key: str, value: str) -> float:
     return number
 
 
+def _log_format(value: str) -> str:
+    try:
+        return parse_format("LOG_FORMAT", value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def parse_one_config_text(text: str, source: str = "<config>",
                           env: Optional[Mapping[str, str]] = None) -> OneConfig:
     """Parse and validate INI text; errors name ``source``, the key and the value."""
@@ -156,6 +166,7 @@ def _build(raw: Mapping[str, str], env: Mapping[str, str], source: str) -> OneCo
         lock_dir=_path("LOCK_DIR", given.get("LOCK_DIR", DEFAULT_LOCK_DIR)),
         use_env_proxy=_yes_no("IPFLOATER_USE_ENV_PROXY",
                               given.get("IPFLOATER_USE_ENV_PROXY", "no")),
+        log_format=_log_format(given.get("LOG_FORMAT", "text")),
         source=source,
     )
 
