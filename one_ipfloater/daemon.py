@@ -193,8 +193,12 @@ def start_metrics_listener(config: DaemonConfig, app):
     except OSError as exc:
         raise DaemonError(f"METRICS_ADDRESS: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     threading.Thread(target=serve, args=(server,), name="metrics", daemon=True).start()
-    log.info("metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host, int(server.effective_port))
+    log.info("metrics on http://%s/metrics", _host_port(host, int(server.effective_port)))
     return server
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def run(config: DaemonConfig, ready_fd: int | None = None, config_path: str = DEFAULT_CONFIG) -> int:
@@ -320,8 +324,7 @@ def check(config: DaemonConfig, path: str) -> int:
     metrics = config.metrics_address
     print(json.dumps({"config": path, "pool_size": len(config.pool),
                       "private_ranges": [str(n) for n in config.private_ranges],
-                      "metrics_address": f"[{metrics[0]}]:{metrics[1]}" if metrics and ":" in metrics[0]
-                      else (f"{metrics[0]}:{metrics[1]}" if metrics else None), **found}))
+                      "metrics_address": _host_port(*metrics) if metrics else None, **found}))
     if found["errors"]:
         print(f"ipfloaterd: {found['errors'][0]}", file=sys.stderr)
         return 1
