@@ -16,9 +16,7 @@ from __future__ import annotations
 import bisect
 import json
 import logging
-import platform
 import threading
-from typing import Optional
 
 from . import __version__
 from .model import FipError
@@ -96,7 +94,7 @@ class Observer:
     def refused(self, code: str) -> None:
         """The API answered an error with this code."""
 
-    def reconciled(self, repairs: Optional[int]) -> None:
+    def reconciled(self, repairs: int | None) -> None:
         """A reconcile round made `repairs` repairs (None: it failed)."""
 
     def store_commit(self, seconds: float) -> None:
@@ -134,7 +132,7 @@ class PrometheusMetrics(Observer):
         with self._lock:
             self.refusals[code] = self.refusals.get(code, 0) + 1
 
-    def reconciled(self, repairs: Optional[int]) -> None:
+    def reconciled(self, repairs: int | None) -> None:
         with self._lock:
             self.reconcile_runs["failed" if repairs is None else "ok"] += 1
             self.repairs += repairs or 0
@@ -158,6 +156,7 @@ class PrometheusMetrics(Observer):
     def collect(self):
         """prometheus_client's collector interface: every family, from a copy taken
         under the lock (the pool figures under the service's own)."""
+        import platform
         from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
                                             InfoMetricFamily)
         with self._lock:
