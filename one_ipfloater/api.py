@@ -22,6 +22,7 @@ from . import history, hostnet
 from .addresses import POOL_NAME_RE, AddressError, parse_ipv4
 from .auth import OPERATOR, OWNER, READER, Principal
 from .httpserver import error_body
+from .metrics import Observer
 from .model import TEXT_FIELD_RE, FipError, bad_request
 from .quota import parse_quotas
 
@@ -130,6 +131,15 @@ def parse_json(raw: bytes) -> Any:
     return value
 
 
+class Exposition(tuple):
+    """(content type, body) of an answer that is not JSON: the Prometheus text format."""
+
+    __slots__ = ()
+
+
+_NO_OBSERVER = Observer()
+
+
 def _forbidden(message: str) -> FipError:
     return FipError("forbidden", message, 403)
 
@@ -189,9 +199,15 @@ class ApiApp:
     def __call__(self, environ: dict, start_response) -> list[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         status, payload, who = self._handle(environ, method)
-        data = json.dumps(payload, sort_keys=True).encode() + b"\n" if status < 400 else \
-            error_body(status, payload["error"]["message"], payload["error"]["code"])
-        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+        ctype = "application/json"
+        if isinstance(payload, Exposition):
+            ctype, data = payload
+        else:
+            data = json.dumps(payload, sort_keys=True).encode() + b"\n" if status < 400 else \
+                error_body(status, payload["error"]["message"], payload["error"]["code"])
+        if status >= 400:
+            getattr(self.service, "observer", _NO_OBSERVER).refused(payload["error"]["code"])
+        headers = [("Content-Type", ctype), ("Content-Length", str(len(data)))]
         if status == 413:  # the body was not read: what follows on the connection is not a request
             headers.append(("Connection", "close"))
         if method not in ("GET", "HEAD"):
@@ -277,6 +293,10 @@ class ApiApp:
                 raise FipError("unknown_pool", f"pool: {name!r} is not a configured pool "
                                f"(known: {', '.join(svc.registry.pools)})", 404)
             return 200, svc.pool_detail(name)
+        if route == ["metrics"]:
+            if p.role == OWNER:
+                raise _forbidden(f"metrics: token {p.name!r} (owner) may not read the daemon's metrics")
+            return 200, Exposition(getattr(svc, "observer", _NO_OBSERVER).exposition())
         if route == ["reconcile"]:
             if p.role != OPERATOR:
                 raise _forbidden(f"reconcile: token {p.name!r} ({p.role}) may not reconcile")
@@ -367,7 +387,8 @@ class ApiApp:
     @staticmethod
     def _known_methods(route: list[str]) -> list[str]:
         table = {("version",): ["GET"], ("pool",): ["GET"], ("reconcile",): ["POST"], ("ha-state",): ["GET", "PUT"],
-                 ("neighbours",): ["GET"], ("floatingips",): ["GET", "POST"], ("history",): ["GET"]}
+                 ("neighbours",): ["GET"], ("floatingips",): ["GET", "POST"], ("history",): ["GET"],
+                 ("metrics",): ["GET"]}
         if tuple(route) in table:
             return table[tuple(route)]
         if route and route[0] == "pools" and len(route) <= 2:

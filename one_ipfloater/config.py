@@ -16,6 +16,7 @@ from collections import namedtuple
 from ipaddress import IPv4Address, IPv4Network
 
 from .addresses import DEFAULT_POOL, MAX_POOL_SIZE, POOL_NAME_RE, AddressError, never_floating_overlap, parse_networks, parse_pool
+from .logformat import parse_format
 
 SECTION = "IPFLOATER"
 POOL_SECTION_PREFIX = "POOL "
@@ -30,7 +31,7 @@ KNOWN_KEYS = {
     "PUBLIC_INTERFACE", "TOKEN_FILE", "RECONCILE_INTERVAL", "CONNTRACK_FLUSH",
     "GRATUITOUS_ARP", "XTABLES_LOCK", "LOG_LEVEL", "NAT_BACKEND", "MAX_BODY_BYTES",
     "REQUEST_TIMEOUT", "DB_SYNC",
-    "HISTORY_DAYS",
+    "HISTORY_DAYS", "METRICS_ADDRESS", "LOG_FORMAT",
 }
 # Keys the original daemon had that mean nothing here; accepted so old files load.
 IGNORED_LEGACY_KEYS = {"IPTABLES_CMD", "MAX_REDIRECTIONS", "LISTEN_IP", "PID_FILE", "LOG_FILE"}
@@ -60,6 +61,8 @@ _SETTINGS = (  # (field, default); the first two have none
     ("db_sync", "full"),
     ("history_days", 400),                   # history kept this many days; 0: forever
     ("pools", None),                         # ((name, addresses), ...); None: one pool, `default`
+    ("metrics_address", None),               # (host, port) of the /metrics listener, or None
+    ("log_format", "text"),
 )
 
 
@@ -272,8 +275,40 @@ def _build(raw: dict[str, str], named: list[tuple[str, str]] = ()) -> DaemonConf
             raise ConfigError(f"NAT_BACKEND: {raw['NAT_BACKEND']!r} is not supported "
                               "(iptables, nftables or auto)")
         values["nat_backend"] = backend
+    if raw.get("METRICS_ADDRESS", "").strip():
+        values["metrics_address"] = _metrics_address(raw["METRICS_ADDRESS"], values.get("rest_port", 7003))
+    if "LOG_FORMAT" in raw:
+        try:
+            values["log_format"] = parse_format("LOG_FORMAT", raw["LOG_FORMAT"])
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     _check_paths(values)
     return DaemonConfig(**values)
+
+
+def _metrics_address(value: str, rest_port: int) -> tuple[str, int]:
+    """METRICS_ADDRESS `host:port` (`[v6]:port` for IPv6), as (host, port). The API's own
+    port is refused whatever the host: one port, one listener, no guessing which answers."""
+    text = value.strip()
+    host, sep, port_text = text.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    try:
+        if not sep or (":" in host and not bracketed):  # ::1:9470 could be either
+            raise ValueError
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        raise ConfigError(f"METRICS_ADDRESS: {value!r} is not host:port (an IP address and a port, "
+                          "e.g. 127.0.0.1:9470 or [::1]:9470; empty: no listener)") from None
+    try:
+        port = _number("METRICS_ADDRESS", port_text, int, 1, 65535)
+    except ConfigError:
+        raise ConfigError(f"METRICS_ADDRESS: {value!r}: the port must be a number from 1 to 65535") from None
+    if port == rest_port:
+        raise ConfigError(f"METRICS_ADDRESS: {value!r} uses REST_PORT {rest_port}, the API's own port "
+                          "(the API serves /v1/metrics itself; pick another port)")
+    return host, port
 
 
 def load_config(path: str) -> DaemonConfig:

@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 
-from . import __version__, hastate, hostnet, instance, preflight, safefs
+from . import __version__, hastate, hostnet, instance, logformat, preflight, safefs
 from .cliutil import OneLineArgumentParser
 from .config import ConfigError, DaemonConfig, config_pools, load_config
 from .locking import flock_exclusive
@@ -183,6 +183,26 @@ def open_store_safely(config: DaemonConfig, backend, config_path: str) -> Store:
     return store or Store(config.db_path, config.db_sync)
 
 
+def start_metrics_listener(config: DaemonConfig, app):
+    """Serve /metrics on METRICS_ADDRESS from a thread of its own (None when it is empty):
+    the same bounded server as the API, with two worker threads."""
+    if config.metrics_address is None:
+        return None
+    from .httpserver import make_server, serve
+    host, port = config.metrics_address
+    try:
+        server = make_server(app, host, port, config.request_timeout, 1024, threads=2)
+    except OSError as exc:
+        raise DaemonError(f"METRICS_ADDRESS: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    threading.Thread(target=serve, args=(server,), name="metrics", daemon=True).start()
+    log.info("metrics on http://%s/metrics", _host_port(host, int(server.effective_port)))
+    return server
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def run(config: DaemonConfig, ready_fd: int | None = None, config_path: str = DEFAULT_CONFIG) -> int:
     """Serve until SIGTERM/SIGINT; rules stay in place when we stop."""
     from .service import FloatingIPService
@@ -212,7 +232,13 @@ def run(config: DaemonConfig, ready_fd: int | None = None, config_path: str = DE
                  len(service.registry), len(repairs))
     gc.freeze()  # the start-up's objects live as long as we do: out of every later collection
     gc.enable()
-    # the HTTP stack is imported once the rules are in place
+    # the HTTP stack (and the metrics) are imported once the rules are in place
+    from .metrics import ROLE, MetricsApp, PrometheusMetrics
+    metrics = PrometheusMetrics(service, backend.name,
+                                role=lambda: ROLE if ha.state == "unknown" else ha.state)
+    metrics.reconciled(len(repairs))  # the start's round
+    service.observer = metrics
+    store.on_commit = metrics.store_commit
     from .api import ApiApp
     from .auth import Authenticator, TokenTable
     from .httpserver import make_server, serve, stop as stop_server
@@ -227,12 +253,15 @@ def run(config: DaemonConfig, ready_fd: int | None = None, config_path: str = DE
     except OSError as exc:
         raise DaemonError(f"REST_IP/REST_PORT: cannot listen on {config.rest_ip}:{config.rest_port}: "
                           f"{exc.strerror or exc}") from None
+    metrics_server = start_metrics_listener(config, MetricsApp(metrics))
     stop = threading.Event()
 
     def on_signal(signum, _frame):
         log.info("signal %d: stopping (rules stay in place)", signum)
         stop.set()
         stop_server(server)
+        if metrics_server is not None:
+            stop_server(metrics_server)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -301,9 +330,11 @@ def check(config: DaemonConfig, path: str) -> int:
     """Every validation `run` makes, creating nothing: JSON on stdout, the first
     refusal as one line on stderr and run's exit status."""
     found = preflight.report(config, hostnet)
+    metrics = config.metrics_address
     print(json.dumps({"config": path, "pool_size": len(config.pool), "history_days": config.history_days,
                       "pools": {name: len(addrs) for name, addrs in config_pools(config)},
-                      "private_ranges": [str(n) for n in config.private_ranges], **found}))
+                      "private_ranges": [str(n) for n in config.private_ranges],
+                      "metrics_address": _host_port(*metrics) if metrics else None, **found}))
     if found["errors"]:
         print(f"ipfloaterd: {found['errors'][0]}", file=sys.stderr)
         return 1
@@ -461,8 +492,8 @@ def _main(argv: list[str] | None) -> int:
     except ConfigError as exc:
         print(f"ipfloaterd: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=getattr(args, "log_level", None) or config.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logformat.setup(getattr(args, "log_level", None) or config.log_level, config.log_format,
+                    "%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if command == "check":
             return check(config, config_path)

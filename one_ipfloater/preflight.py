@@ -62,6 +62,11 @@ def host_problems(config, facts: HostFacts, pool: frozenset | None = None) -> li
     if (isinstance(rest, IPv4Address) and not rest.is_unspecified and not rest.is_loopback
             and rest not in facts.router_addresses and facts.nonlocal_bind != 1):
         problems.append(f"REST_IP: {rest} is not an address of this host (the API could not listen on it)")
+    metrics = ip_address(config.metrics_address[0]) if getattr(config, "metrics_address", None) else None
+    if (isinstance(metrics, IPv4Address) and not metrics.is_unspecified and not metrics.is_loopback
+            and metrics not in facts.router_addresses and facts.nonlocal_bind != 1):
+        problems.append(f"METRICS_ADDRESS: {metrics} is not an address of this host "
+                        "(the metrics could not listen on it)")
     return problems
 
 

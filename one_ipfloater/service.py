@@ -12,6 +12,7 @@ it is committed the change stands, so their failure is logged and left to reconc
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -21,6 +22,7 @@ from ipaddress import IPv4Address
 from . import __version__, history, hostnet, preflight
 from .coalesce import Coalescer
 from .config import DaemonConfig, config_pools
+from .metrics import Observer, outcome
 from .model import DEFAULT_POOL, Allocation, Change, FipError, Registry
 from .nat import NatError, remove_other_backends
 from .nat.ruleset import desired_spec, pair_delta
@@ -30,8 +32,36 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 
+def _observed(kind):
+    """Report the decorated change to `self.observer`: its kind (a name, or a function of
+    the call's arguments), result and time, whatever it raised."""
+    def decorate(method):
+        @functools.wraps(method)
+        def observed(self, *args, **kwargs):
+            name = kind if isinstance(kind, str) else kind(self, *args, **kwargs)
+            started = time.perf_counter()
+            try:
+                result = method(self, *args, **kwargs)
+            except BaseException as exc:
+                self.observer.change(name, outcome(exc), time.perf_counter() - started)
+                raise
+            self.observer.change(name, "ok", time.perf_counter() - started)
+            return result
+        return observed
+    return decorate
+
+
+def _associate_kind(self, public_ip, private_ip, *_args, **_kwargs) -> str:
+    """`move` when the address serves another private address now (read without the
+    lock: it only names the metric)."""
+    current = self.registry.get(public_ip)
+    return "move" if current is not None and current.private_ip not in (None, private_ip) else "associate"
+
+
 class FloatingIPService:
     """Allocate / associate / disassociate / release, and reconcile."""
+
+    observer: Observer = Observer()  # the daemon sets its metrics here (metrics.py)
 
     def __init__(self, config: DaemonConfig, store: Store, backend, host=hostnet, clock=time.time):
         self.config = config
@@ -84,6 +114,16 @@ class FloatingIPService:
                              registry.pool, self.config.block_public_ips)
 
     def reconcile(self, rules_done: Callable[[], None] | None = None, at_start: bool = False) -> list[str]:
+        """`_reconcile`, counted by the observer (runs, failures, repairs)."""
+        try:
+            repairs = self._reconcile(rules_done, at_start)
+        except BaseException:
+            self.observer.reconciled(None)
+            raise
+        self.observer.reconciled(len(repairs))
+        return repairs
+
+    def _reconcile(self, rules_done: Callable[[], None] | None = None, at_start: bool = False) -> list[str]:
         """Repair drift: our chains, jumps and floating addresses back to the stored state
         (`rules_done` runs once the rules are, before the addresses); the repairs.
 
@@ -233,6 +273,7 @@ class FloatingIPService:
 
     # -- operations ------------------------------------------------------------------
 
+    @_observed("allocate")
     def allocate(self, public_ip: IPv4Address | None = None, private_ip: IPv4Address | None = None,
                  owner: str | None = None, ref: str | None = None, allow_move: bool = False,
                  operator: bool = False, unowned_ok: bool = True,
@@ -270,6 +311,7 @@ class FloatingIPService:
                      self.registry.pool_of(alloc.public_ip), alloc.private_ip, alloc.owner, alloc.ref)
         return alloc, created
 
+    @_observed(_associate_kind)
     def associate(self, public_ip: IPv4Address, private_ip: IPv4Address, owner: str | None = None,
                   allow_move: bool = False, operator: bool = False, unowned_ok: bool = True, *,
                   actor: str | None = None) -> Allocation:
@@ -277,12 +319,14 @@ class FloatingIPService:
             public_ip, private_ip, self.config.private_ranges, owner, allow_move, operator, unowned_ok),
             "associated", actor)
 
+    @_observed("disassociate")
     def disassociate(self, public_ip: IPv4Address, owner: str | None = None,
                      operator: bool = False, unowned_ok: bool = True, *,
                      actor: str | None = None) -> Allocation:
         return self._run(lambda: self.registry.plan_disassociate(public_ip, owner, operator, unowned_ok),
                          "disassociated", actor)
 
+    @_observed("release")
     def release(self, public_ip: IPv4Address, owner: str | None = None,
                 operator: bool = False, unowned_ok: bool = True, *,
                 actor: str | None = None) -> Allocation:

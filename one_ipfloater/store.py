@@ -78,6 +78,8 @@ def _create_private(path: str) -> bool:
 class Store:
     """Allocations; one connection, used under the service's lock."""
 
+    on_commit = None  # called with each COMMIT's seconds (the daemon's metrics)
+
     def __init__(self, path: str, synchronous: str = "full"):
         """`synchronous`: "full" fsyncs every commit (survives a power cut); "normal"
         leaves the fsync to the WAL checkpoint (survives a crash of the daemon, kill -9
@@ -143,7 +145,10 @@ class Store:
             self._db.execute("ROLLBACK")
             raise
         else:
+            started = time.perf_counter()
             self._db.execute("COMMIT")
+            if self.on_commit is not None:
+                self.on_commit(time.perf_counter() - started)
 
     # -- allocations -----------------------------------------------------------------
 

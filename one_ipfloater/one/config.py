@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 from ..client import ApiError, UrlError, check_url, read_token
 from .quota import parse_limit
+from ..logformat import parse_format
 
 SECTION = "ONE_IPFLOATER"
 DEFAULT_PATH = "/etc/one/ipfloater.conf"
@@ -28,7 +29,7 @@ SYSTEM_ONE_AUTH = "/var/lib/one/.one/one_auth"
 
 KNOWN_KEYS = ("ONE_XMLRPC", "ONE_AUTH", "IPFLOATER_URL", "IPFLOATER_TOKEN_FILE",
               "ONE_TIMEOUT", "IPFLOATER_TIMEOUT", "LOCK_DIR", "IPFLOATER_USE_ENV_PROXY",
-              "FLOATING_IP_QUOTA")
+              "FLOATING_IP_QUOTA", "LOG_FORMAT")
 
 
 class ConfigError(ValueError):
@@ -48,6 +49,7 @@ class OneConfig:
     lock_dir: str = DEFAULT_LOCK_DIR
     use_env_proxy: bool = False
     floating_ip_quota: int = -1  # where a user's or group's template sets none (-1: unlimited)
+    log_format: str = "text"  # the hook's log lines: text, or one JSON object a line
     source: str = "<defaults>"
 
     def session(self) -> str:
@@ -129,6 +131,13 @@ def _quota(key: str, value: str) -> int:
         raise ConfigError(str(exc)) from None
 
 
+def _log_format(value: str) -> str:
+    try:
+        return parse_format("LOG_FORMAT", value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def parse_one_config_text(text: str, source: str = "<config>",
                           env: Optional[Mapping[str, str]] = None) -> OneConfig:
     """Parse and validate INI text; errors name ``source``, the key and the value."""
@@ -167,6 +176,7 @@ def _build(raw: Mapping[str, str], env: Mapping[str, str], source: str) -> OneCo
         use_env_proxy=_yes_no("IPFLOATER_USE_ENV_PROXY",
                               given.get("IPFLOATER_USE_ENV_PROXY", "no")),
         floating_ip_quota=_quota("FLOATING_IP_QUOTA", given.get("FLOATING_IP_QUOTA", "-1")),
+        log_format=_log_format(given.get("LOG_FORMAT", "text")),
         source=source,
     )
 

@@ -15,6 +15,7 @@ import logging
 import sys
 from typing import BinaryIO, List, Optional, Sequence
 
+from .. import logformat
 from ..cliutil import OneLineArgumentParser, fail
 from .config import ConfigError, load_one_config
 from .driver import clients_from_config, converge_vm
@@ -59,8 +60,8 @@ def main(argv: Optional[Sequence[str]] = None, stdin: Optional[BinaryIO] = None)
     argv = sys.argv[1:] if argv is None else argv
     stdin = sys.stdin.buffer if stdin is None and sys.stdin is not None else stdin
     args = _arguments(argv, stdin)  # bad options (argv or stdin): one line, exit 2
-    logging.basicConfig(stream=sys.stderr, format=f"{PROG}: %(levelname)s %(message)s",
-                        level=logging.DEBUG if args.verbose else logging.WARNING)
+    logformat.setup(logging.DEBUG if args.verbose else logging.WARNING, "text",
+                    f"{PROG}: %(levelname)s %(message)s")
     try:
         return _run(args)
     except Exception as exc:  # noqa: BLE001 - a hook must end with one line, not a trace
@@ -85,9 +86,15 @@ def _run(args: argparse.Namespace) -> int:
         one, daemon = clients_from_config(config)
     except ConfigError as exc:
         return _fail(exc)
-    log.info("%s event for VM %d (%s)", event.kind, event.vm_id, what)
+    logformat.use_format(config.log_format)
+    log.info("%s event for VM %d (%s)", event.kind, event.vm_id, what, extra={"vm_id": event.vm_id})
     result = converge_vm(event.vm_id, one, daemon, lock_dir=config.lock_dir,
                          quota_default=config.floating_ip_quota)
+    if config.log_format == "json":  # the closing line too, with what a collector filters on
+        line = logformat.json_line(logging.INFO if result.ok else logging.ERROR, PROG, result.message,
+                                   vm_id=event.vm_id, call=event.call, result="ok" if result.ok else "error")
+        print(line, file=sys.stdout if result.ok else sys.stderr)
+        return 0 if result.ok else 1
     if not result.ok:
         return _fail(result.message)
     print(f"{PROG}: {result.message}")

@@ -91,7 +91,7 @@ def _extras(wheel_path):
 def test_extras_per_side(wheel):
     extras = _extras(wheel)
     assert extras[""] == {"requests"}
-    assert extras["router"] == {"python-iptables", "waitress"}  # no OpenNebula client
+    assert extras["router"] == {"python-iptables", "waitress", "prometheus-client"}  # no OpenNebula client
     assert extras["frontend"] == {"pyone", "lxml"}  # no netfilter binding
     assert {"python-iptables", "pyone", "lxml", "pytest"} <= extras["test"]
 
