@@ -109,7 +109,7 @@ def test_metrics_listener_counts_real_changes_and_logs_are_json(lab, nat_backend
     entries = [json.loads(line) for line in lines]  # every line is one JSON object
     assert all({"time", "level", "logger", "message"} <= set(e) for e in entries)
     messages = [e["message"] for e in entries]
-    assert any(m.startswith(f"allocated {pub1} (private={VM1}") for m in messages), messages
+    assert any(m.startswith(f"allocated {pub1} (pool=default private={VM1}") for m in messages), messages
     assert f"metrics on http://{METRICS}/metrics" in messages
 
     # the control: without METRICS_ADDRESS nothing listens there
