@@ -220,9 +220,13 @@ class IpfloaterClient:
                 failures.append(ApiError("timeout", f"{url}: not tried, the call's "
                                                     f"{self.timeout * len(order):g}s were spent"))
                 continue
+            if n:  # to connect and to answer, together within what is left
+                connect = min(self.timeout, remaining / 2)
+                limit: Any = (connect, min(self.timeout, remaining - connect))
+            else:  # each up to the timeout, as with one URL (twice it is within the bound)
+                limit = self.timeout
             try:
-                answer = self._attempt(url, method, path, body, params,
-                                       min(self.timeout, remaining) if n else self.timeout)
+                answer = self._attempt(url, method, path, body, params, limit)
             except _NoAnswer as exc:
                 failures.append(exc.error)
                 rest = order[n + 1:]
@@ -246,17 +250,20 @@ class IpfloaterClient:
             f"{u}: {f.message}" for u, f in zip(order, failures)), last.status)
 
     def _attempt(self, url: str, method: str, path: str, body: Optional[dict],
-                 params: Optional[dict], timeout: float) -> Any:
-        """One request to one URL: the answer, an ApiError (an answer), or _NoAnswer."""
+                 params: Optional[dict], timeout: Any) -> Any:
+        """One request to one URL: the answer, an ApiError (an answer), or _NoAnswer.
+        ``timeout``: seconds, or (to connect, to answer) as requests takes them."""
         headers = {"Authorization": f"Bearer {self.token}"}
         try:
             resp = self.session.request(method, f"{url}/v1{path}", json=body, params=params,
                                         headers=headers, timeout=timeout,
                                         allow_redirects=False, verify=self.verify)
         except requests.Timeout as exc:
+            connecting = isinstance(exc, requests.ConnectTimeout)
+            waited = timeout if not isinstance(timeout, tuple) else \
+                round(timeout[0 if connecting else 1], 1)  # what was left of the call's time
             raise _NoAnswer(ApiError("timeout", f"ipfloaterd at {url} did not answer within "
-                                                f"{timeout:g}s"),
-                            sent=not isinstance(exc, requests.ConnectTimeout)) from None
+                                                f"{waited:g}s"), sent=not connecting) from None
         except requests.ConnectionError as exc:
             reason = getattr(exc.args[0] if exc.args else None, "reason", None)
             raise _NoAnswer(ApiError("unreachable", f"ipfloaterd at {url} is unreachable"),

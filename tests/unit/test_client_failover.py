@@ -206,9 +206,9 @@ class Clock:
 
 
 class ScriptedSession(requests.Session):
-    """request(): per URL host, raise what the script says after "waiting" (the clock
-    moves on by the time the failure took: the timeout, or twice it for a connect that
-    took the whole timeout and then an answer that did too)."""
+    """request(): per URL host, what the script says, after the clock moved on by what
+    that failure costs at most with the timeouts given: a connect timeout the connect
+    limit, a read timeout the answer limit, a slow one both (it connected just in time)."""
 
     def __init__(self, clock, script):
         super().__init__()
@@ -216,12 +216,14 @@ class ScriptedSession(requests.Session):
 
     def request(self, method, url, **kw):
         host = url.split("//")[1].split(":")[0]
-        self.calls.append((host, kw["timeout"]))
-        kind, waits = self.script[host]
-        self.clock.now += waits * kw["timeout"]
+        connect, answer = kw["timeout"] if isinstance(kw["timeout"], tuple) else (kw["timeout"],) * 2
+        self.calls.append((host, connect + answer))
+        kind = self.script[host]
+        self.clock.now += {"connect-timeout": connect, "read-timeout": answer,
+                           "slow-read-timeout": connect + answer}.get(kind, 0)
         if kind == "connect-timeout":
             raise requests.ConnectTimeout("connect timed out")
-        if kind == "read-timeout":
+        if kind.endswith("read-timeout"):
             raise requests.ReadTimeout("read timed out")
         if kind == "refused":
             raise requests.ConnectionError(urllib3.exceptions.MaxRetryError(
@@ -234,9 +236,12 @@ class ScriptedSession(requests.Session):
 
 
 @pytest.mark.parametrize("script, tried", [
-    ({"a": ("connect-timeout", 1), "b": ("read-timeout", 1), "c": ("ok", 0)}, ["a", "b", "c"]),
-    # a first daemon that took the timeout twice (to connect, then to answer) leaves less
-    ({"a": ("read-timeout", 2), "b": ("read-timeout", 1), "c": ("ok", 0)}, ["a", "b"]),
+    ({"a": "connect-timeout", "b": "read-timeout", "c": "ok"}, ["a", "b", "c"]),
+    ({"a": "read-timeout", "b": "read-timeout", "c": "ok"}, ["a", "b", "c"]),
+    ({"a": "read-timeout", "b": "slow-read-timeout", "c": "ok"}, ["a", "b"]),
+    # a first daemon that connected just in time and then did not answer leaves less
+    ({"a": "slow-read-timeout", "b": "slow-read-timeout", "c": "ok"}, ["a", "b"]),
+    ({"a": "slow-read-timeout", "b": "slow-read-timeout", "c": "slow-read-timeout"}, ["a", "b"]),
 ])
 def test_the_whole_call_ends_within_the_timeout_times_the_urls(script, tried):
     clock = Clock()
@@ -250,14 +255,22 @@ def test_the_whole_call_ends_within_the_timeout_times_the_urls(script, tried):
         assert "http://c:7003: not tried, the call's 12s were spent" in exc.message
     assert [h for h, _ in session.calls] == tried
     assert clock.now - start <= 4 * 3
-    assert all(t <= 4 for _, t in session.calls)
+    assert session.calls[0][1] == 8  # the first URL waits as a single one does (connect, answer)
+
+
+def test_a_single_url_keeps_its_timeouts():
+    clock = Clock()
+    session = ScriptedSession(clock, {"a": "slow-read-timeout"})
+    with pytest.raises(ApiError, match=r"^ipfloaterd at http://a:7003 did not answer within 4s$"):
+        IpfloaterClient("http://a:7003", TOKEN, timeout=4, session=session, clock=clock).list()
+    assert session.calls == [("a", 8)]
 
 
 @pytest.mark.parametrize("kind, repeated", [("connect-timeout", True), ("refused", True),
                                             ("read-timeout", False), ("reset", False)])
 def test_a_change_is_sent_again_only_if_it_cannot_have_arrived(kind, repeated):
     clock = Clock()
-    session = ScriptedSession(clock, {"a": (kind, 1), "b": ("ok", 0)})
+    session = ScriptedSession(clock, {"a": kind, "b": "ok"})
     client = IpfloaterClient(["http://a:7003", "http://b:7003"], TOKEN, timeout=4,
                              session=session, clock=clock)
     try:
