@@ -207,8 +207,8 @@ class IpfloaterClient:
         answered 503 (refused: fail static, a backup that does not take changes); never on
         another answer (a 4xx is the answer). When the request may have reached a daemon
         (a timeout or a reset after sending, another 5xx) it is sent again elsewhere only
-        if it is ``repeatable`` (idempotent; default: reads). The whole call ends after the
-        timeout times the number of URLs."""
+        if it is ``repeatable`` (idempotent; default: reads). With several URLs the whole
+        call ends within the timeout times their number."""
         repeatable = method == "GET" if repeatable is None else repeatable
         first = self.url
         order = [first] if not failover else [first] + [u for u in self.urls if u != first]
