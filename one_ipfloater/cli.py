@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--owner", help="the owner of the address")
     p.add_argument("--operator", action="store_true",
                    help="explicit operator request: release another owner's address (operator tokens only)")
-    command("status", "show the allocations and their redirections")
+    command("status", "show the allocations and their redirections (several --url: every "
+            "daemon's health and HA state first)")
     p = command("ippool", "show the public addresses of every pool, or of one pool")
     p.add_argument("name", nargs="?", metavar="NAME", help="the pool's name (default: every pool)")
     command("version", "show the client and server versions")
