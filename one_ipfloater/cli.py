@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 
-from . import __version__, history
+from . import __version__, history, logformat
 from .cliutil import OneLineArgumentParser, SummaryHelpFormatter, anywhere, command_summary
 from .addresses import AddressError, parse_ipv4
 from .client import (DEFAULT_TOKEN_FILE, ApiError, IpfloaterClient, UrlError, check_host,
-                     check_port, check_timeout, check_url, read_token)
+                     check_port, check_timeout, check_urls, read_token)
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 
@@ -104,8 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="address where ipfloaterd listens (default 127.0.0.1)")
     parser.add_argument("-p", "--server-port", default=os.environ.get("IPFLOATER_SERVER_PORT", "7003"),
                         help="port where ipfloaterd listens (default 7003)")
-    parser.add_argument("--url", help="full daemon URL (overrides -i/-p), e.g. https://router:7443; "
-                        "no user:password@, query or fragment")
+    parser.add_argument("--url", action="append", metavar="URL[,URL...]",
+                        help="full daemon URL (overrides -i/-p), e.g. https://router:7443; "
+                        "no user:password@, query or fragment. Several (repeated or "
+                        "comma-separated): tried in order, failing over when one does not answer")
     parser.add_argument("--token-file", default=None,
                         help=f"API token file (default $IPFLOATER_TOKEN, then {DEFAULT_TOKEN_FILE})")
     parser.add_argument("--timeout", default="10", help="seconds to wait for the daemon")
@@ -136,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--owner", help="the owner of the address")
     p.add_argument("--operator", action="store_true",
                    help="explicit operator request: release another owner's address (operator tokens only)")
-    command("status", "show the allocations and their redirections")
+    command("status", "show the allocations and their redirections (several --url: every "
+            "daemon's health and HA state first)")
     p = command("ippool", "show the public addresses of every pool, or of one pool")
     p.add_argument("name", nargs="?", metavar="NAME", help="the pool's name (default: every pool)")
     command("version", "show the client and server versions")
@@ -197,6 +201,8 @@ def _execute(args, client: IpfloaterClient):
             public = served[0]["public_ip"]
         alloc = client.release(public, owner=args.owner, **({"operator": True} if args.operator else {}))
         return alloc, f"released {alloc['public_ip']}"
+    if cmd == "status" and len(client.urls) > 1:
+        return _group_status(client)
     if cmd == "status":
         items = client.list()
         ha = client.health().get("ha_state")  # keepalived's state of this router (HA pairs)
@@ -237,18 +243,50 @@ def _execute(args, client: IpfloaterClient):
     raise AssertionError(cmd)
 
 
-def _endpoint(args) -> tuple[str, float]:
-    """The daemon URL and timeout, checked (raises UrlError, one line)."""
+DAEMON_COLUMNS = ["url", "health", "ha_state", "since", "warnings"]
+
+
+def _daemon_row(url: str, answer) -> dict:
+    """One daemon's line of `status`: its health (or why it has none) and HA state."""
+    if isinstance(answer, ApiError):
+        return {"url": url, "health": answer.code, "ha_state": None, "since": None,
+                "warnings": None, "error": answer.message, "answer": None}
+    ha = answer.get("ha_state") or {}
+    return {"url": url, "health": answer.get("status", "?"), "ha_state": ha.get("state"),
+            "since": ha.get("since"), "warnings": len(answer.get("warnings") or []),
+            "error": None, "answer": answer}
+
+
+def _group_status(client: IpfloaterClient):
+    """`status` with several URLs: every daemon's health and HA state (asked of each, no
+    failover), then the allocations from the first that answers. Raises ApiError (after
+    the daemons are printed) when none does."""
+    rows = [_daemon_row(url, answer) for url, answer in client.health_of_each()]
+    text = _table(rows, DAEMON_COLUMNS)
+    try:
+        items = client.list()
+    except ApiError as exc:
+        exc.partial = ({"daemons": rows, "floatingips": None}, text)
+        raise
+    payload = {"daemons": rows, "floatingips": items, "answered_by": client.url}
+    return payload, (f"{text}\n\nallocations (from {client.url}):\n"
+                     + _table(items, ["public_ip", "private_ip", "status", "owner", "ref"]))
+
+
+def _endpoint(args) -> tuple[tuple[str, ...], float]:
+    """The daemon URLs and timeout, checked (raises UrlError, one line)."""
     timeout = check_timeout(args.timeout)
     if args.url is not None:
-        return check_url(args.url), timeout
-    return f"http://{check_host(args.server_ip)}:{check_port(args.server_port)}", timeout
+        return check_urls(args.url, "--url"), timeout
+    return (f"http://{check_host(args.server_ip)}:{check_port(args.server_port)}",), timeout
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.json = getattr(args, "json", False)
+    # the client's one line per failover (several --url), as JSON with --json
+    logformat.setup(logging.WARNING, "json" if args.json else "text", "ipfloater: %(message)s")
     if args.command == "history":
         _check_history_args(parser, args)
     try:
@@ -260,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
         client = IpfloaterClient(url, token, timeout=timeout, use_env_proxy=args.use_env_proxy)
         payload, text = _execute(args, client)
     except ApiError as exc:
+        partial = getattr(exc, "partial", None)  # what was learnt before it failed
+        if partial is not None:
+            print(json.dumps(partial[0], sort_keys=True) if args.json else partial[1])
         if args.json:
             print(json.dumps({"error": {"code": exc.code, "message": exc.message}}), file=sys.stderr)
         else:

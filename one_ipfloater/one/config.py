@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
-from ..client import ApiError, UrlError, check_url, read_token
+from ..client import ApiError, UrlError, check_url, check_urls, read_token
 from .quota import parse_limit
 from ..logformat import parse_format
 
@@ -42,7 +42,7 @@ class OneConfig:
 
     one_xmlrpc: str = DEFAULT_XMLRPC
     one_auth: str = SYSTEM_ONE_AUTH
-    ipfloater_url: str = DEFAULT_URL
+    ipfloater_url: str = DEFAULT_URL  # several: comma-separated, in the order tried
     ipfloater_token_file: str = DEFAULT_TOKEN_FILE
     one_timeout: float = 10.0
     ipfloater_timeout: float = 10.0
@@ -94,6 +94,14 @@ def default_one_auth(env: Mapping[str, str], home: Optional[str] = None) -> str:
 def _url(key: str, value: str) -> str:
     try:
         return check_url(value.strip(), key)
+    except UrlError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _urls(key: str, value: str) -> str:
+    """One daemon URL or several separated by commas (tried in order, failing over)."""
+    try:
+        return ",".join(check_urls(value.strip(), key))
     except UrlError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -167,7 +175,7 @@ def _build(raw: Mapping[str, str], env: Mapping[str, str], source: str) -> OneCo
     return OneConfig(
         one_xmlrpc=_url(key, xmlrpc),
         one_auth=_path("ONE_AUTH", given.get("ONE_AUTH") or default_one_auth(env)),
-        ipfloater_url=_url("IPFLOATER_URL", given.get("IPFLOATER_URL", DEFAULT_URL)),
+        ipfloater_url=_urls("IPFLOATER_URL", given.get("IPFLOATER_URL", DEFAULT_URL)),
         ipfloater_token_file=_path("IPFLOATER_TOKEN_FILE",
                                    given.get("IPFLOATER_TOKEN_FILE", DEFAULT_TOKEN_FILE)),
         one_timeout=_seconds("ONE_TIMEOUT", given.get("ONE_TIMEOUT", "10")),
