@@ -14,6 +14,9 @@
 Why it looks like this (README "High availability", and netfilter NOTES.md on keepalived):
 - Routed pool: the upstream router routes the pool to the public VRRP address, so only
   keepalived's two addresses move on a failover; the floating addresses are on no link.
+- On-link pool (`HaLab(onlink=True)`): the upstream has the pool on pub0 instead
+  (`203.0.113.0/24 dev pub0`) and ARPs for each floating address; the daemons run
+  HA_MODE onlink with PUBLIC_INTERFACE pub0, so the /32s follow the master.
 - Every bridge is in a namespace of its own (as switches are), so that a router's
   conntrack never sees the other router's or the bridged traffic.
 - "The master's links go down" is a cable pull: the switch ports of the router go down,
