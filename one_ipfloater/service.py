@@ -175,14 +175,28 @@ class FloatingIPService:
             self.holds_addresses = onlink.holds_addresses(mode, state)
             if mode != onlink.ONLINK:
                 return []
-            return self._sync_addresses()
+            iface = self.config.public_interface
+            try:
+                kept = self.host.host_addresses(iface) if self.holds_addresses else set()
+                repairs = self._sync_addresses()
+            except Exception as exc:  # the state stands (recorded); reconcile converges to it
+                self._side_effect_failed(f"HA state {state}: the addresses on {iface}", exc)
+                return [f"failed: {exc}"]
+            # a master that already held some (a repeated notify, a removal that failed)
+            # announces them too: the upstream may have learnt the peer's MAC meanwhile
+            self._announce(sorted(kept & {pub for pub, _priv in self.registry.associations()}))
+            return repairs
 
     def _add_addresses(self, addrs: list[IPv4Address]) -> None:
         """Put floating addresses on the public interface and announce them."""
         if not addrs:
             return
+        self.host.add_addresses(self.config.public_interface, addrs)
+        self._announce(addrs)
+
+    def _announce(self, addrs: list[IPv4Address]) -> None:
+        """Gratuitous ARP for each address (neighbours switch to us at once)."""
         iface = self.config.public_interface
-        self.host.add_addresses(iface, addrs)
         if self.config.gratuitous_arp:
             for addr in addrs:
                 try:

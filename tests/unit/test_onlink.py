@@ -63,6 +63,24 @@ def test_an_onlink_router_holds_nothing_until_master_then_follows_the_state(tmp_
     assert host.addresses == {pub, second.public_ip, third.public_ip}
 
 
+def test_a_repeated_master_announces_what_it_already_holds(tmp_path):
+    svc, host = _service(tmp_path)
+    svc.start()
+    pub = svc.allocate(private_ip=A("10.77.0.11"))[0].public_ip
+    svc.ha_changed("master")
+    assert svc.ha_changed("master") == [] and host.arps == [pub, pub]
+
+
+def test_a_failed_address_change_keeps_the_state_and_asks_for_a_repair(tmp_path):
+    svc, host = _service(tmp_path)
+    svc.start()
+    pub = svc.allocate(private_ip=A("10.77.0.11"))[0].public_ip
+    host.fail["add"] = OSError("netlink timeout")
+    assert svc.ha_changed("master") == ["failed: netlink timeout"] and svc.repair_wanted.is_set()
+    del host.fail["add"]
+    assert svc.reconcile() == [f"added {pub}/32 to pub0"] and host.addresses == {pub}
+
+
 def test_a_restart_as_master_puts_the_addresses_back_from_the_state_file(tmp_path):
     svc, host = _service(tmp_path)
     svc.holds_addresses = onlink.holds_addresses("onlink", "master")  # as the daemon does from the file
