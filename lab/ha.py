@@ -3,6 +3,7 @@ real traffic, once per advertisement interval asked for; prints what it measured
 
     bash lab/ha                       # advert_int 0.2 (tuned) and 1 (keepalived's default)
     bash lab/ha --advert-int 0.3 --json
+    bash lab/ha --onlink              # on-link pool: the floating /32s follow the master
 
 For each interval: two routers, each running ipfloaterd with the same floating IP, keepalived
 moving the public next hop and the VMs' gateway; from the client a long-lived TCP stream
@@ -25,9 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/support li
 from tests.support.halab import FLOW_BOUND, Flows, HaLab, PRIVATE_VIP, PUBLIC_VIP, FIP  # noqa: E402
 
 
-def scenario(advert_int: float, unicast: bool, say) -> dict:
-    figures = {"advert_int": advert_int, "vrrp": "unicast" if unicast else "multicast"}
-    with HaLab(advert_int=advert_int, unicast=unicast) as lab:
+def scenario(advert_int: float, unicast: bool, say, onlink: bool = False) -> dict:
+    figures = {"advert_int": advert_int, "vrrp": "unicast" if unicast else "multicast",
+               "pool": "onlink" if onlink else "routed"}
+    with HaLab(advert_int=advert_int, unicast=unicast, onlink=onlink) as lab:
         say(f"routers up: r1 master, r2 backup (public VIP {PUBLIC_VIP}, gateway VIP {PRIVATE_VIP}); "
             f"{FIP} -> vm1 on both")
         lab.wait_ha_state("r1", "master")
@@ -43,6 +45,8 @@ def scenario(advert_int: float, unicast: bool, say) -> dict:
         figures["failover_tcp_gap_s"] = flows.stream.outage(cut)
         say(f"(1) r1's cables pulled: r2 master after {figures['failover_addresses_moved_s']} s, "
             f"ping gap {figures['failover_ping_gap_s']} s, TCP gap {figures['failover_tcp_gap_s']} s")
+        if onlink:  # the floating /32s follow the master (HA_MODE onlink)
+            say(f"    floating addresses held by {lab.floating_holders()}")
 
         killed = time.time()
         lost_before = flows.ping.lost()
@@ -61,6 +65,10 @@ def scenario(advert_int: float, unicast: bool, say) -> dict:
         figures["rejoin_backup_after_s"] = round(lab.wait_entered("r1", "BACKUP", backups + 1) - back, 3)
         say(f"(3) r1 back on the wire: backup after {figures['rejoin_backup_after_s']} s, "
             f"VIPs held by {lab.holders()}")
+        if onlink:
+            lab.wait_ha_state("r1", "backup")
+            figures["rejoin_floating_holders"] = lab.floating_holders()
+            say(f"    floating addresses held by {figures['rejoin_floating_holders']}")
 
         failback = time.time()
         lab.cut_links("r2")
@@ -83,6 +91,9 @@ def main(argv=None) -> int:
                         help="keepalived advert_int values to run the scenario with (default 0.2 1)")
     parser.add_argument("--multicast", action="store_true", help="multicast VRRP (default unicast)")
     parser.add_argument("--json", action="store_true", help="one JSON object per interval, nothing else")
+    parser.add_argument("--onlink", action="store_true",
+                        help="on-link pool: the upstream ARPs for the floating addresses, which follow "
+                             "the master with gratuitous ARP (HA_MODE onlink; default: routed pool)")
     args = parser.parse_args(argv)
     for value in args.advert_int:
         if not 0.05 <= value <= 10:
@@ -90,7 +101,7 @@ def main(argv=None) -> int:
     say = (lambda text: None) if args.json else (lambda text: print(text, flush=True))
     for value in args.advert_int:
         say(f"== advert_int {value} (bound for traffic to flow again: {FLOW_BOUND:g} s)")
-        figures = scenario(value, not args.multicast, say)
+        figures = scenario(value, not args.multicast, say, args.onlink)
         print(json.dumps(figures, sort_keys=True), flush=True)
     return 0
 

@@ -32,6 +32,7 @@ KNOWN_KEYS = {
     "GRATUITOUS_ARP", "XTABLES_LOCK", "LOG_LEVEL", "NAT_BACKEND", "MAX_BODY_BYTES",
     "REQUEST_TIMEOUT", "DB_SYNC",
     "HISTORY_DAYS", "METRICS_ADDRESS", "LOG_FORMAT",
+    "HA_MODE",
 }
 # Keys the original daemon had that mean nothing here; accepted so old files load.
 IGNORED_LEGACY_KEYS = {"IPTABLES_CMD", "MAX_REDIRECTIONS", "LISTEN_IP", "PID_FILE", "LOG_FILE"}
@@ -63,6 +64,7 @@ _SETTINGS = (  # (field, default); the first two have none
     ("pools", None),                         # ((name, addresses), ...); None: one pool, `default`
     ("metrics_address", None),               # (host, port) of the /metrics listener, or None
     ("log_format", "text"),
+    ("ha_mode", "none"),                     # none, routed or onlink (onlink.py)
 )
 
 
@@ -282,8 +284,23 @@ def _build(raw: dict[str, str], named: list[tuple[str, str]] = ()) -> DaemonConf
             values["log_format"] = parse_format("LOG_FORMAT", raw["LOG_FORMAT"])
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+    if "HA_MODE" in raw:
+        values["ha_mode"] = _ha_mode(raw["HA_MODE"], values.get("public_interface"))
     _check_paths(values)
     return DaemonConfig(**values)
+
+
+HA_MODES = ("none", "routed", "onlink")
+
+
+def _ha_mode(value: str, public_interface: str | None) -> str:
+    """HA_MODE: onlink moves the floating /32s, so it needs the interface they live on."""
+    mode = value.strip().lower()
+    if mode not in HA_MODES:
+        raise ConfigError(f"HA_MODE: {value!r} is not none, routed or onlink")
+    if mode == "onlink" and not public_interface:
+        raise ConfigError("HA_MODE: onlink needs PUBLIC_INTERFACE (the floating /32s go there)")
+    return mode
 
 
 def _metrics_address(value: str, rest_port: int) -> tuple[str, int]:

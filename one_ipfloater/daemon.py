@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 
-from . import __version__, hastate, hostnet, instance, logformat, preflight, safefs
+from . import __version__, hastate, hostnet, instance, logformat, onlink, preflight, safefs
 from .cliutil import OneLineArgumentParser
 from .config import ConfigError, DaemonConfig, config_pools, load_config
 from .locking import flock_exclusive
@@ -220,7 +220,8 @@ def run(config: DaemonConfig, ready_fd: int | None = None, config_path: str = DE
     token = load_or_create_token(config.token_file)
     service = FloatingIPService(config, store, backend)
     ha = hastate.HaState(hastate.state_path(config.db_path), lambda: hastate.served_addresses(service),
-                         hostnet.flush_conntrack)  # known before the kernel is touched
+                         hostnet.flush_conntrack, on_change=service.ha_changed)  # known before the kernel is touched
+    service.holds_addresses = onlink.holds_addresses(config.ha_mode, ha.state)  # on-link: the master's only
     try:
         repairs = service.start(supervisor.rules_in_place)
     except (FipError, NatError, hostnet.HostNetError) as exc:

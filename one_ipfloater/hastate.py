@@ -113,9 +113,11 @@ class HaState:
     """The daemon's view: the current state, changed by PUT /v1/ha-state, one at a time."""
 
     def __init__(self, path: str, floating: Callable[[], Iterable[IPv4Address]],
-                 flush: Callable[[Iterable[IPv4Address]], dict], clock: Callable[[], float] = time.time):
+                 flush: Callable[[Iterable[IPv4Address]], dict], clock: Callable[[], float] = time.time,
+                 on_change: Callable[[str], list] | None = None):
         self.path = path
         self._floating, self._flush, self._clock = floating, flush, clock
+        self._on_change = on_change  # the service's ha_changed: on-link /32s follow the state
         self._lock = threading.Lock()
         current = read_state(path)
         self.state, self.since = current["state"], current["since"]
@@ -131,8 +133,12 @@ class HaState:
             done = enter(state, self.path, self._floating(), self._flush, self._clock)
             self.state, self.since = state, done["since"]
             self.changes += 1
+            if self._on_change is not None:  # (recorded first: a restart acts on the new state)
+                done["addresses"] = self._on_change(state)
         log.warning("HA state %s -> %s: deleted %d conntrack entries of the floating addresses",
                     previous, state, done["conntrack_flushed"])
+        for line in done.get("addresses") or ():
+            log.warning("HA state %s: %s", state, line)
         return {**done, "previous": previous}
 
 
@@ -161,6 +167,8 @@ def command(config, state: str) -> int:
         why = exc.message
     try:
         done = enter(state, state_path(config.db_path), config.pool, hostnet.flush_conntrack)
+        if state != "master" and getattr(config, "ha_mode", "none") == "onlink":
+            done["addresses"] = give_up_addresses(config, hostnet)
     except (OSError, hostnet.HostNetError) as exc:
         print(f"ipfloaterd: ha-state {state}: {exc} (the daemon: {why})", file=sys.stderr)
         return 1
@@ -171,3 +179,18 @@ def command(config, state: str) -> int:
         print(f"ipfloaterd: ha-state: the daemon refused: {why}", file=sys.stderr)
         return 1
     return 0
+
+
+def give_up_addresses(config, host) -> list[str]:
+    """On-link pair, no daemon answering: a router that stops being master drops every pool
+    /32 from its interface itself, so that two routers never answer ARP for one address.
+    (Becoming master without a daemon adds nothing: the daemon, when it starts, reads the
+    state file and puts back the associated addresses; it alone knows which they are.)"""
+    iface = config.public_interface
+    if not iface or not host.interface_exists(iface):
+        return []
+    removed = []
+    for addr in sorted(host.host_addresses(iface) & set(config.pool)):
+        host.del_address(iface, addr)
+        removed.append(f"removed {addr}/32 from {iface}")
+    return removed

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address
 
-from . import __version__, history, hostnet, preflight
+from . import __version__, history, hostnet, onlink, preflight
 from .coalesce import Coalescer
 from .config import DaemonConfig, config_pools
 from .metrics import Observer, outcome
@@ -75,6 +75,9 @@ class FloatingIPService:
         self.registry = Registry(config.pool, store.allocations(), pools=config_pools(config))
         self.warnings: list[str] = []  # preflight's, set by start(); /v1/health shows them
         self.repair_wanted = threading.Event()  # set when a committed change's side effect failed
+        # HA_MODE onlink: the /32s only on the master (onlink.py); the daemon sets it from the
+        # HA state before start(): until then a router of an on-link pair holds none
+        self.holds_addresses = onlink.holds_addresses(getattr(config, "ha_mode", "none"), "unknown")
 
     # -- start-up and reconcile ------------------------------------------------------
 
@@ -153,23 +156,47 @@ class FloatingIPService:
             return []
         wanted = {pub for pub, _priv in self.registry.associations()}
         present = self.host.host_addresses(iface) & (self.registry.pool | wanted)
-        missing = sorted(wanted - present)
+        missing, extra = onlink.address_plan(wanted, present, self.holds_addresses)
         self._add_addresses(missing)
         if len(missing) > 10:  # e.g. after a reboot: one line, not thousands
             repairs = [f"added {len(missing)} addresses to {iface} ({missing[0]} ... {missing[-1]})"]
         else:
             repairs = [f"added {addr}/32 to {iface}" for addr in missing]
-        for addr in sorted(present - wanted):
+        for addr in extra:
             self.host.del_address(iface, addr)
             repairs.append(f"removed {addr}/32 from {iface}")
         return repairs
+
+    def ha_changed(self, state: str) -> list[str]:
+        """keepalived's new state (hastate.HaState calls it): on an on-link pair the master
+        takes the floating /32s and announces them, any other state gives them up."""
+        with self._lock:
+            mode = getattr(self.config, "ha_mode", "none")
+            self.holds_addresses = onlink.holds_addresses(mode, state)
+            if mode != onlink.ONLINK:
+                return []
+            iface = self.config.public_interface
+            try:
+                kept = self.host.host_addresses(iface) if self.holds_addresses else set()
+                repairs = self._sync_addresses()
+            except Exception as exc:  # the state stands (recorded); reconcile converges to it
+                self._side_effect_failed(f"HA state {state}: the addresses on {iface}", exc)
+                return [f"failed: {exc}"]
+            # a master that already held some (a repeated notify, a removal that failed)
+            # announces them too: the upstream may have learnt the peer's MAC meanwhile
+            self._announce(sorted(kept & {pub for pub, _priv in self.registry.associations()}))
+            return repairs
 
     def _add_addresses(self, addrs: list[IPv4Address]) -> None:
         """Put floating addresses on the public interface and announce them."""
         if not addrs:
             return
+        self.host.add_addresses(self.config.public_interface, addrs)
+        self._announce(addrs)
+
+    def _announce(self, addrs: list[IPv4Address]) -> None:
+        """Gratuitous ARP for each address (neighbours switch to us at once)."""
         iface = self.config.public_interface
-        self.host.add_addresses(iface, addrs)
         if self.config.gratuitous_arp:
             for addr in addrs:
                 try:
@@ -232,7 +259,8 @@ class FloatingIPService:
         before = {a.public_ip for a in change.before if a.private_ip}
         after = {a.public_ip for a in change.after if a.private_ip}
         try:
-            self._add_addresses(sorted(after - before))
+            if self.holds_addresses:  # (a backup of an on-link pair: the NAT only)
+                self._add_addresses(sorted(after - before))
             for addr in sorted(before - after):
                 self.host.del_address(iface, addr)
         except Exception as exc:  # committed: never "not applied" (netlink timeouts included)

@@ -14,6 +14,9 @@
 Why it looks like this (README "High availability", and netfilter NOTES.md on keepalived):
 - Routed pool: the upstream router routes the pool to the public VRRP address, so only
   keepalived's two addresses move on a failover; the floating addresses are on no link.
+- On-link pool (`HaLab(onlink=True)`): the upstream has the pool on pub0 instead
+  (`203.0.113.0/24 dev pub0`) and ARPs for each floating address; the daemons run
+  HA_MODE onlink with PUBLIC_INTERFACE pub0, so the /32s follow the master.
 - Every bridge is in a namespace of its own (as switches are), so that a router's
   conntrack never sees the other router's or the bridged traffic.
 - "The master's links go down" is a cable pull: the switch ports of the router go down,
@@ -120,8 +123,14 @@ class HaLab(netlab.Lab):
     directory per router that is removed at the end unless HALAB_KEEP=1."""
 
     def __init__(self, advert_int=0.2, unicast=True, notify=True, etcd=False, vms=2,
-                 nat_backend="nftables", workdir=None, routers=True):
+                 nat_backend="nftables", workdir=None, routers=True, onlink=False, garp=True,
+                 ha_mode=None):
         self.advert_int, self.unicast, self.notify, self.vms = advert_int, unicast, notify, vms
+        # onlink: the upstream has the pool on the public segment and ARPs for each floating
+        # address; the daemons run HA_MODE onlink (or `ha_mode`, for a negative control) with
+        # the /32s on pub0, and GRATUITOUS_ARP as `garp` says
+        self.onlink, self.garp = onlink, garp
+        self.ha_mode = ha_mode or ("onlink" if onlink else None)
         self.nat_backend = nat_backend
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="halab-"))
@@ -190,7 +199,10 @@ class HaLab(netlab.Lab):
         self._port("pubsw", "p-up", up, "pub0")
         self._addr_up(up, "pub0", f"{UPSTREAM_PUB_IP}/{PUB_PREFIX}")
         self._sysctl(up, "net.ipv4.ip_forward=1")
-        self._ip(up, "route", "add", POOL, "via", PUBLIC_VIP)
+        if self.onlink:  # the upstream ARPs for each floating address on the segment
+            self._ip(up, "route", "add", POOL, "dev", "pub0")
+        else:
+            self._ip(up, "route", "add", POOL, "via", PUBLIC_VIP)
         for i, name in enumerate(ROUTERS, 1):
             r = self.ns(name)
             self._sysctl(r, "net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
@@ -241,9 +253,11 @@ class HaLab(netlab.Lab):
     def start_daemon(self, name):
         d = self.daemons.get(name)
         if d is None:
+            edge = {"PUBLIC_INTERFACE": "pub0", "HA_MODE": self.ha_mode,
+                    "GRATUITOUS_ARP": "yes" if self.garp else "no"} if self.onlink else {"PUBLIC_INTERFACE": ""}
             d = DaemonProcess(self.ns(name), self.workdir / name, IP_POOL=IP_POOL,
-                              PRIVATE_IP_RANGES="10.77.0.0/24", PUBLIC_INTERFACE="",
-                              NAT_BACKEND=self.nat_backend, LOG_LEVEL="INFO")
+                              PRIVATE_IP_RANGES="10.77.0.0/24",
+                              NAT_BACKEND=self.nat_backend, LOG_LEVEL="INFO", **edge)
             self.daemons[name] = d
         return d.start()
 
@@ -308,6 +322,29 @@ class HaLab(netlab.Lab):
     def holders(self):
         """{router: number of VIPs held} for the routers holding any."""
         return {n: len(v) for n in ROUTERS if (v := self.holds_vips(n))}
+
+    def floating_holders(self):
+        """{router: sorted pool addresses on its pub0} for the routers holding any (on-link)."""
+        held = {}
+        for name in ROUTERS:
+            out = self._ip(self.ns(name), "-j", "-4", "addr", "show", "dev", "pub0").stdout
+            have = sorted(a["local"] for link in json.loads(out) for a in link.get("addr_info", ())
+                          if a.get("prefixlen") == 32 and a["local"].startswith("203.0.113."))
+            if have:
+                held[name] = have
+        return held
+
+    def wait_floating(self, expected, timeout=15.0, poll=0.02):
+        """Until floating_holders() == expected; the time (time.time()) it was seen."""
+        deadline = time.monotonic() + timeout
+        seen = None
+        while time.monotonic() < deadline:
+            seen = self.floating_holders()
+            if seen == expected:
+                return time.time()
+            time.sleep(poll)
+        raise AssertionError(f"floating addresses held as {seen}, not {expected}, after {timeout:g} s; "
+                             f"notify logs: {self.notify_log('r1')[-1500:]} / {self.notify_log('r2')[-1500:]}")
 
     def wait_master(self, name, timeout=15.0, poll=0.02):
         """Until `name` alone holds both VIPs; returns the time (time.time()) it was seen."""

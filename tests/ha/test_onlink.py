@@ -1,0 +1,123 @@
+"""Failover of a router pair with an on-link pool: the floating /32s follow the master.
+
+The upstream router has the pool on the shared public segment and ARPs for each floating
+address (no route to a VRRP address): only the master may hold the addresses, and a new
+master must announce them (gratuitous ARP), or the upstream keeps sending to the old
+master's MAC until its neighbour entry expires. Figures (seconds) go to the run's
+summary; the assertions hold whatever the machine's speed.
+"""
+
+import time
+
+import pytest
+
+from tests.support.halab import FIP, Flows, HaLab
+
+pytestmark = [pytest.mark.netns, pytest.mark.ha, pytest.mark.xdist_group("ha")]
+
+ADVERT = 0.2
+# Without the announcement the upstream keeps sending to the old master's MAC while its
+# neighbour entry lasts: the flows created it a few seconds before the cut, so it is
+# REACHABLE (15-45 s from its creation), then STALE, DELAY 5 s and 3 unicast probes 1 s
+# apart before the upstream asks again: far more than this window. With it, the takeover
+# is keepalived's (under 1 s) plus the notify script. The same window judges both: flows
+# within it with the GARP, none without.
+GARP_WINDOW = 8.0
+ARP_RECOVERY_BOUND = 90.0  # the control waits this long for the neighbour entry to fail
+REJOIN_BOUND = 15.0  # a router back on the wire is backup within this (measured: a few s)
+WATCH = 20  # advertisement intervals watched: one holder, no flapping
+ONE = {"r1": [FIP]}
+TWO = {"r2": [FIP]}
+
+
+def watch_holders(lab, expected, intervals=WATCH):
+    """Sample both routers' floating addresses for `intervals` adverts (a window, not a wait)."""
+    samples, deadline = [], time.monotonic() + intervals * ADVERT
+    while time.monotonic() < deadline:
+        samples.append(lab.floating_holders())
+        time.sleep(ADVERT / 4)
+    assert all(s == expected for s in samples), f"floating addresses moved or doubled: {samples}"
+
+
+@pytest.mark.parametrize("garp", [True, False], ids=["garp", "no-garp-negative-control"])
+def test_onlink_master_links_down_backup_takes_the_addresses_and_announces_them(figures, garp):
+    with HaLab(advert_int=ADVERT, onlink=True, garp=garp) as lab:
+        lab.wait_master("r1")
+        lab.wait_ha_state("r1", "master")
+        lab.wait_ha_state("r2", "backup")
+        flows = Flows(lab)
+        lab.wait_floating(ONE)
+        watch_holders(lab, ONE, intervals=5)  # the backup took nothing for the association
+        cut = time.time()
+        lab.cut_links("r1")
+        took_over = lab.wait_master("r2")
+        held = lab.wait_floating(TWO)  # r2 took it; r1 (fault) gave it up
+        flowing = flows.wait_flowing(cut, count=5, timeout=GARP_WINDOW)
+        if not garp:
+            assert flowing == (False, False), \
+                f"traffic came back without the gratuitous ARP: this control proves nothing ({flowing})"
+            assert lab.floating_holders() == TWO, "the control must differ only in the announcement"
+            # the path through r2 is sound: traffic comes back once the upstream asks again
+            assert flows.ping.wait_reply_after(cut, 5, ARP_RECOVERY_BOUND), "no path through r2 at all"
+            flows.stop()
+            figures(f"on-link, no gratuitous ARP: no traffic within {GARP_WINDOW:g} s; ping gap (s)",
+                    flows.ping.outage(cut))
+            return
+        assert flowing == (True, True), "traffic did not flow again through r2 after its announcement"
+        lab.wait_ha_state("r1", "fault")
+        watch_holders(lab, TWO)
+        stream_gap, ping_gap = flows.stream.outage(cut), flows.ping.outage(cut)
+        figures(f"on-link, links down, advert_int {ADVERT}: VRRP addresses moved after (s)",
+                round(took_over - cut, 3))
+        figures(f"on-link, links down, advert_int {ADVERT}: floating /32 on the new master after (s)",
+                round(held - cut, 3))
+        figures(f"on-link, links down, advert_int {ADVERT}: ping gap (s)", ping_gap)
+        figures(f"on-link, links down, advert_int {ADVERT}: TCP stream gap (s), same connection", stream_gap)
+        # the old master comes back: backup (nopreempt), holds nothing, no flapping
+        backups, masters = lab.entered("r1", "BACKUP"), lab.entered("r1", "MASTER")
+        back = time.time()
+        lab.restore_links("r1")
+        lab.wait_entered("r1", "BACKUP", backups + 1, timeout=REJOIN_BOUND)
+        lab.wait_ha_state("r1", "backup")
+        settled = lab.wait_floating(TWO)
+        watch_holders(lab, TWO)
+        assert lab.entered("r1", "MASTER") == masters, "the old master took over again (flapping)"
+        assert flows.wait_flowing(time.time(), count=20) == (True, True)
+        end = flows.stop()
+        assert end["error"] is None and flows.stream.in_order(), f"the TCP flow broke: {end}"
+        figures("on-link, old master back: backup, the new master still the one holder, after (s)",
+                round(settled - back, 3))
+
+
+def test_onlink_master_daemon_killed_and_restarted_keeps_the_addresses(figures):
+    """The daemon dies -9 on the master: the kernel keeps the /32s and the NAT, nothing is
+    interrupted; the restarted daemon reads "master" from its state file before it touches
+    the kernel, so its start-up sync keeps the addresses (an unknown state would drop them)."""
+    with HaLab(advert_int=ADVERT, onlink=True) as lab:
+        lab.wait_master("r1")
+        lab.wait_ha_state("r1", "master")
+        flows = Flows(lab)
+        lab.wait_floating(ONE)
+        killed = time.time()
+        lab.daemons["r1"].kill()
+        assert flows.wait_flowing(killed, count=20) == (True, True)
+        lab.start_daemon("r1")
+        assert lab.ha_state("r1") == "master"
+        watch_holders(lab, ONE)
+        restarted = time.time()
+        assert flows.wait_flowing(restarted, count=20) == (True, True)
+        lost = flows.ping.lost()
+        end = flows.stop()
+        assert lost == 0, f"{lost} echo requests lost while the master's daemon died and restarted"
+        assert end["error"] is None and flows.stream.in_order()
+        figures("on-link, master's daemon killed -9 and restarted: echo requests lost", lost)
+
+
+def test_onlink_control_without_onlink_mode_both_routers_hold_the_address():
+    """Negative control of the one-holder check: with the /32s not following the state
+    (HA_MODE routed on an on-link segment, which is today's behaviour) the backup holds
+    the floating address too, and the poll of both namespaces sees it."""
+    with HaLab(advert_int=ADVERT, onlink=True, ha_mode="routed") as lab:
+        lab.wait_master("r1")
+        lab.associate_everywhere(FIP, lab.vm_ip(1))
+        assert lab.wait_floating({"r1": [FIP], "r2": [FIP]}), "the one-holder check cannot see two holders"
