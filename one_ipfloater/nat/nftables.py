@@ -40,6 +40,12 @@ from a virtualenv) wraps. An `nft` process per change would cost many times the 
 itself, under the service's lock inside an open DB transaction, and raw netlink would
 mean encoding nf_tables expressions by hand (the README, "Rules it installs", has the figures).
 Where the library cannot be loaded the backend raises NatUnavailable.
+
+One exception: a rebuild with more than BULK_ELEMENTS map elements (a region's /16 at a
+start) runs the same JSON batch through a child `nft -j -f`, as the iptables backend runs
+iptables-restore. libnftables' parse of such a batch holds about 100 MB at its peak,
+which would otherwise be the daemon's for good (benchmarks/ANALYSIS.md, 65,536); a child
+returns it when it exits. Changes and reads stay in-process.
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import os
+import subprocess
 import threading
 from collections import namedtuple
 from collections.abc import Iterable
@@ -79,6 +87,9 @@ MAPPED = {
     CHAIN_POST: (MAP_SNAT, "snat", "saddr"),
 }
 TABLE_NAME = f"{FAMILY} {TABLE}"
+# a rebuild with more map elements than this runs in a child `nft` (module docstring)
+BULK_ELEMENTS = 16384
+CHILD_TIMEOUT = 120.0
 
 
 # -- talking to nftables -------------------------------------------------------------
@@ -122,6 +133,35 @@ class LibNftables:
         if self._ctx:
             self._lib.nft_ctx_free(self._ctx)
             self._ctx = None
+
+
+def nft_binary() -> str | None:
+    """The `nft` program on PATH (or /usr/sbin, /sbin), None without one. (A PATH walk of
+    our own: importing `shutil` would lengthen the start before the rules.)"""
+    path = os.environ.get("PATH", os.defpath).split(os.pathsep) + ["/usr/sbin", "/sbin"]
+    for directory in path:
+        candidate = os.path.join(directory, "nft")
+        if directory and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def run_in_child(program: str, text: str) -> tuple[int, str, str]:
+    """One JSON document (one batch) through a child `nft -j -f`: (rc, output, error).
+    The document goes in as an in-memory file, not through a pipe (see iptables._restore)."""
+    with open(os.memfd_create("ipfloater-nft"), "w+b") as batch:
+        batch.write(text.encode())
+        batch.seek(0)
+        try:
+            proc = subprocess.run([program, "-j", "-f", "/dev/stdin"], stdin=batch, capture_output=True,
+                                  timeout=CHILD_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired:
+            return 1, "", f"{program} did not finish in {CHILD_TIMEOUT:.0f} s"
+    return proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+
+
+def element_count(state: TableState) -> int:
+    return sum(len(elems) for elems in state.elements.values())
 
 
 def open_runner() -> LibNftables:
@@ -496,15 +536,22 @@ class NftablesBackend(NatBackend):
 
     name = "nftables"
 
-    def __init__(self, runner=None):
+    def __init__(self, runner=None, bulk_elements: int = BULK_ELEMENTS):
         self._runner = runner
         self._mutex = threading.Lock()  # a libnftables context is not thread-safe
+        self.bulk_elements = bulk_elements  # (tests set it low to take the child path)
 
-    def _run(self, cmds: list[dict], what: str) -> list[dict]:
-        """One batch (one kernel transaction); the parsed JSON objects it printed."""
-        if self._runner is None:
-            self._runner = open_runner()
-        rc, out, err = self._runner.run(document(cmds))
+    def _run(self, cmds: list[dict], what: str, child: bool = False) -> list[dict]:
+        """One batch (one kernel transaction); the parsed JSON objects it printed.
+        `child`: through a child `nft` where there is one (a bulk rebuild)."""
+        real = self._runner is None or isinstance(self._runner, LibNftables)  # (not a test double)
+        program = nft_binary() if child and real else None
+        if program is not None:
+            rc, out, err = run_in_child(program, document(cmds))
+        else:
+            if self._runner is None:
+                self._runner = open_runner()
+            rc, out, err = self._runner.run(document(cmds))
         if rc != 0:
             message = " ".join(line for line in err.splitlines() if line.strip()) or f"rc={rc}"
             raise NatError(f"nftables {what}: {message}")
@@ -537,7 +584,7 @@ class NftablesBackend(NatBackend):
             if same_table(current, wanted):
                 return Repairs()
             repairs = describe_repairs(current, wanted)
-            self._run(rebuild_batch(wanted), "rebuild")
+            self._run(rebuild_batch(wanted), "rebuild", child=element_count(wanted) > self.bulk_elements)
         return Repairs(repairs, installed_afresh=current is None)
 
     def apply(self, removed: Iterable[tuple[IPv4Address, IPv4Address]],
