@@ -37,6 +37,11 @@ def _figures(data: dict, backend: str) -> dict:
                                                           for r in large)
         out["65,536: 5. VmHWM after the start (MB)"] = med(r["large"]["hwm_after_start_kib"] / 1024 for r in large)
         out["65,536: 5. VmHWM in all (MB)"] = med(r["large"]["hwm_kib"] / 1024 for r in large)
+        if all("restart" in r["large"] for r in large):
+            out["65,536: 5b. restart: VmHWM (MB)"] = med(r["large"]["restart"]["hwm_after_start_kib"] / 1024
+                                                         for r in large)
+            out["65,536: 5b. restart: start -> rules (s)"] = med(r["large"]["restart"]["rules_seconds"]
+                                                                 for r in large)
     return out
 
 

@@ -41,11 +41,12 @@ itself, under the service's lock inside an open DB transaction, and raw netlink 
 mean encoding nf_tables expressions by hand (the README, "Rules it installs", has the figures).
 Where the library cannot be loaded the backend raises NatUnavailable.
 
-One exception: a rebuild with more than BULK_ELEMENTS map elements (a region's /16 at a
-start) runs the same JSON batch through a child `nft -j -f`, as the iptables backend runs
-iptables-restore. libnftables' parse of such a batch holds about 100 MB at its peak,
-which would otherwise be the daemon's for good (benchmarks/ANALYSIS.md, 65,536); a child
-returns it when it exits. Changes and reads stay in-process.
+One exception: a full sync towards more than BULK_ELEMENTS map elements (a region's /16)
+reads the table and rebuilds it through a child `nft -j -f` with the same JSON, as the
+iptables backend runs iptables-restore. libnftables' parse of such a batch, or its
+listing of such a table, holds about 100 MB at its peak, which would otherwise be the
+daemon's for good (benchmarks/ANALYSIS.md, 65,536); a child returns it when it exits.
+Changes (one element each) stay in-process.
 """
 
 from __future__ import annotations
@@ -569,22 +570,24 @@ class NftablesBackend(NatBackend):
         return any(isinstance(o, dict) and o.get("table", {}).get("name") == TABLE and
                    o["table"].get("family") == FAMILY for o in tables)
 
-    def _read(self) -> TableState | None:
+    def _read(self, child: bool = False) -> TableState | None:
+        """Our table as it is; `child`: listed by a child `nft` (a bulk table, see BULK_ELEMENTS)."""
         if not self._exists():
             return None
-        return parse_table(self._run([{"list": {"table": {"family": FAMILY, "name": TABLE}}}], "list"))
+        return parse_table(self._run([{"list": {"table": {"family": FAMILY, "name": TABLE}}}], "list", child))
 
     # -- the backend interface -------------------------------------------------------
 
     def sync(self, desired: NatSpec) -> Repairs:
         """Full reconcile: rebuild our table in one batch if it differs from `desired`."""
         wanted = desired_state(desired)
+        bulk = element_count(wanted) > self.bulk_elements
         with self._mutex:
-            current = self._read()
+            current = self._read(child=bulk)
             if same_table(current, wanted):
                 return Repairs()
             repairs = describe_repairs(current, wanted)
-            self._run(rebuild_batch(wanted), "rebuild", child=element_count(wanted) > self.bulk_elements)
+            self._run(rebuild_batch(wanted), "rebuild", child=bulk)
         return Repairs(repairs, installed_afresh=current is None)
 
     def apply(self, removed: Iterable[tuple[IPv4Address, IPv4Address]],

@@ -100,17 +100,20 @@ def router():
 def test_bulk_paths_leave_the_kernel_as_the_in_process_paths_do(router, tmp_path, backend):
     pairs = live(300)
     moved = [pairs[0][0], "10.2.0.9"]
+    after = [moved] + pairs[2:]
     ops = [{"op": "sync", "pairs": pairs},
-           {"op": "update", "before": [pairs[0], pairs[1]], "after": [moved]}]
+           {"op": "update", "before": [pairs[0], pairs[1]], "after": [moved]},
+           {"op": "sync", "pairs": after}]  # (a restart or reconcile: reads, finds nothing to do)
     kernel = {}
     for threshold in (100, 10**6):  # 300 associations: above, then below the threshold
         (tmp_path / "calls.log").unlink(missing_ok=True)
         res = drive(router, tmp_path, backend, threshold, ops)
         assert all("ok" in r for r in res), res
+        assert res[2] == {"ok": []}  # the table read back (by a child above) equals the change's result
         kernel[threshold] = our_rules(router, backend)
         children = len(calls(tmp_path))
-        if backend == "nftables":  # the rebuild in a child `nft`; changes stay in-process
-            assert children == (1 if threshold == 100 else 0), calls(tmp_path)
+        if backend == "nftables":  # the rebuild and the read in a child `nft`; changes in-process
+            assert children == (2 if threshold == 100 else 0), calls(tmp_path)
         else:  # the start's load is iptables-restore either way; the change too above
             assert children == (2 if threshold == 100 else 1), calls(tmp_path)
         drive(router, tmp_path, backend, threshold, [{"op": "flush"}])
