@@ -563,16 +563,17 @@ class NftablesBackend(NatBackend):
         except ValueError:
             raise NatError(f"nftables {what}: unreadable JSON output") from None
 
-    def _exists(self) -> bool:
+    def _exists(self, child: bool = False) -> bool:
         """Our table is in the kernel (asked first: listing a missing table is an error
-        that only its message would tell from others)."""
-        tables = self._run([{"list": {"tables": {"family": FAMILY}}}], "list tables")
+        that only its message would tell from others). `child`: asked by a child `nft`
+        (libnftables fills its cache with every element even for this: a bulk table)."""
+        tables = self._run([{"list": {"tables": {"family": FAMILY}}}], "list tables", child)
         return any(isinstance(o, dict) and o.get("table", {}).get("name") == TABLE and
                    o["table"].get("family") == FAMILY for o in tables)
 
     def _read(self, child: bool = False) -> TableState | None:
         """Our table as it is; `child`: listed by a child `nft` (a bulk table, see BULK_ELEMENTS)."""
-        if not self._exists():
+        if not self._exists(child):
             return None
         return parse_table(self._run([{"list": {"table": {"family": FAMILY, "name": TABLE}}}], "list", child))
 
