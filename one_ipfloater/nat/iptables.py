@@ -97,6 +97,23 @@ def change_script(removed: dict[str, set[Rule]], added: dict[str, set[Rule]]) ->
     return "".join(f"*{table}\n" + "\n".join(lines) + "\nCOMMIT\n" for table, lines in sorted(tables.items()))
 
 
+def _body_differs(have: list[str], chain: str, desired: NatSpec) -> bool:
+    """The association rules `have` are not body_lines(chain, desired) in some order;
+    the wanted lines are checked one by one, never held as a list or a set (a restart
+    at 65,536 reads three chains of 65,536 rules)."""
+    present = set(have)
+    if len(present) != len(have):
+        return True  # a rule twice: rewrite the chain
+    wanted = 0
+    for pub, priv in desired.text_pairs if chain in (CHAIN_PRE, CHAIN_OUT, CHAIN_POST) else ():
+        line = (f"-A {chain} -s {priv}/32 -j SNAT --to-source {pub}" if chain == CHAIN_POST else
+                f"-A {chain} -d {pub}/32 -j DNAT --to-destination {priv}")
+        if line not in present:
+            return True
+        wanted += 1
+    return wanted != len(present)
+
+
 def body_text(chain: str, desired: NatSpec) -> str:
     """body_lines joined by newlines, without the list of one string per rule."""
     if chain not in desired.heads:
@@ -148,14 +165,12 @@ def plan_restore_pieces(table: str, current: dict[str, list[str]], desired: NatS
             continue
         have = current.get(chain)
         want_head = [rule_line(chain, r) for r in desired.heads.get(chain, ())]
-        want_body = body_lines(chain, desired) if have is not None else None  # (compared only)
         if have is None:
             repairs.append(f"created chain {table}/{chain}")
         if have is None or have[:len(want_head)] != want_head or \
-                len(have) != len(want_head) + len(want_body) or set(have[len(want_head):]) != set(want_body):
+                _body_differs(have[len(want_head):], chain, desired):
             lines.append(f":{chain} - [0:0]")
             lines += want_head
-            want_body = None  # the comparison's list goes before the piece is made
             body = body_text(chain, desired)
             if body:
                 lines.append(body)

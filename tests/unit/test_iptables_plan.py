@@ -128,3 +128,23 @@ def test_the_script_in_pieces_is_the_rules_formatted_one_by_one(mapping, block):
             for chain in ("IPFLOATER-PRE", "IPFLOATER-OUT", "IPFLOATER-POST"):
                 assert [l for l in script.splitlines() if l.startswith(f"-A {chain} ")] == \
                     [rule_line(chain, r) for r in desired.ordered(chain)]
+
+
+@given(st.dictionaries(st.integers(0, 2**16), st.integers(0, 2**16), max_size=12).filter(
+    lambda d: len(set(d.values())) == len(d)), st.integers(0, 3), st.booleans())
+def test_a_chain_is_rewritten_exactly_when_its_rules_differ_as_a_set(mapping, drop, doubled):
+    # the comparison reads the wanted lines one by one; it must say what comparing
+    # the lists as sets (and their lengths) says: rewrite when a rule is missing, extra or twice
+    pairs = [(A(0x64400000 + pub), A(0x0A4D0000 + priv % 254 + 1 + (priv // 254) * 256))
+             for pub, priv in mapping.items()]
+    pairs = list(dict((pub, (pub, priv)) for pub, priv in pairs).values())
+    if len({priv for _, priv in pairs}) != len(pairs):
+        return
+    desired = desired_spec(pairs, (IPv4Network("10.77.0.0/16"),))
+    text = "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j IPFLOATER-PRE\n:IPFLOATER-PRE - [0:0]\n"
+    body = body_lines("IPFLOATER-PRE", desired)
+    have = body[drop:] + (body[:1] if doubled else [])
+    text += "".join(line + "\n" for line in reversed(have)) + "COMMIT\n"
+    script, repairs = plan_restore("nat", parse_save(text), desired)
+    rewritten = ":IPFLOATER-PRE - [0:0]" in script
+    assert rewritten == (len(have) != len(body) or set(have) != set(body))
