@@ -563,19 +563,28 @@ class NftablesBackend(NatBackend):
         except ValueError:
             raise NatError(f"nftables {what}: unreadable JSON output") from None
 
-    def _exists(self, child: bool = False) -> bool:
+    def _exists(self) -> bool:
         """Our table is in the kernel (asked first: listing a missing table is an error
-        that only its message would tell from others). `child`: asked by a child `nft`
-        (libnftables fills its cache with every element even for this: a bulk table)."""
-        tables = self._run([{"list": {"tables": {"family": FAMILY}}}], "list tables", child)
+        that only its message would tell from others)."""
+        tables = self._run([{"list": {"tables": {"family": FAMILY}}}], "list tables")
         return any(isinstance(o, dict) and o.get("table", {}).get("name") == TABLE and
                    o["table"].get("family") == FAMILY for o in tables)
 
     def _read(self, child: bool = False) -> TableState | None:
-        """Our table as it is; `child`: listed by a child `nft` (a bulk table, see BULK_ELEMENTS)."""
-        if not self._exists(child):
+        """Our table as it is; `child`: listed by a child `nft` (a bulk table, see
+        BULK_ELEMENTS) in one go, a missing table told by nft's message (asking first
+        would cost a second child, and each fills its cache with every element)."""
+        listing = [{"list": {"table": {"family": FAMILY, "name": TABLE}}}]
+        if child and nft_binary() is not None and (self._runner is None or isinstance(self._runner, LibNftables)):
+            try:
+                return parse_table(self._run(listing, "list", child))
+            except NatError as exc:
+                if "No such file or directory" in str(exc):
+                    return None
+                raise
+        if not self._exists():
             return None
-        return parse_table(self._run([{"list": {"table": {"family": FAMILY, "name": TABLE}}}], "list", child))
+        return parse_table(self._run(listing, "list"))
 
     # -- the backend interface -------------------------------------------------------
 
