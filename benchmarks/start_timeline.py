@@ -58,7 +58,8 @@ def main() -> int:
                    (nft, "document", "nftables: JSON batch"), (nft.NftablesBackend, "sync", "nftables: sync in all")]
     else:
         from one_ipfloater.nat import iptables as ipt
-        phases += [(ipt, "plan_restore", "iptables: restore script planned"),
+        planner = "plan_restore_pieces" if hasattr(ipt, "plan_restore_pieces") else "plan_restore"
+        phases += [(ipt, planner, "iptables: restore script planned"),
                    (ipt.IptablesBackend, "_restore", "iptables: iptables-restore ran"),
                    (ipt.IptablesBackend, "sync", "iptables: sync in all")]
     _phases.append(["imports", 0.0, (time.perf_counter() - T0) * 1000, *_memory()])
