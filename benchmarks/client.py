@@ -9,6 +9,8 @@ Modes:
 - `throughput`: `--clients` processes, each with its own keep-alive connection and its
   own free public/private address, start together and each run `--count` cycles (or
   until `--max-seconds`); total REST calls and wall-clock seconds.
+- `release`: DELETE /v1/floatingips/<ip> for every `--public` (frees addresses of a full
+  pool for the two modes above); how many were released.
 
 http.client (standard library) keeps the client's own cost small next to the daemon's,
 so the figures are the daemon's; every call must answer 200/201 or the run fails.
@@ -97,9 +99,16 @@ def throughput(args, token: str) -> dict:
             "calls_per_second": calls / (end - start)}
 
 
+def release(args, token: str) -> dict:
+    api = Api(args.port, token)
+    for public in args.public:
+        api.call("DELETE", f"/v1/floatingips/{public}", {"owner": "bench"})
+    return {"mode": "release", "released": len(args.public)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.client")
-    parser.add_argument("mode", choices=("latency", "throughput"))
+    parser.add_argument("mode", choices=("latency", "throughput", "release"))
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--token-file", required=True)
     parser.add_argument("--public", action="append", required=True)
@@ -111,7 +120,7 @@ def main() -> int:
     args = parser.parse_args()
     with open(args.token_file, encoding="utf-8") as f:
         token = f.read().strip()
-    result = latency(args, token) if args.mode == "latency" else throughput(args, token)
+    result = {"latency": latency, "throughput": throughput, "release": release}[args.mode](args, token)
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return 0

@@ -9,6 +9,11 @@ Addresses (see RESULTS.md): the public pool is shared address space (RFC 6598,
 100.64.0.0/10, never routed on the internet): the 4,096 stored associations take
 100.64.0.0/20 (100.64.0.0 - 100.64.15.255) and 100.64.16.0/28 holds 16 free addresses for
 the changes the benchmarks make. Private side: 10.80.0.0/16.
+
+Beyond 4,096 (the 65,536 pass, a region's /16): the pool is the whole /16 as a range,
+100.64.0.0-100.64.255.255 (65,536 addresses, the most IP_POOL takes), every address of it
+stored as an association; the changes use the last 16, released through the API first
+(`Layout.release_first`). Private side 10.80.0.0/15, the changes' targets 10.81.128.1 + k.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ PYTHON = sys.executable
 
 SCALE = 4096            # associations "at scale"
 SMALL = 16              # associations of the baseline daemon
+LARGE = 65536           # a region's /16: the most associations one IP_POOL holds
 FIRST_PUBLIC = IPv4Address("100.64.0.0")      # 100.64.0.0/20: the stored associations
 FREE_PUBLIC = IPv4Network("100.64.16.0/28")   # 16 free addresses for the changes
 POOL_SPEC = f"{FIRST_PUBLIC}-{FREE_PUBLIC.broadcast_address}"   # 4,112 addresses
@@ -58,6 +64,31 @@ def free_public(k: int) -> IPv4Address:
 
 def free_private(k: int) -> IPv4Address:
     return FREE_PRIVATE + k
+
+
+class Layout:
+    """Pool, private range and the changes' free addresses for a daemon with `live`
+    stored associations (association(i) is the same in every layout): up to 4,096 the
+    layout above; beyond, the /16 of the module docstring."""
+
+    def __init__(self, live: int):
+        if live > LARGE:
+            raise ValueError(f"at most {LARGE} associations (one IP_POOL)")
+        self.live = live
+        self.large = live > SCALE
+        if self.large:
+            self.pool_spec = f"{FIRST_PUBLIC}-{FIRST_PUBLIC + LARGE - 1}"
+            self.private_range = IPv4Network("10.80.0.0/15")
+        else:
+            self.pool_spec, self.private_range = POOL_SPEC, PRIVATE_RANGE
+        # the pool is full at LARGE: the changes take 16 stored addresses, released first
+        self.release_first = [association(live - 16 + k)[0] for k in range(16)] if self.large else []
+
+    def free_public(self, k: int) -> IPv4Address:
+        return self.release_first[k] if self.large else free_public(k)
+
+    def free_private(self, k: int) -> IPv4Address:
+        return IPv4Address("10.81.128.1") + k if self.large else free_private(k)
 
 
 # -- commands and namespaces -------------------------------------------------------------
@@ -153,7 +184,7 @@ def prefill_state(path: Path, live: int) -> None:
 
 def desired(live: int):
     """The NatSpec the daemon builds for `live` stored associations (for the baselines)."""
-    return desired_spec([association(i) for i in range(live)], [PRIVATE_RANGE])
+    return desired_spec([association(i) for i in range(live)], [Layout(live).private_range])
 
 
 # -- the daemon under test -----------------------------------------------------------------
@@ -169,6 +200,11 @@ class Daemon:
     rules_seconds: float
     ready_seconds: float
     pid: int = 0
+    live: int = SCALE
+
+    @property
+    def layout(self) -> "Layout":
+        return Layout(self.live)
 
     @property
     def port(self) -> int:
@@ -185,6 +221,13 @@ class Daemon:
                 return int(line.split()[1])
         raise RuntimeError("no VmHWM")
 
+    def vm_rss_kib(self) -> int:
+        """Resident set (VmRSS) of the daemon now, KiB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
     def stop(self) -> None:
         self.proc.stop()
 
@@ -198,8 +241,9 @@ def start_daemon(ns: Namespace, workdir: Path, backend: str, live: int,
     token = workdir / "token"
     token.write_text(TOKEN + "\n")
     os.chmod(token, 0o600)
+    layout = Layout(live)
     settings = {
-        "IP_POOL": POOL_SPEC, "PRIVATE_IP_RANGES": str(PRIVATE_RANGE), "NAT_BACKEND": backend,
+        "IP_POOL": layout.pool_spec, "PRIVATE_IP_RANGES": str(layout.private_range), "NAT_BACKEND": backend,
         "LOG_LEVEL": "INFO", "RECONCILE_INTERVAL": "86400", "PUBLIC_INTERFACE": ns.public_if or "",
         **extra,
     }
@@ -210,7 +254,8 @@ def start_daemon(ns: Namespace, workdir: Path, backend: str, live: int,
         proc.stop()
         raise RuntimeError("the daemon became ready without reporting its rules (no \"rules\" line)")
     # `ip netns exec` execs the daemon in place, so the Popen pid is the daemon's
-    return Daemon(ns, proc, proc.rules_at - proc.started_at, proc.ready_at - proc.started_at, proc.proc.pid)
+    return Daemon(ns, proc, proc.rules_at - proc.started_at, proc.ready_at - proc.started_at, proc.proc.pid,
+                  live)
 
 
 # -- what is in the kernel ------------------------------------------------------------------

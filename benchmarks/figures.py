@@ -23,8 +23,8 @@ from one_ipfloater.nat.iptables import plan_restore
 from one_ipfloater.nat.nftables import BASE_CHAINS, MAP_DNAT, MAP_SNAT
 from one_ipfloater.nat.ruleset import CHAIN_OUT, CHAIN_POST, CHAIN_PRE
 
-from .common import (PRIVATE_RANGE, PUBLIC_IF, PYTHON, Daemon, Namespace, association, count_rules,
-                     desired, free_private, free_public, run, timed)
+from .common import (PUBLIC_IF, PYTHON, Daemon, Layout, Namespace, association, count_rules, desired,
+                     run, timed)
 
 # -- 1. bulk load ----------------------------------------------------------------------------
 
@@ -42,7 +42,7 @@ def nft_text(live: int) -> str:
     pairs = [association(i) for i in range(live)]
     dnat = ", ".join(f"{pub} : {priv}" for pub, priv in pairs)
     snat = ", ".join(f"{priv} : {pub}" for pub, priv in pairs)
-    r = PRIVATE_RANGE
+    r = Layout(live).private_range
 
     def chain(ours: str, body: str) -> str:
         base, ctype, hook, prio = BASE_CHAINS[ours]
@@ -89,9 +89,10 @@ def bulk_load_baseline(backend: str, live: int, workdir: Path, public_if: bool) 
 
 def one_change(daemon: Daemon, count: int, warmup: int = 5) -> dict:
     """`count` sequential associate+release cycles on one free address; seconds each."""
+    layout = daemon.layout
     argv = daemon.ns.argv([PYTHON, "-m", "benchmarks.client", "latency", "--port", str(daemon.port),
-                           "--token-file", str(daemon.token_file), "--public", str(free_public(0)),
-                           "--private", str(free_private(0)), "--count", str(count),
+                           "--token-file", str(daemon.token_file), "--public", str(layout.free_public(0)),
+                           "--private", str(layout.free_private(0)), "--count", str(count),
                            "--warmup", str(warmup), "--max-seconds", "240"])
     cycles = sorted(json.loads(run(argv, timeout=600).stdout)["cycles"])
     return {"median_seconds": statistics.median(cycles), "cycles": len(cycles),
@@ -107,8 +108,20 @@ def throughput(daemon: Daemon, clients: int, cycles_per_client: int) -> dict:
             "--token-file", str(daemon.token_file), "--clients", str(clients),
             "--count", str(cycles_per_client), "--max-seconds", "240"]
     for k in range(clients):
-        argv += ["--public", str(free_public(k)), "--private", str(free_private(k))]
+        argv += ["--public", str(daemon.layout.free_public(k)), "--private", str(daemon.layout.free_private(k))]
     return json.loads(run(daemon.ns.argv(argv), timeout=600).stdout)
+
+
+def release_first(daemon: Daemon) -> int:
+    """Release the stored associations the changes of a full pool use (Layout.release_first)."""
+    addresses = daemon.layout.release_first
+    if not addresses:
+        return 0
+    argv = [PYTHON, "-m", "benchmarks.client", "release", "--port", str(daemon.port),
+            "--token-file", str(daemon.token_file)]
+    for addr in addresses:
+        argv += ["--public", str(addr), "--private", "-"]
+    return json.loads(run(daemon.ns.argv(argv), timeout=600).stdout)["released"]
 
 
 # -- 4. hook latency -------------------------------------------------------------------------

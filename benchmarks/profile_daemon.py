@@ -1,6 +1,6 @@
 """Where the daemon's time goes at 4,096 associations (the hot spots named in RESULTS.md):
 
-    python -m benchmarks.profile_daemon timeline --backend B [--public-if] [--reps N]
+    python -m benchmarks.profile_daemon timeline --backend B [--public-if] [--reps N] [--live N]
     python -m benchmarks.profile_daemon start    --backend B [--public-if]
     python -m benchmarks.profile_daemon requests --backend B [--public-if] [--py-spy PATH]
 
@@ -92,34 +92,44 @@ class _TimelineDaemon(DaemonProcess):
                 sys.executable, "-m", "benchmarks.start_timeline", "--config", str(self.config_path), *args]
 
 
-def start_timeline(backend: str, public_if: bool, reps: int) -> None:
+def start_timeline(backend: str, public_if: bool, reps: int, live: int = SCALE) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-profile-"))
     phases: dict[str, list] = collections.defaultdict(list)
+    memory: dict[str, list] = collections.defaultdict(list)
     order: dict[str, float] = {}
     totals, baselines, interpreter = [], [], []
     for _ in range(reps):
-        baselines.append(figures.bulk_load_baseline(backend, SCALE, work / "baseline", public_if)["rules_seconds"])
+        baselines.append(figures.bulk_load_baseline(backend, live, work / "baseline", public_if)["rules_seconds"])
         with Namespace(public_if=public_if) as ns:
-            daemon = start_daemon(ns, work / "d", backend, SCALE, factory=_TimelineDaemon)
+            daemon = start_daemon(ns, work / "d", backend, live, factory=_TimelineDaemon)
+            memory["after the ready line"].append((daemon.vm_hwm_kib() / 1024, daemon.vm_rss_kib() / 1024))
             daemon.stop()
             interpreter.append(timed(ns.argv([sys.executable, "-c", "pass"])))
         totals.append(daemon.rules_seconds)
         line = next(l for l in daemon.proc.log().splitlines() if l.startswith('{"timeline"'))
-        for label, start, duration in json.loads(line)["timeline"]:
+        for label, start, duration, *hwm_rss in json.loads(line)["timeline"]:
             phases[label].append(duration if label != "rules in place" else start)
             order.setdefault(label, start)
+            if hwm_rss:
+                memory[label].append(tuple(hwm_rss))
         shutil.rmtree(work / "d", ignore_errors=True)
     med = statistics.median
-    print(f"{backend}, PUBLIC_INTERFACE {'set' if public_if else 'unset'}, 4,096 associations, "
+    print(f"{backend}, PUBLIC_INTERFACE {'set' if public_if else 'unset'}, {live:,} associations, "
           f"median of {reps} starts (ms):")
     print(f"  stock tool loading the same rules        {med(baselines) * 1000:6.1f}")
     print(f"  daemon, process start -> rules in place  {med(totals) * 1000:6.1f}  "
           f"({med(totals) / med(baselines):.2f}x)")
     print(f"  `ip netns exec` + bare interpreter start {med(interpreter) * 1000:6.1f}  (python -c pass)")
-    print("  inside the daemon, from its first line (phases nest: 'sync in all' holds the backend's steps):")
+    print("  inside the daemon, from its first line (phases nest: 'sync in all' holds the backend's steps;"
+          " then VmHWM / VmRSS in MB as the phase ended):")
     for label in sorted(phases, key=order.get):
+        mem = memory.get(label)
         print(f"    {label:42} {med(phases[label]):6.1f}" + ("  (time since the first line)"
-                                                              if label == "rules in place" else ""))
+                                                              if label == "rules in place" else "")
+              + (f"   {med(m[0] for m in mem):6.1f} / {med(m[1] for m in mem):6.1f}" if mem else ""))
+    ready = memory["after the ready line"]
+    print(f"    {'after the ready line (API listening)':42} {'':6}   {med(m[0] for m in ready):6.1f} / "
+          f"{med(m[1] for m in ready):6.1f}")
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -206,12 +216,12 @@ def main() -> int:
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
     parser.add_argument("--top", type=int, default=18)
     parser.add_argument("--reps", type=int, default=7, help="timeline: starts to take the median of")
-    parser.add_argument("--live", type=int, default=SCALE, help="stored associations (requests only)")
+    parser.add_argument("--live", type=int, default=SCALE, help="stored associations (requests and timeline)")
     parser.add_argument("--sequential", action="store_true",
                         help="requests: one client's sequential associate+release instead of 10 clients")
     args = parser.parse_args()
     if args.what == "timeline":
-        start_timeline(args.backend, args.public_if, args.reps)
+        start_timeline(args.backend, args.public_if, args.reps, args.live)
     elif args.what == "start":
         profile_start(args.backend, args.public_if, args.top)
     else:

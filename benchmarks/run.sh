@@ -2,6 +2,7 @@
 # Scale benchmarks of issue 6 (thousands of floating IPs), as root:
 #   bash benchmarks/run.sh [--reps N] [--reps-without N] [--quick] [--no-breakdown]
 #   bash benchmarks/run.sh --only-start [--reps N]    (figure 1 only; prints, writes nothing)
+#   bash benchmarks/run.sh --only-65536 [--large-reps N] [--quick]   (figures 1 and 5 at 65,536)
 # Prints a table and writes benchmarks/RESULTS.md and benchmarks/results.json (later
 # --results FILE / --markdown FILE arguments override those, e.g. for a smoke run).
 # Everything runs in network namespaces it creates and deletes (bench-<hex>-<n>).

@@ -13,6 +13,15 @@ A last, single-repetition pass ("where the time goes") restarts the daemons with
 one cost removed at a time through its config (CONNTRACK_FLUSH=no, GRATUITOUS_ARP=no,
 DB_SYNC=normal) or environment (MALLOC_ARENA_MAX=2).
 
+The 65,536 pass (`--live 65536`, a region's /16; common.Layout): per backend and
+repetition, the stock tool's load of the same rules, the daemon's start with 65,536
+stored associations and PUBLIC_INTERFACE unset (a routed pool: see large_pass)
+(figure 1 at 65,536: until its "rules" line, at most 3x the stock tool), its VmHWM after the start, then 16 associations released and one change measured
+at 65,520 live, and its VmHWM after that (figure 5 at 65,536: at most 120 MB); then it is
+restarted on its rules (its start reads and compares the whole table, as every periodic
+reconcile does): that start's time and VmHWM.
+`--only-65536` runs that pass alone and merges it into the existing results files.
+
 Results: benchmarks/results.json (raw) and benchmarks/RESULTS.md (report.py).
 `--only-start` (for development) measures figure 1 alone, `--reps` times with and
 without PUBLIC_INTERFACE, prints its table and writes no file.
@@ -30,7 +39,7 @@ import time
 from pathlib import Path
 
 from . import figures, report
-from .common import SCALE, SMALL, Namespace, count_rules, expected_counts, machine, start_daemon
+from .common import LARGE, SCALE, SMALL, Namespace, count_rules, expected_counts, machine, start_daemon
 
 HERE = Path(__file__).resolve().parent
 BACKENDS = ("iptables", "nftables")
@@ -48,14 +57,18 @@ class Settings:
         self.cycles_per_client = 5 if args.quick else 50
         self.hook_runs = 3 if args.quick else 10
         self.only_start = args.only_start
-        self.breakdown = not args.no_breakdown and not args.only_start
+        self.breakdown = not args.no_breakdown and not args.only_start and not args.only_large
+        self.large = args.live if args.live > SCALE else None
+        self.large_reps = args.large_reps
 
 
 def daemon_run(backend: str, live: int, public_if: bool, cfg: Settings, work: Path,
-               hook: bool = False, env: dict = None, start_only: bool = False, **extra: str) -> dict:
+               hook: bool = False, env: dict = None, start_only: bool = False, restart: bool = False,
+               **extra: str) -> dict:
     """One daemon in a fresh namespace: start, verify, one change, throughput, hook, memory
     (`start_only`: start and verify, nothing else). `env`: environment variables the
-    daemon process gets on top of ours."""
+    daemon process gets on top of ours. `restart`: then stopped and started again on its
+    rules (the start reads the table and compares it, as a periodic reconcile does)."""
     out: dict = {"backend": backend, "live": live, "public_if": public_if}
     with Namespace(public_if=public_if) as ns:
         saved = {k: os.environ.get(k) for k in (env or {})}
@@ -77,13 +90,25 @@ def daemon_run(backend: str, live: int, public_if: bool, cfg: Settings, work: Pa
                 raise RuntimeError(f"{backend} at {live}: kernel holds {counts}, expected {want}")
             out["counts"] = counts
             out["hwm_after_start_kib"] = daemon.vm_hwm_kib()
+            out["rss_after_start_kib"] = daemon.vm_rss_kib()
             if start_only:
                 return out
-            out["change"] = figures.one_change(daemon, cfg.change_cycles)
-            out["throughput"] = figures.throughput(daemon, cfg.clients, cfg.cycles_per_client)
+            out["released_first"] = figures.release_first(daemon)  # (a full pool: 16 freed)
+            # (beyond 4,096 an iptables change takes a second: 20 cycles are enough for a median)
+            out["change"] = figures.one_change(daemon, cfg.change_cycles if live <= SCALE else
+                                               min(cfg.change_cycles, 20))
+            if live <= SCALE:  # (the 65,536 pass: start, one change and memory)
+                out["throughput"] = figures.throughput(daemon, cfg.clients, cfg.cycles_per_client)
             if hook:
                 out["hook"] = figures.hook_latency(daemon, backend, cfg.hook_runs)
             out["hwm_kib"] = daemon.vm_hwm_kib()
+            if restart:
+                daemon.stop()
+                daemon = start_daemon(ns, work / f"{backend}-{live}-{int(public_if)}", backend, live, **extra)
+                out["restart"] = {"rules_seconds": daemon.rules_seconds, "ready_seconds": daemon.ready_seconds,
+                                  "hwm_after_start_kib": daemon.vm_hwm_kib(), "counts": count_rules(ns, backend)}
+                if out["restart"]["counts"] != want:
+                    raise RuntimeError(f"{backend} at {live}, restarted: kernel holds {out['restart']['counts']}")
         finally:
             daemon.stop()
             shutil.rmtree(work / f"{backend}-{live}-{int(public_if)}", ignore_errors=True)
@@ -112,6 +137,31 @@ def repetition(backend: str, public_if: bool, cfg: Settings, work: Path) -> dict
         f"{large['change']['median_seconds'] * 1000:.1f} vs {small['change']['median_seconds'] * 1000:.1f} ms; "
         f"{large['throughput']['calls_per_second']:.0f} calls/s")
     return {"baseline": base, "small": small, "large": large}
+
+
+def large_pass(cfg: Settings, work: Path, live: int) -> list[dict]:
+    """Figures 1 and 5 at `live` (65,536) associations, both backends interleaved; the one
+    change for information. PUBLIC_INTERFACE unset: a /16 is a routed pool (the upstream
+    router routes it to the router), since the kernel adds /32s to one interface in
+    quadratic time (`ip -batch` of 65,536 took more than 120 s here)."""
+    runs = []
+    for rep in range(cfg.large_reps):
+        for backend in BACKENDS:
+            log(f"{live} pass, repetition {rep + 1}/{cfg.large_reps}: {backend} stock-tool baseline")
+            base = figures.bulk_load_baseline(backend, live, work / "baseline", False)
+            if base["counts"] != expected_counts(backend, live, False):
+                raise RuntimeError(f"baseline load of {backend} at {live}: {base['counts']}")
+            log(f"{live} pass: {backend} daemon")
+            large = daemon_run(backend, live, False, cfg, work, restart=True)
+            log(f"{live} pass: {backend}: rules {large['rules_seconds']:.3f} s vs {base['rules_seconds']:.3f} s "
+                f"({large['rules_seconds'] / base['rules_seconds']:.2f}x), ready {large['ready_seconds']:.3f} s; "
+                f"VmHWM {large['hwm_after_start_kib'] / 1024:.0f} MB after the start, "
+                f"{large['hwm_kib'] / 1024:.0f} MB in all; change {large['change']['median_seconds'] * 1000:.1f} ms; "
+                f"restart on its rules {large['restart']['rules_seconds']:.3f} s, "
+                f"VmHWM {large['restart']['hwm_after_start_kib'] / 1024:.0f} MB")
+            runs.append({"backend": backend, "public_if": False, "rep": rep, "live": live,
+                         "baseline": base, "large": large})
+    return runs
 
 
 def breakdown(cfg: Settings, work: Path) -> list[dict]:
@@ -154,6 +204,12 @@ def main(argv=None) -> int:
     parser.add_argument("--only-start", action="store_true",
                         help="figure 1 only (stock tool and daemon start at 4,096, --reps times with "
                              "and without PUBLIC_INTERFACE); prints a table, writes no file")
+    parser.add_argument("--live", type=int, default=LARGE, choices=(SCALE, LARGE),
+                        help=f"also measure figures 1 and 5 at this many associations ({LARGE}: a /16; "
+                             f"{SCALE}: skip that pass)")
+    parser.add_argument("--large-reps", type=int, default=3, help="repetitions of the --live pass (default 3)")
+    parser.add_argument("--only-65536", dest="only_large", action="store_true",
+                        help="the --live 65536 pass alone; merged into the existing results files")
     parser.add_argument("--results", default=str(HERE / "results.json"))
     parser.add_argument("--markdown", default=str(HERE / "RESULTS.md"))
     args = parser.parse_args(argv)
@@ -168,6 +224,8 @@ def main(argv=None) -> int:
         "hook_available": figures.hook_available(), "runs": [],
         "code": {"commit": os.environ.get("BENCH_COMMIT", "unknown"), "package": figures.package_path()}}
     work = Path(tempfile.mkdtemp(prefix="ipfloater-bench-"))
+    if args.only_large:
+        return only_large(args, cfg, data, work, started)
     try:
         reps_without = args.reps if args.only_start else args.reps_without
         for public_if, reps in ((True, args.reps), (False, reps_without)):
@@ -181,6 +239,8 @@ def main(argv=None) -> int:
                         data.setdefault("retried", []).append(str(exc)[-300:])
                         result = repetition(backend, public_if, cfg, work)
                     data["runs"].append({"backend": backend, "public_if": public_if, "rep": rep, **result})
+        if cfg.large and not args.only_start:
+            data["large_runs"] = large_pass(cfg, work, cfg.large)
         if cfg.breakdown:
             data["breakdown"] = breakdown(cfg, work)
     finally:
@@ -193,6 +253,25 @@ def main(argv=None) -> int:
     markdown = report.render(data)
     Path(args.markdown).write_text(markdown)
     print(report.table(data))
+    print(report.large_table(data))
+    return 0
+
+
+def only_large(args, cfg: Settings, data: dict, work: Path, started: float) -> int:
+    """`--only-65536`: the large pass alone, put into the results files of the last full
+    run (the rest of them unchanged; a missing file gets this pass only)."""
+    try:
+        runs = large_pass(cfg, work, LARGE)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    path = Path(args.results)
+    full = json.loads(path.read_text()) if path.exists() else {**data, "elapsed_seconds": 0.0}
+    full["large_runs"] = runs
+    full["large_pass"] = {"machine": data["machine"], "code": data["code"], "reps": cfg.large_reps,
+                          "change_cycles": min(cfg.change_cycles, 20), "elapsed_seconds": time.time() - started}
+    path.write_text(json.dumps(full, indent=1) + "\n")
+    Path(args.markdown).write_text(report.render(full))
+    print(report.large_table(full))
     return 0
 
 

@@ -3,7 +3,8 @@
 one_ipfloater.daemon`, but the functions the start goes through are wrapped with
 perf_counter, and when the daemon reports its rules in place the phases are written to
 stderr as one JSON line (`{"timeline": [[phase, start ms, duration ms], ...]}`, times
-from the moment this module began, i.e. after the interpreter's own start). The daemon
+from the moment this module began, i.e. after the interpreter's own start; then the
+process's VmHWM and VmRSS in MB when the phase ended). The daemon
 then goes on as usual. No profiler: the figures are the daemon's own speed.
 $TIMELINE_BACKEND (iptables | nftables) names the backend the config chooses, so that
 only its module is imported here, as the daemon would.
@@ -22,6 +23,13 @@ import sys  # noqa: E402
 _phases: list[list] = []
 
 
+def _memory() -> tuple[float, float]:
+    """(VmHWM, VmRSS) of this process now, MB (the phases' memory: peak so far, resident)."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        fields = dict(line.split(":", 1) for line in status if line.startswith(("VmHWM", "VmRSS")))
+    return int(fields["VmHWM"].split()[0]) / 1024, int(fields["VmRSS"].split()[0]) / 1024
+
+
 def _wrap(owner, name: str, label: str) -> None:
     original = getattr(owner, name)
 
@@ -30,7 +38,7 @@ def _wrap(owner, name: str, label: str) -> None:
         try:
             return original(*args, **kwargs)
         finally:
-            _phases.append([label, (start - T0) * 1000, (time.perf_counter() - start) * 1000])
+            _phases.append([label, (start - T0) * 1000, (time.perf_counter() - start) * 1000, *_memory()])
 
     setattr(owner, name, timed)
 
@@ -50,10 +58,11 @@ def main() -> int:
                    (nft, "document", "nftables: JSON batch"), (nft.NftablesBackend, "sync", "nftables: sync in all")]
     else:
         from one_ipfloater.nat import iptables as ipt
-        phases += [(ipt, "plan_restore", "iptables: restore script planned"),
+        planner = "plan_restore_pieces" if hasattr(ipt, "plan_restore_pieces") else "plan_restore"
+        phases += [(ipt, planner, "iptables: restore script planned"),
                    (ipt.IptablesBackend, "_restore", "iptables: iptables-restore ran"),
                    (ipt.IptablesBackend, "sync", "iptables: sync in all")]
-    _phases.append(["imports", 0.0, (time.perf_counter() - T0) * 1000])
+    _phases.append(["imports", 0.0, (time.perf_counter() - T0) * 1000, *_memory()])
     for owner, name, label in phases:
         _wrap(owner, name, label)
 
@@ -61,7 +70,7 @@ def main() -> int:
 
     def timed_start(self, rules_in_place=None):
         def report(count: int) -> None:
-            _phases.append(["rules in place", (time.perf_counter() - T0) * 1000, 0.0])
+            _phases.append(["rules in place", (time.perf_counter() - T0) * 1000, 0.0, *_memory()])
             print(json.dumps({"timeline": sorted(_phases, key=lambda p: p[1])}), file=sys.stderr, flush=True)
             if rules_in_place is not None:
                 rules_in_place(count)

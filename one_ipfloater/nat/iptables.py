@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 
 COMMIT_ATTEMPTS = 8
 COMMAND_TIMEOUT = 10.0
+# Above this many associations a change goes through `iptables-restore --noflush` too:
+# libiptc copies the whole nat table for every change, and in-process those copies stay
+# in the daemon's heap (over 100 MB at 65,536; benchmarks/ANALYSIS.md); a child frees them.
+BULK_ASSOCIATIONS = 16384
 
 
 def _iptc():
@@ -82,6 +86,46 @@ def body_lines(chain: str, desired: NatSpec) -> list[str]:
     return []
 
 
+def change_script(removed: dict[str, set[Rule]], added: dict[str, set[Rule]]) -> str:
+    """One change as an `iptables-restore --noflush` script (pure): the deletions, then
+    the additions, each table committed once; "" when nothing changes."""
+    tables: dict[str, list[str]] = {}
+    for verb, rules in (("-D", removed), ("-A", added)):
+        for chain in sorted(rules):
+            for rule in sorted(rules[chain], key=lambda r: r.iptables_args()):
+                tables.setdefault(table_of(chain), []).append(" ".join([verb, chain, *rule.iptables_args()]))
+    return "".join(f"*{table}\n" + "\n".join(lines) + "\nCOMMIT\n" for table, lines in sorted(tables.items()))
+
+
+def _body_differs(have: list[str], chain: str, desired: NatSpec) -> bool:
+    """The association rules `have` are not body_lines(chain, desired) in some order;
+    the wanted lines are checked one by one, never held as a list or a set (a restart
+    at 65,536 reads three chains of 65,536 rules)."""
+    present = set(have)
+    if len(present) != len(have):
+        return True  # a rule twice: rewrite the chain
+    wanted = 0
+    for pub, priv in desired.text_pairs if chain in (CHAIN_PRE, CHAIN_OUT, CHAIN_POST) else ():
+        line = (f"-A {chain} -s {priv}/32 -j SNAT --to-source {pub}" if chain == CHAIN_POST else
+                f"-A {chain} -d {pub}/32 -j DNAT --to-destination {priv}")
+        if line not in present:
+            return True
+        wanted += 1
+    return wanted != len(present)
+
+
+def body_text(chain: str, desired: NatSpec) -> str:
+    """body_lines joined by newlines, without the list of one string per rule."""
+    if chain not in desired.heads:
+        return ""
+    texts = desired.text_pairs
+    if chain in (CHAIN_PRE, CHAIN_OUT):
+        return "\n".join(f"-A {chain} -d {pub}/32 -j DNAT --to-destination {priv}" for pub, priv in texts)
+    if chain == CHAIN_POST:
+        return "\n".join(f"-A {chain} -s {priv}/32 -j SNAT --to-source {pub}" for pub, priv in texts)
+    return ""
+
+
 def parse_save(text: str) -> dict[str, list[str]]:
     """iptables-save output -> {chain: ["-A chain ..." lines in order]} (all chains)."""
     chains: dict[str, list[str]] = {}
@@ -96,6 +140,16 @@ def parse_save(text: str) -> dict[str, list[str]]:
 def plan_restore(table: str, current: dict[str, list[str]], desired: NatSpec) -> tuple[str, list[str]]:
     """The iptables-restore --noflush script that takes `current` (parsed save output of
     `table`) to `desired`, touching only our chains and our jumps; plus the repairs."""
+    pieces, repairs = plan_restore_pieces(table, current, desired)
+    return "\n".join(pieces), repairs
+
+
+def plan_restore_pieces(table: str, current: dict[str, list[str]], desired: NatSpec
+                        ) -> tuple[list[str], list[str]]:
+    """plan_restore's script as pieces to be joined by newlines: each chain's association
+    rules are one piece, not one string per rule, and the whole script is never one
+    string (at 65,536 associations the lines would hold ~40 MB at once; the daemon keeps
+    its peak)."""
     lines: list[str] = []
     repairs: list[str] = []
     wanted = set(desired.chains())
@@ -111,21 +165,24 @@ def plan_restore(table: str, current: dict[str, list[str]], desired: NatSpec) ->
             continue
         have = current.get(chain)
         want_head = [rule_line(chain, r) for r in desired.heads.get(chain, ())]
-        want_body = body_lines(chain, desired)
         if have is None:
             repairs.append(f"created chain {table}/{chain}")
         if have is None or have[:len(want_head)] != want_head or \
-                len(have) != len(want_head) + len(want_body) or set(have[len(want_head):]) != set(want_body):
+                _body_differs(have[len(want_head):], chain, desired):
             lines.append(f":{chain} - [0:0]")
-            lines += want_head + want_body
+            lines += want_head
+            body = body_text(chain, desired)
+            if body:
+                lines.append(body)
             if have is not None:
-                repairs.append(f"rewrote {table}/{chain}: {len(have)} rules -> {len(want_head) + len(want_body)}")
+                repairs.append(f"rewrote {table}/{chain}: {len(have)} rules -> "
+                               f"{len(want_head) + body.count(chr(10)) + bool(body)}")
         if jumps != [0]:
             lines += [f"-D {builtin} -j {chain}"] * len(jumps) + [f"-I {builtin} 1 -j {chain}"]
             repairs.append(f"restored jump {table}/{builtin} -> {chain}")
     if not lines:
-        return "", []
-    return "\n".join([f"*{table}", *lines, "COMMIT", ""]), repairs
+        return [], []
+    return [f"*{table}", *lines, "COMMIT", ""], repairs
 
 
 _DNAT_LINE = re.compile(r"-A (IPFLOATER-PRE|IPFLOATER-OUT) -d (\S+)/32 -j DNAT --to-destination (\S+)")
@@ -153,9 +210,11 @@ class IptablesBackend(NatBackend):
 
     name = "iptables"
 
-    def __init__(self, lock_path: str = "/run/xtables.lock"):
+    def __init__(self, lock_path: str = "/run/xtables.lock", bulk_associations: int = BULK_ASSOCIATIONS):
         self.lock_path = lock_path
         self._mutex = threading.Lock()  # python-iptables Table objects are not thread-safe
+        self.bulk_associations = bulk_associations  # (tests set it low to take the restore path)
+        self._associations = 0  # as of the last sync, counting the changes since
 
     # -- building blocks -------------------------------------------------------------
 
@@ -223,10 +282,11 @@ class IptablesBackend(NatBackend):
             for table in sorted(tables):
                 current = parse_save(self._save(table)) if table in present else {}
                 existed = existed or any(c in current for c in desired.chains())
-                script, table_repairs = plan_restore(table, current, desired)
+                script, table_repairs = plan_restore_pieces(table, current, desired)
                 if script:
                     self._restore(script)
                     repairs += table_repairs
+            self._associations = len(desired.associations)
         return Repairs(repairs, installed_afresh=bool(desired.chains()) and not existed)
 
     def _tool(self, kind: str) -> str:
@@ -245,13 +305,17 @@ class IptablesBackend(NatBackend):
             raise NatError(f"iptables-save -t {table}: {proc.stderr.strip()}")
         return proc.stdout
 
-    def _restore(self, script: str) -> None:
-        """Run the script; it is handed over as an in-memory file, not through a pipe: a
-        script of thousands of associations would otherwise cross in 4 kB writes, each a
-        poll and a wake-up of iptables-restore."""
+    def _restore(self, script: str | list[str]) -> None:
+        """Run the script (or its pieces, joined by newlines); it is handed over as an
+        in-memory file, not through a pipe: a script of thousands of associations would
+        otherwise cross in 4 kB writes, each a poll and a wake-up of iptables-restore."""
         env = {**os.environ, "XTABLES_LOCKFILE": self.lock_path} if self.lock_path else None
+        pieces = [script] if isinstance(script, str) else script
         with open(os.memfd_create("ipfloater-restore"), "w+b") as script_file:
-            script_file.write(script.encode())
+            for i, piece in enumerate(pieces):
+                if i:
+                    script_file.write(b"\n")
+                script_file.write(piece.encode())
             script_file.seek(0)
             proc = subprocess.run([self._tool("restore"), "--noflush", "-w", str(int(COMMAND_TIMEOUT))],
                                   stdin=script_file, capture_output=True, text=True, env=env,
@@ -275,8 +339,21 @@ class IptablesBackend(NatBackend):
 
     def apply(self, removed: Iterable[tuple[IPv4Address, IPv4Address]],
               added: Iterable[tuple[IPv4Address, IPv4Address]]) -> None:
-        """One change (pairs removed, pairs added) in one commit, without reading the chains."""
-        self._apply_rules(rules_by_chain(removed), rules_by_chain(added))
+        """One change (pairs removed, pairs added) in one commit, without reading the chains
+        (beyond `bulk_associations`: one `iptables-restore --noflush`, see BULK_ASSOCIATIONS;
+        a rule to delete that is gone then fails the change, and the service converges in full)."""
+        removed, added = list(removed), list(added)
+        if self._associations > self.bulk_associations:
+            self._restore_change(rules_by_chain(removed), rules_by_chain(added))
+        else:
+            self._apply_rules(rules_by_chain(removed), rules_by_chain(added))
+        self._associations += len(added) - len(removed)
+
+    def _restore_change(self, removed: dict[str, set[Rule]], added: dict[str, set[Rule]]) -> None:
+        script = change_script(removed, added)
+        if script:
+            with self._mutex:
+                self._restore(script)
 
     def _apply_rules(self, removed: dict[str, set[Rule]], added: dict[str, set[Rule]]) -> None:
         iptc = _iptc()

@@ -40,6 +40,13 @@ from a virtualenv) wraps. An `nft` process per change would cost many times the 
 itself, under the service's lock inside an open DB transaction, and raw netlink would
 mean encoding nf_tables expressions by hand (the README, "Rules it installs", has the figures).
 Where the library cannot be loaded the backend raises NatUnavailable.
+
+One exception: a full sync towards more than BULK_ELEMENTS map elements (a region's /16)
+reads the table and rebuilds it through a child `nft -j -f` with the same JSON, as the
+iptables backend runs iptables-restore. libnftables' parse of such a batch, or its
+listing of such a table, holds about 100 MB at its peak, which would otherwise be the
+daemon's for good (benchmarks/ANALYSIS.md, 65,536); a child returns it when it exits.
+Changes (one element each) stay in-process.
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import os
+import subprocess
 import threading
 from collections import namedtuple
 from collections.abc import Iterable
@@ -79,6 +88,9 @@ MAPPED = {
     CHAIN_POST: (MAP_SNAT, "snat", "saddr"),
 }
 TABLE_NAME = f"{FAMILY} {TABLE}"
+# a rebuild with more map elements than this runs in a child `nft` (module docstring)
+BULK_ELEMENTS = 16384
+CHILD_TIMEOUT = 120.0
 
 
 # -- talking to nftables -------------------------------------------------------------
@@ -122,6 +134,35 @@ class LibNftables:
         if self._ctx:
             self._lib.nft_ctx_free(self._ctx)
             self._ctx = None
+
+
+def nft_binary() -> str | None:
+    """The `nft` program on PATH (or /usr/sbin, /sbin), None without one. (A PATH walk of
+    our own: importing `shutil` would lengthen the start before the rules.)"""
+    path = os.environ.get("PATH", os.defpath).split(os.pathsep) + ["/usr/sbin", "/sbin"]
+    for directory in path:
+        candidate = os.path.join(directory, "nft")
+        if directory and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def run_in_child(program: str, text: str) -> tuple[int, str, str]:
+    """One JSON document (one batch) through a child `nft -j -f`: (rc, output, error).
+    The document goes in as an in-memory file, not through a pipe (see iptables._restore)."""
+    with open(os.memfd_create("ipfloater-nft"), "w+b") as batch:
+        batch.write(text.encode())
+        batch.seek(0)
+        try:
+            proc = subprocess.run([program, "-j", "-f", "/dev/stdin"], stdin=batch, capture_output=True,
+                                  timeout=CHILD_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired:
+            return 1, "", f"{program} did not finish in {CHILD_TIMEOUT:.0f} s"
+    return proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+
+
+def element_count(state: TableState) -> int:
+    return sum(len(elems) for elems in state.elements.values())
 
 
 def open_runner() -> LibNftables:
@@ -370,6 +411,18 @@ def parse_expr(expr: list) -> Entry:
         return None
 
 
+def _of_our_table(obj) -> bool:
+    """A `list ruleset` JSON object that belongs to our table (the metainfo passes too;
+    anything malformed is kept for parse_table to count as foreign)."""
+    if not isinstance(obj, dict) or len(obj) != 1:
+        return True
+    (kind, body), = obj.items()
+    if kind == "metainfo" or not isinstance(body, dict):
+        return True
+    name = body.get("name") if kind == "table" else body.get("table")
+    return body.get("family") == FAMILY and name == TABLE
+
+
 def parse_table(objects: Iterable[dict]) -> TableState | None:
     """Our table from `list table` JSON objects; None when it does not exist."""
     state = TableState()
@@ -496,15 +549,22 @@ class NftablesBackend(NatBackend):
 
     name = "nftables"
 
-    def __init__(self, runner=None):
+    def __init__(self, runner=None, bulk_elements: int = BULK_ELEMENTS):
         self._runner = runner
         self._mutex = threading.Lock()  # a libnftables context is not thread-safe
+        self.bulk_elements = bulk_elements  # (tests set it low to take the child path)
 
-    def _run(self, cmds: list[dict], what: str) -> list[dict]:
-        """One batch (one kernel transaction); the parsed JSON objects it printed."""
-        if self._runner is None:
-            self._runner = open_runner()
-        rc, out, err = self._runner.run(document(cmds))
+    def _run(self, cmds: list[dict], what: str, child: bool = False) -> list[dict]:
+        """One batch (one kernel transaction); the parsed JSON objects it printed.
+        `child`: through a child `nft` where there is one (a bulk rebuild)."""
+        real = self._runner is None or isinstance(self._runner, LibNftables)  # (not a test double)
+        program = nft_binary() if child and real else None
+        if program is not None:
+            rc, out, err = run_in_child(program, document(cmds))
+        else:
+            if self._runner is None:
+                self._runner = open_runner()
+            rc, out, err = self._runner.run(document(cmds))
         if rc != 0:
             message = " ".join(line for line in err.splitlines() if line.strip()) or f"rc={rc}"
             raise NatError(f"nftables {what}: {message}")
@@ -522,7 +582,14 @@ class NftablesBackend(NatBackend):
         return any(isinstance(o, dict) and o.get("table", {}).get("name") == TABLE and
                    o["table"].get("family") == FAMILY for o in tables)
 
-    def _read(self) -> TableState | None:
+    def _read(self, child: bool = False) -> TableState | None:
+        """Our table as it is; `child`: listed by a child `nft` (a bulk table, see
+        BULK_ELEMENTS) in one go: the family's ruleset, which lists a missing table as
+        absent instead of failing (asking first would cost a second child, and each fills
+        its cache with every element), filtered to our table."""
+        if child and nft_binary() is not None and (self._runner is None or isinstance(self._runner, LibNftables)):
+            objects = self._run([{"list": {"ruleset": {"family": FAMILY}}}], "list", child)
+            return parse_table(obj for obj in objects if _of_our_table(obj))
         if not self._exists():
             return None
         return parse_table(self._run([{"list": {"table": {"family": FAMILY, "name": TABLE}}}], "list"))
@@ -532,12 +599,13 @@ class NftablesBackend(NatBackend):
     def sync(self, desired: NatSpec) -> Repairs:
         """Full reconcile: rebuild our table in one batch if it differs from `desired`."""
         wanted = desired_state(desired)
+        bulk = element_count(wanted) > self.bulk_elements
         with self._mutex:
-            current = self._read()
+            current = self._read(child=bulk)
             if same_table(current, wanted):
                 return Repairs()
             repairs = describe_repairs(current, wanted)
-            self._run(rebuild_batch(wanted), "rebuild")
+            self._run(rebuild_batch(wanted), "rebuild", child=bulk)
         return Repairs(repairs, installed_afresh=current is None)
 
     def apply(self, removed: Iterable[tuple[IPv4Address, IPv4Address]],

@@ -4,7 +4,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 from hypothesis import given, strategies as st
 
-from one_ipfloater.nat.iptables import IptablesBackend, body_lines, parse_save, plan_restore, rule_line
+from one_ipfloater.nat.iptables import (IptablesBackend, body_lines, body_text, parse_save, plan_restore,
+                                        plan_restore_pieces, rule_line)
 from one_ipfloater.nat.ruleset import ALL_CHAINS, NatSpec, desired_spec
 
 A = IPv4Address
@@ -108,3 +109,42 @@ def test_sync_says_installed_afresh_only_when_none_of_our_chains_was_there():
     assert "created chain nat/IPFLOATER-OUT" in drift and not drift.installed_afresh
     converged = _ScriptedTables({"nat": CONVERGED}).sync(DESIRED)
     assert converged == [] and not converged.installed_afresh
+
+
+
+@given(st.dictionaries(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), max_size=30).filter(
+    lambda d: len(set(d.values())) == len(d)), st.booleans())
+def test_the_script_in_pieces_is_the_rules_formatted_one_by_one(mapping, block):
+    # the start hands iptables-restore the pieces (one per chain body), never one string
+    pairs = [(A(pub), A(priv)) for pub, priv in mapping.items()]
+    desired = desired_spec(pairs, (IPv4Network("10.77.0.0/24"),), [A("198.51.100.10")], block)
+    for _table, chain, _builtin in ALL_CHAINS:
+        assert body_text(chain, desired) == "\n".join(body_lines(chain, desired))
+    for text in ("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n", CONVERGED):
+        pieces, repairs = plan_restore_pieces("nat", parse_save(text), desired)
+        script = "\n".join(pieces)
+        assert plan_restore("nat", parse_save(text), desired) == (script, repairs)
+        if text != CONVERGED:  # every chain written: its lines are the Rules', in order
+            for chain in ("IPFLOATER-PRE", "IPFLOATER-OUT", "IPFLOATER-POST"):
+                assert [l for l in script.splitlines() if l.startswith(f"-A {chain} ")] == \
+                    [rule_line(chain, r) for r in desired.ordered(chain)]
+
+
+@given(st.dictionaries(st.integers(0, 2**16), st.integers(0, 2**16), max_size=12).filter(
+    lambda d: len(set(d.values())) == len(d)), st.integers(0, 3), st.booleans())
+def test_a_chain_is_rewritten_exactly_when_its_rules_differ_as_a_set(mapping, drop, doubled):
+    # the comparison reads the wanted lines one by one; it must say what comparing
+    # the lists as sets (and their lengths) says: rewrite when a rule is missing, extra or twice
+    pairs = [(A(0x64400000 + pub), A(0x0A4D0000 + priv % 254 + 1 + (priv // 254) * 256))
+             for pub, priv in mapping.items()]
+    pairs = list(dict((pub, (pub, priv)) for pub, priv in pairs).values())
+    if len({priv for _, priv in pairs}) != len(pairs):
+        return
+    desired = desired_spec(pairs, (IPv4Network("10.77.0.0/16"),))
+    text = "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j IPFLOATER-PRE\n:IPFLOATER-PRE - [0:0]\n"
+    body = body_lines("IPFLOATER-PRE", desired)
+    have = body[drop:] + (body[:1] if doubled else [])
+    text += "".join(line + "\n" for line in reversed(have)) + "COMMIT\n"
+    script, repairs = plan_restore("nat", parse_save(text), desired)
+    rewritten = ":IPFLOATER-PRE - [0:0]" in script
+    assert rewritten == (len(have) != len(body) or set(have) != set(body))
