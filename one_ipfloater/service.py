@@ -27,7 +27,9 @@ from .model import DEFAULT_POOL, Allocation, Change, FipError, Registry
 from .nat import NatError, remove_other_backends
 from .nat.ruleset import desired_spec, pair_delta
 from .quota import Quota, check_quotas
-from .store import Store
+from .store import Store, StoreError
+
+CONFLICT_RETRIES = 8  # plans a change loses to other daemons (shared state) before it gives up
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +207,11 @@ class FloatingIPService:
         except Exception as exc:
             if touched:  # the rules may be half changed, whatever failed
                 self._restore_rules()
-            if isinstance(exc, FipError):
+            if isinstance(exc, FipError) or type(exc).__name__ == "StoreConflict":
                 raise
+            if type(exc).__name__ == "StoreUnavailable":  # fail static: nothing changed
+                raise FipError("store_unavailable", f"change not applied: {exc}; the rules in place "
+                               "stay, reads answer from the last known state", 503) from None
             log.error("change rolled back: %s", exc)
             raise FipError("internal_error", f"change not applied: {exc}", 500) from None
         self.registry.apply(change)
@@ -262,14 +267,71 @@ class FloatingIPService:
 
     def _run(self, plan: Callable[[], tuple[Allocation, Change]], action: str,
              actor: str | None = None) -> Allocation:
-        with self._lock:
+        def attempt():
             alloc, change = plan()
             self._commit(change, actor)
+            return alloc, change
+
+        alloc, change = self._retrying(attempt)
         self._flush_conntrack(change)
         if not change.noop:
             log.info("%s %s (private=%s owner=%s ref=%s)", action, alloc.public_ip, alloc.private_ip,
                      alloc.owner, alloc.ref)
         return alloc
+
+    def _retrying(self, attempt: Callable[[], tuple]) -> tuple:
+        """Run `attempt` (plan and commit) under the lock; when another daemon changed the
+        shared state first (StoreConflict), catch up and plan again, a bounded number of
+        times. SQLite never conflicts: one try."""
+        with self._lock:
+            for _ in range(CONFLICT_RETRIES):
+                try:
+                    return attempt()
+                except StoreError as exc:
+                    if type(exc).__name__ != "StoreConflict":
+                        raise
+                    log.info("%s; catching up and planning again", exc)
+                    try:
+                        self.catch_up()
+                    except StoreError as failed:
+                        raise FipError("store_unavailable", f"change not applied: {failed}", 503) from None
+            raise FipError("store_conflict", f"change not applied: the shared state changed under it "
+                           f"{CONFLICT_RETRIES} times in a row; try again", 503)
+
+    def catch_up(self) -> list[str]:
+        """Read the shared state again and converge the kernel to it: another daemon's
+        changes (the follower calls this when the store's revision moved). Flows of
+        addresses that moved elsewhere are cut, as if the change had been made here."""
+        read = getattr(self.store, "read", None)
+        snapshot = read() if read is not None else None  # (a slow store must not stall reads)
+        with self._lock:
+            if snapshot is None:
+                allocations = self.store.allocations()
+            elif snapshot.revision <= self.store.revision:
+                return []  # a change made here meanwhile is newer than what was read
+            else:
+                allocations = self.store.use(snapshot)
+            old = tuple(self.registry)
+            self.registry = Registry(self.config.pool, allocations, self.registry.router_addresses,
+                                     pools=config_pools(self.config))
+            change = Change(before=old, after=tuple(self.registry))
+            repairs = self._reconcile()
+        self._flush_conntrack(change)
+        return repairs
+
+    def follow(self) -> bool:
+        """Catch up if the shared state changed since it was read (True then); a store
+        without revisions (SQLite) never changes under us."""
+        changed = getattr(self.store, "changed_revision", None)
+        if changed is None or changed() <= self.store.revision:
+            return False
+        self.catch_up()
+        return True
+
+    def store_health(self) -> dict | None:
+        """The shared store's health (/v1/health `store`); None with the local SQLite file."""
+        health = getattr(self.store, "health", None)
+        return health() if health is not None else None
 
     # -- operations ------------------------------------------------------------------
 
@@ -285,7 +347,7 @@ class FloatingIPService:
         Returns (allocation, created): created is False when `ref` already held it.
         `quotas` are counted here, under the lock, so racing requests cannot overshoot.
         """
-        with self._lock:
+        def attempt():
             if private_ip is not None:
                 self.registry.check_target(private_ip, self.config.private_ranges)
             alloc, change = self.registry.plan_allocate(public_ip, owner, ref, operator, unowned_ok,
@@ -305,6 +367,9 @@ class FloatingIPService:
                     self.registry.apply(change.inverse())
                 change = change.then(assoc)
             self._commit(change, actor)
+            return (alloc, created), change
+
+        (alloc, created), change = self._retrying(attempt)
         self._flush_conntrack(change)
         if not change.noop:
             log.info("allocated %s (pool=%s private=%s owner=%s ref=%s)", alloc.public_ip,
