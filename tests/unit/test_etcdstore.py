@@ -18,7 +18,7 @@ from one_ipfloater.quota import Quota
 from one_ipfloater.service import FloatingIPService
 from tests.fakes import FakeBackend, FakeHost, fake_config
 from tests.fakes_etcd import FakeEtcd
-from tests.unit.test_api import TOKEN, call
+from tests.unit.test_api import TOKEN, call, run_cli
 
 A = IPv4Address
 
@@ -122,7 +122,7 @@ def test_conflicts_are_bounded(daemon, etcd, monkeypatch):
     assert etcd.calls["/v3/kv/txn"] - before == 3 and len(one.registry) == 0
 
 
-def test_fail_static_refuses_changes_keeps_rules_and_answers_reads(daemon, etcd):
+def test_fail_static_refuses_changes_keeps_rules_and_answers_reads(daemon, etcd, capsys, monkeypatch):
     one, kernel = daemon()
     alloc, _ = one.allocate(private_ip=A("10.77.0.11"), ref="a")
     rules = {c: list(r) for c, r in kernel.chains.items()}
@@ -143,6 +143,10 @@ def test_fail_static_refuses_changes_keeps_rules_and_answers_reads(daemon, etcd)
         store = call(url, "GET", "/v1/health", token=None)[1]["store"]
         assert store["kind"] == "etcd" and store["ok"] is False and "etcd unavailable" in store["error"]
         assert store["last_read_age_s"] >= 0
+        monkeypatch.setenv("IPFLOATER_TOKEN", TOKEN)
+        code, out, _err = run_cli(url, capsys, "status")
+        assert code == 0 and out.startswith("state store: etcd UNAVAILABLE (etcd unavailable") \
+            and str(alloc.public_ip) in out
         etcd.down = False
         status, answer = call(url, "POST", "/v1/floatingips", {"ref": "b"})
         assert status == 201 and answer["public_ip"] != str(alloc.public_ip)
