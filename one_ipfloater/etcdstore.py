@@ -38,7 +38,10 @@ class StoreUnavailable(StoreError):
 
 
 class StoreConflict(StoreError):
-    """Another daemon changed the state since it was read: plan again."""
+    """Another daemon changed the state since it was read: plan again (on `snapshot`,
+    the state the failed transaction read, when it has one)."""
+
+    snapshot = None
 
 
 def b64(text: str) -> str:
@@ -135,9 +138,13 @@ def plan_txn(prefix: str, read_rev: int, change: Change, events: list[Event], cr
     if mark_history:
         ops.append({"request_put": {"key": b64(f"{prefix}/meta/history"), "value": b64(repr(now))}})
     ops.append({"request_put": {"key": b64(rev_key), "value": b64(repr(now))}})
+    alloc_prefix = f"{prefix}/alloc/"
     return {"compare": [{"key": b64(rev_key), "target": "MOD", "result": "LESS",
                          "mod_revision": str(read_rev + 1)}],
-            "success": ops}
+            "success": ops,
+            # a failed compare answers with the state as it is now: no second round trip
+            # before the re-plan, so the window for the next conflict is shorter
+            "failure": [{"request_range": {"key": b64(alloc_prefix), "range_end": prefix_end(alloc_prefix)}}]}
 
 
 class EtcdStore:
@@ -189,7 +196,10 @@ class EtcdStore:
 
     def read(self) -> Snapshot:
         """All allocations, read at one revision (no side effect: see `use`)."""
-        data = self._range(f"{self.prefix}/alloc/")
+        return self._snapshot(self._range(f"{self.prefix}/alloc/"))
+
+    @staticmethod
+    def _snapshot(data: dict) -> Snapshot:
         out, created = [], {}
         for kv in data.get("kvs") or []:
             key, value = unb64(kv["key"]), json.loads(unb64(kv["value"]))
@@ -253,7 +263,11 @@ class EtcdStore:
         body = plan_txn(self.prefix, self.revision, change, events, created, now, mark)
         answer = self.call("/v3/kv/txn", body)
         if not answer.get("succeeded"):
-            raise StoreConflict(f"etcd: the state changed since revision {self.revision}")
+            conflict = StoreConflict(f"etcd: the state changed since revision {self.revision}")
+            ranges = [r["response_range"] for r in answer.get("responses") or () if "response_range" in r]
+            if ranges:
+                conflict.snapshot = self._snapshot({**ranges[0], "header": answer["header"]})
+            raise conflict
         self.revision = int(answer["header"]["revision"])
         for a in change.before:
             self._created.pop(a.public_ip, None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +30,7 @@ from .nat.ruleset import desired_spec, pair_delta
 from .quota import Quota, check_quotas
 from .store import Store, StoreError
 
-CONFLICT_RETRIES = 8  # plans a change loses to other daemons (shared state) before it gives up
+CONFLICT_RETRIES = 16  # plans a change loses to other daemons (shared state) before it gives up
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ class FloatingIPService:
         self.registry = Registry(config.pool, store.allocations(), pools=config_pools(config))
         self.warnings: list[str] = []  # preflight's, set by start(); /v1/health shows them
         self.repair_wanted = threading.Event()  # set when a committed change's side effect failed
+        self._kernel_behind = False  # a conflict's catch-up updated the registry, not yet the kernel
+        self._moved_behind: set[IPv4Address] = set()  # addresses others moved meanwhile
 
     # -- start-up and reconcile ------------------------------------------------------
 
@@ -196,9 +199,12 @@ class FloatingIPService:
         try:
             with self.store.transaction():
                 self.store.write(change, actor=actor, at=self.clock(), pool_of=self.registry.pool_of)
-                touched = True
+                # after a conflict the kernel follows in full once the change is stored
+                # (_retrying): the window in which another daemon can get in first is short
+                touched = not self._kernel_behind
                 try:
-                    self.backend.apply(removed, added)
+                    if touched:
+                        self.backend.apply(removed, added)
                 except NatError as exc:
                     log.warning("incremental rule change failed (%s); converging in full", exc)
                     trial = Registry(self.registry.pool, self.registry, pools=self.registry.pools.items())
@@ -282,28 +288,52 @@ class FloatingIPService:
     def _retrying(self, attempt: Callable[[], tuple]) -> tuple:
         """Run `attempt` (plan and commit) under the lock; when another daemon changed the
         shared state first (StoreConflict), catch up and plan again, a bounded number of
-        times. SQLite never conflicts: one try."""
+        times; the kernel follows those catch-ups at the end. SQLite never conflicts."""
         with self._lock:
-            for _ in range(CONFLICT_RETRIES):
-                try:
-                    return attempt()
-                except StoreError as exc:
-                    if type(exc).__name__ != "StoreConflict":
-                        raise
-                    log.info("%s; catching up and planning again", exc)
+            try:
+                for tries in range(CONFLICT_RETRIES):
                     try:
-                        self.catch_up()
+                        return attempt()
+                    except StoreError as exc:
+                        if type(exc).__name__ != "StoreConflict":
+                            raise
+                        log.info("%s; catching up and planning again", exc)
+                        snapshot = exc.snapshot
+                    if tries:  # a random back-off: daemons that keep colliding get out of step
+                        time.sleep(random.uniform(0, min(0.1, 0.002 * 2 ** tries)))
+                        snapshot = None  # (older now: read again)
+                    try:
+                        self.catch_up(kernel=False, snapshot=snapshot)
                     except StoreError as failed:
                         raise FipError("store_unavailable", f"change not applied: {failed}", 503) from None
-            raise FipError("store_conflict", f"change not applied: the shared state changed under it "
-                           f"{CONFLICT_RETRIES} times in a row; try again", 503)
+                raise FipError("store_conflict", f"change not applied: the shared state changed under it "
+                               f"{CONFLICT_RETRIES} times in a row; try again", 503)
+            finally:
+                if self._kernel_behind:
+                    self._converge_kernel()
 
-    def catch_up(self) -> list[str]:
+    def _converge_kernel(self) -> None:
+        """The kernel to the registry after conflicts' catch-ups, and the flows of the
+        addresses others moved cut; a failure is left to the repair round."""
+        moved, self._kernel_behind, self._moved_behind = self._moved_behind, False, set()
+        try:
+            self._reconcile()
+        except Exception as exc:
+            self._side_effect_failed("converging the rules to the shared state", exc)
+        if moved and self.config.conntrack_flush:
+            try:
+                self._conntrack_flush(moved)
+            except Exception as exc:  # old flows end at their timeout instead
+                log.error("conntrack not flushed for %s: %s", ", ".join(map(str, sorted(moved))), exc)
+
+    def catch_up(self, kernel: bool = True, snapshot=None) -> list[str]:
         """Read the shared state again and converge the kernel to it: another daemon's
         changes (the follower calls this when the store's revision moved). Flows of
-        addresses that moved elsewhere are cut, as if the change had been made here."""
+        addresses that moved elsewhere are cut, as if the change had been made here.
+        `kernel=False` (a conflict's re-plan): the registry only, the kernel after."""
         read = getattr(self.store, "read", None)
-        snapshot = read() if read is not None else None  # (a slow store must not stall reads)
+        if snapshot is None and read is not None:
+            snapshot = read()  # (outside the lock: a slow store must not stall reads)
         with self._lock:
             if snapshot is None:
                 allocations = self.store.allocations()
@@ -315,6 +345,10 @@ class FloatingIPService:
             self.registry = Registry(self.config.pool, allocations, self.registry.router_addresses,
                                      pools=config_pools(self.config))
             change = Change(before=old, after=tuple(self.registry))
+            if not kernel:
+                self._kernel_behind = True
+                self._moved_behind |= change.moved_addresses()
+                return []
             repairs = self._reconcile()
         self._flush_conntrack(change)
         return repairs

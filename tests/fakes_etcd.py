@@ -74,9 +74,11 @@ class FakeEtcd:
         if path == "/v3/kv/txn":
             ok = all(self._holds(c) for c in body.get("compare", []))
             ops = body.get("success" if ok else "failure") or []
-            if ops:
+            responses = [{"response_range": self._range(op["request_range"])} for op in ops if "request_range" in op]
+            writes = [op for op in ops if "request_range" not in op]
+            if writes:
                 self.revision += 1
-                for op in ops:
+                for op in writes:
                     self._apply(op)
-            return {**self._header(), "succeeded": ok}
+            return {**self._header(), "succeeded": ok, "responses": responses}
         raise AssertionError(f"unexpected path {path}")

@@ -120,8 +120,10 @@ class HaLab(netlab.Lab):
     directory per router that is removed at the end unless HALAB_KEEP=1."""
 
     def __init__(self, advert_int=0.2, unicast=True, notify=True, etcd=False, vms=2,
-                 nat_backend="nftables", workdir=None, routers=True):
+                 nat_backend="nftables", workdir=None, routers=True, store="sqlite", daemon_settings=None):
         self.advert_int, self.unicast, self.notify, self.vms = advert_int, unicast, notify, vms
+        # store="etcd": both daemons share their state in the lab's etcd (STATE_STORE = etcd)
+        self.store, self.daemon_settings = store, dict(daemon_settings or {})
         self.nat_backend = nat_backend
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="halab-"))
@@ -241,11 +243,23 @@ class HaLab(netlab.Lab):
     def start_daemon(self, name):
         d = self.daemons.get(name)
         if d is None:
-            d = DaemonProcess(self.ns(name), self.workdir / name, IP_POOL=IP_POOL,
-                              PRIVATE_IP_RANGES="10.77.0.0/24", PUBLIC_INTERFACE="",
-                              NAT_BACKEND=self.nat_backend, LOG_LEVEL="INFO")
+            settings = {"IP_POOL": IP_POOL, "PRIVATE_IP_RANGES": "10.77.0.0/24", "PUBLIC_INTERFACE": "",
+                        "NAT_BACKEND": self.nat_backend, "LOG_LEVEL": "INFO"}
+            if self.store == "etcd":
+                settings.update(STATE_STORE="etcd", ETCD_TIMEOUT="1", ETCD_POLL_INTERVAL="0.2",
+                                ETCD_ENDPOINTS=",".join(f"http://{etcd_ip(k)}:2379" for k in (1, 2, 3)))
+            d = DaemonProcess(self.ns(name), self.workdir / name, **{**settings, **self.daemon_settings})
             self.daemons[name] = d
         return d.start()
+
+    def live_pairs(self, name):
+        """The (public, private) pairs router `name`'s kernel holds, read back by the
+        daemon's own backend code (changes nothing)."""
+        code = ("import json,sys\nfrom one_ipfloater.config import load_config\n"
+                "from one_ipfloater.daemon import make_backend\nc=load_config(sys.argv[1])\n"
+                "print(json.dumps(sorted([str(a), str(b)] for a, b in make_backend(c).live_pairs())))\n")
+        p = self.run(self.ns(name), [sys.executable, "-c", code, str(self.daemons[name].config_path)], timeout=30)
+        return {tuple(pair) for pair in json.loads(p.stdout)}
 
     def associate_everywhere(self, public_ip, private_ip):
         """The same association on both routers (the shared store's job, later)."""
