@@ -30,7 +30,7 @@ from .nat.ruleset import desired_spec, pair_delta
 from .quota import Quota, check_quotas
 from .store import Store, StoreError
 
-CONFLICT_RETRIES = 16  # plans a change loses to other daemons (shared state) before it gives up
+CONFLICT_RETRIES = 24  # plans a change loses to other daemons (shared state) before it gives up
 
 log = logging.getLogger(__name__)
 

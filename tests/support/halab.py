@@ -19,8 +19,9 @@ Why it looks like this (README "High availability", and netfilter NOTES.md on ke
 - "The master's links go down" is a cable pull: the switch ports of the router go down,
   the router itself (its conntrack, its daemon, its keepalived) lives on, as a router
   cut off by a switch or cabling fault does, and comes back with its old state.
-- Both daemons hold the same associations (the lab gives them through both APIs; the
-  shared store's watch comes later), so the standby forwards the moment it is master.
+- Both daemons hold the same associations (the lab gives them through both APIs, or,
+  with store="etcd", the shared state feeds both), so the standby forwards the moment it
+  is master.
 Every process the lab starts, it stops; nothing is created in the root namespace.
 """
 
