@@ -7,6 +7,7 @@ The figures go to the run's summary; the assertions hold whatever the machine's 
 
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -84,6 +85,15 @@ def test_one_member_down_nothing_quorum_lost_fail_static_then_recovery(figures):
             assert FIP in status.stdout
             assert ping.wait_reply_after(lost, 20), "traffic stopped when etcd lost quorum"
             assert lab.live_pairs("r1") == both == lab.live_pairs("r2"), "a rule was withdrawn"
+            # r2's daemon restarts meanwhile: it waits for etcd and leaves its kernel alone
+            r2.stop()
+            starting = threading.Thread(target=r2.start, kwargs={"timeout": 120.0})
+            starting.start()
+            deadline = time.monotonic() + CONVERGE_BOUND
+            while "the kernel is left as it is, retrying" not in r2.log():
+                assert time.monotonic() < deadline and starting.is_alive(), r2.log()[-2000:]
+                time.sleep(0.1)
+            assert r2.ready_at is None and lab.live_pairs("r2") == both
             lab.start_etcd_member(2)
             back, deadline = time.monotonic(), time.monotonic() + QUORUM_BOUND
             while (proc := r1.cli("--json", "getip", "10.77.0.13")).returncode != 0:
@@ -91,8 +101,10 @@ def test_one_member_down_nothing_quorum_lost_fail_static_then_recovery(figures):
                 time.sleep(0.2)
             figures("etcd store: quorum back, first change accepted after (s)", round(time.monotonic() - back, 2))
             both.add((json.loads(proc.stdout)["public_ip"], "10.77.0.13"))
+            starting.join(120.0)
+            assert r2.running() and r2.ready_at is not None, r2.log()[-2000:]
             wait_pairs(lab, "r2", both)
-            assert lab.live_pairs("r2") == both
+            assert ping.wait_reply_after(time.time(), 5)
         finally:
             ping.stop()
             server.stop()
