@@ -31,6 +31,8 @@ from .model import Allocation, Change
 from .store import StoreError
 
 log = logging.getLogger(__name__)
+PAGE = 1000  # keys read per request
+PAGE_OPS = 100  # operations per txn of pruning and baselines (etcd's default limit: 128)
 
 
 class StoreUnavailable(StoreError):
@@ -192,11 +194,27 @@ class EtcdStore:
             body["range_end"] = prefix_end(key)
         return self.call("/v3/kv/range", body)
 
+    def range_all(self, prefix: str) -> dict:
+        """Every key under `prefix`, a page at a time at one revision (an answer must stay
+        under the gateway's message size limit): {"kvs": [...], "header": the first's}."""
+        kvs, header, start = [], None, b64(prefix)
+        while True:
+            body = {"key": start, "range_end": prefix_end(prefix), "limit": str(PAGE)}
+            if header is not None:
+                body["revision"] = header["revision"]
+            data = self.call("/v3/kv/range", body)
+            header = header or data["header"]
+            page = data.get("kvs") or []
+            kvs.extend(page)
+            if not data.get("more") or not page:
+                return {"kvs": kvs, "header": header}
+            start = b64(unb64(page[-1]["key"]) + "\0")
+
     # -- reads ---------------------------------------------------------------------------
 
     def read(self) -> Snapshot:
         """All allocations, read at one revision (no side effect: see `use`)."""
-        return self._snapshot(self._range(f"{self.prefix}/alloc/"))
+        return self._snapshot(self.range_all(f"{self.prefix}/alloc/"))
 
     @staticmethod
     def _snapshot(data: dict) -> Snapshot:
@@ -293,12 +311,14 @@ class EtcdHistory:
     def _put_meta(self, name: str, value: float) -> None:
         self.store.call("/v3/kv/put", {"key": b64(f"{self.store.prefix}/meta/{name}"), "value": b64(repr(value))})
 
+    def _kvs(self) -> list[dict]:
+        return self.store.range_all(f"{self.store.prefix}/history/")["kvs"]
+
     def _keyed(self) -> list[tuple[str, Event]]:
         """(key, event) oldest first; an event's id is its create revision and its
         place among the events of that revision (one change's events share one)."""
-        data = self.store._range(f"{self.store.prefix}/history/")
         out, seen = [], {}
-        for kv in data.get("kvs") or []:
+        for kv in self._kvs():
             rev = int(kv["create_revision"])
             seen[rev] = seen.get(rev, -1) + 1
             out.append((kv["key"], _event(unb64(kv["value"]), rev * 10000 + seen[rev])))
@@ -318,12 +338,12 @@ class EtcdHistory:
         seen = {ev.public_ip for ev in self.all()}
         events = [Event(at, BASELINE, a.public_ip, a.private_ip, None, a.owner, a.ref, pool(a.public_ip), "start")
                   for a in self.store.allocations() if a.public_ip not in seen]
-        body = plan_txn(self.store.prefix, self.store.revision, Change(), events, {}, at, False)
-        body["success"] = [op for op in body["success"]
-                           if unb64(op["request_put"]["key"]) != f"{self.store.prefix}/rev"]
-        body["success"].append({"request_put": {"key": b64(f"{self.store.prefix}/meta/history_since"),
-                                                "value": b64(repr(at))}})
-        self.store.call("/v3/kv/txn", body)
+        ops = [op for op in plan_txn(self.store.prefix, self.store.revision, Change(), events, {}, at,
+                                     False)["success"]
+               if unb64(op["request_put"]["key"]) != f"{self.store.prefix}/rev"]
+        for i in range(0, len(ops), PAGE_OPS):  # etcd takes at most 128 operations a txn
+            self.store.call("/v3/kv/txn", {"compare": [], "success": ops[i:i + PAGE_OPS]})
+        self._put_meta("history_since", at)  # last: an interrupted begin starts again
         return len(events)
 
     def known_from(self) -> float | None:
@@ -336,7 +356,8 @@ class EtcdHistory:
         if not drop:
             return 0
         ops = [{"request_delete_range": {"key": key}} for key, ev in keyed if ev.id in drop]
-        self.store.call("/v3/kv/txn", {"compare": [], "success": ops})
+        for i in range(0, len(ops), PAGE_OPS):  # etcd takes at most 128 operations a txn
+            self.store.call("/v3/kv/txn", {"compare": [], "success": ops[i:i + PAGE_OPS]})
         self._put_meta("history_pruned_before", before)
         return len(ops)
 

@@ -37,6 +37,9 @@ class FakeEtcd:
     def _range(self, body):
         keys = self._select(body)
         out = self._header()
+        limit = int(body.get("limit", 0))
+        if limit and len(keys) > limit:
+            keys, out["more"] = keys[:limit], True
         if body.get("count_only"):
             out["count"] = str(len(keys))
             return out
@@ -74,6 +77,7 @@ class FakeEtcd:
         if path == "/v3/kv/txn":
             ok = all(self._holds(c) for c in body.get("compare", []))
             ops = body.get("success" if ok else "failure") or []
+            assert len(ops) <= 128, "etcd refuses a txn of more than 128 operations"
             responses = [{"response_range": self._range(op["request_range"])} for op in ops if "request_range" in op]
             writes = [op for op in ops if "request_range" not in op]
             if writes:

@@ -55,7 +55,8 @@ def test_plan_txn_compares_the_rev_key_and_writes_everything_at_once():
                    ("request_put", "/fip/meta/history"), ("request_put", "/fip/rev")]
 
 
-def test_a_stale_daemon_catches_up_and_never_hands_out_an_address_twice(daemon, etcd):
+def test_a_stale_daemon_catches_up_and_never_hands_out_an_address_twice(daemon, etcd, monkeypatch):
+    monkeypatch.setattr(etcdstore, "PAGE", 1)  # reads in pages too
     one, kernel_one = daemon()
     two, kernel_two = daemon()  # both read the empty state
     first, _ = one.allocate(private_ip=A("10.77.0.11"), ref="a")
@@ -115,7 +116,7 @@ def test_conflicts_are_bounded(daemon, etcd, monkeypatch):
             real_call("/v3/kv/put", {"key": base64.b64encode(b"/fip/rev").decode(), "value": ""})
         return real_call(path, body)
     monkeypatch.setattr(etcd, "call", always_changed)
-    before = etcd.calls["/v3/kv/txn"]
+    before = etcd.calls.get("/v3/kv/txn", 0)
     with pytest.raises(FipError) as err:
         one.allocate(ref="a")
     assert (err.value.code, err.value.status) == ("store_conflict", 503)
@@ -216,3 +217,21 @@ def test_config_state_store_keys():
             ("ETCD_TIMEOUT = 0\n", "ETCD_TIMEOUT")):
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
             parse_config_text(BASE + extra)
+
+
+def test_history_reads_in_pages_and_prunes_in_small_txns(daemon, monkeypatch):
+    """Many events: read a page at a time, pruned in txns etcd accepts (at most 128 ops)."""
+    monkeypatch.setattr(etcdstore, "PAGE", 7)
+    one, _ = daemon()
+    clock = [1000.0]
+    one.clock = lambda: clock[0]
+    alloc, _ = one.allocate(owner="uid:1")
+    for n in range(150):
+        clock[0] += 1
+        one.associate(alloc.public_ip, A(f"10.77.0.{10 + n % 2}"), owner="uid:1", allow_move=True)
+    assert [a.public_ip for a in one.store.allocations()] == [alloc.public_ip]
+    events = one.store.history.all()
+    assert len(events) == 151 and len({e.id for e in events}) == 151
+    assert [e.at for e in events] == sorted(e.at for e in events)
+    assert one.store.history.prune(2000.0) == 150  # all but the address's last one
+    assert [e.event for e in one.store.history.all()] == ["move"]
