@@ -389,6 +389,9 @@ def adopt(config: DaemonConfig) -> int:
     restored disk), so that nothing has to be typed again. Owner and ref cannot be read
     from the kernel: adopted allocations are operator-owned (owner null). Touches no rule
     or address; refuses any conflict whole, writing nothing."""
+    if config.state_store != "sqlite":  # the shared state is every router's: not one kernel's
+        raise DaemonError("adopt: STATE_STORE = etcd keeps the state of the whole group; "
+                          "adopt works on a router's own SQLite state only")
     namespace_claim = claim_namespace("adopt")
     lock_fd = take_instance_lock(config)
     try:

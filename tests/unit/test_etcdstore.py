@@ -235,3 +235,10 @@ def test_history_reads_in_pages_and_prunes_in_small_txns(daemon, monkeypatch):
     assert [e.at for e in events] == sorted(e.at for e in events)
     assert one.store.history.prune(2000.0) == 150  # all but the address's last one
     assert [e.event for e in one.store.history.all()] == ["move"]
+
+
+def test_adopt_is_refused_with_the_shared_store():
+    from one_ipfloater import daemon
+    config = parse_config_text(BASE + "STATE_STORE = etcd\nETCD_ENDPOINTS = http://10.79.0.11:2379\n")
+    with pytest.raises(daemon.DaemonError, match="adopt: STATE_STORE = etcd keeps the state of the whole group"):
+        daemon.adopt(config)
