@@ -237,6 +237,9 @@ class ApiApp:
                 health = {"status": "ok", "warnings": list(getattr(self.service, "warnings", []))}
                 if self.ha_state is not None:
                     health["ha_state"] = self.ha_state.view()
+                store = getattr(self.service, "store_health", lambda: None)()
+                if store is not None:  # a shared store (etcd): its health, how old the state read is
+                    health["store"] = store
                 return 200, health, who
             principal = self._principal(environ)
             if principal is None:

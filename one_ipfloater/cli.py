@@ -205,8 +205,18 @@ def _execute(args, client: IpfloaterClient):
         return _group_status(client)
     if cmd == "status":
         items = client.list()
-        ha = client.health().get("ha_state")  # keepalived's state of this router (HA pairs)
+        health = client.health()
+        ha = health.get("ha_state")  # keepalived's state of this router (HA pairs)
         text = _table(items, ["public_ip", "private_ip", "status", "owner", "ref"])
+        store = health.get("store")  # a shared store (etcd): its health first
+        if store:
+            result = {"floatingips": items, "store": store}
+            if ha and ha.get("state") != "unknown":
+                result["ha_state"] = ha
+                text = f"HA state: {ha['state']}\n{text}"
+            line = "ok" if store["ok"] else f"UNAVAILABLE ({store['error']}); changes are refused"
+            return result, (f"state store: {store['kind']} {line}, revision {store['revision']}, "
+                            f"state read {store['last_read_age_s']} s ago\n{text}")
         if not ha or ha.get("state") == "unknown":  # a single router: as before
             return {"floatingips": items}, text
         return {"floatingips": items, "ha_state": ha}, f"HA state: {ha['state']}\n{text}"

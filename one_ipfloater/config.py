@@ -14,6 +14,7 @@ import os
 import re
 from collections import namedtuple
 from ipaddress import IPv4Address, IPv4Network
+from urllib.parse import urlsplit
 
 from .addresses import DEFAULT_POOL, MAX_POOL_SIZE, POOL_NAME_RE, AddressError, never_floating_overlap, parse_networks, parse_pool
 from .logformat import parse_format
@@ -32,7 +33,7 @@ KNOWN_KEYS = {
     "GRATUITOUS_ARP", "XTABLES_LOCK", "LOG_LEVEL", "NAT_BACKEND", "MAX_BODY_BYTES",
     "REQUEST_TIMEOUT", "DB_SYNC",
     "HISTORY_DAYS", "METRICS_ADDRESS", "LOG_FORMAT",
-    "HA_MODE",
+    "HA_MODE", "STATE_STORE", "ETCD_ENDPOINTS", "ETCD_PREFIX", "ETCD_TIMEOUT", "ETCD_POLL_INTERVAL",
 }
 # Keys the original daemon had that mean nothing here; accepted so old files load.
 IGNORED_LEGACY_KEYS = {"IPTABLES_CMD", "MAX_REDIRECTIONS", "LISTEN_IP", "PID_FILE", "LOG_FILE"}
@@ -65,6 +66,11 @@ _SETTINGS = (  # (field, default); the first two have none
     ("metrics_address", None),               # (host, port) of the /metrics listener, or None
     ("log_format", "text"),
     ("ha_mode", "none"),                     # none, routed or onlink (onlink.py)
+    ("state_store", "sqlite"),               # sqlite | etcd (etcdstore.py)
+    ("etcd_endpoints", ()),                  # tuple of http(s)://host:port
+    ("etcd_prefix", "/ipfloater"),
+    ("etcd_timeout", 2.0),                   # seconds per gateway call
+    ("etcd_poll_interval", 0.5),             # seconds between checks of the shared revision
 )
 
 
@@ -286,6 +292,7 @@ def _build(raw: dict[str, str], named: list[tuple[str, str]] = ()) -> DaemonConf
             raise ConfigError(str(exc)) from None
     if "HA_MODE" in raw:
         values["ha_mode"] = _ha_mode(raw["HA_MODE"], values.get("public_interface"))
+    values.update(_state_store(raw))
     _check_paths(values)
     return DaemonConfig(**values)
 
@@ -301,6 +308,42 @@ def _ha_mode(value: str, public_interface: str | None) -> str:
     if mode == "onlink" and not public_interface:
         raise ConfigError("HA_MODE: onlink needs PUBLIC_INTERFACE (the floating /32s go there)")
     return mode
+
+
+ETCD_PREFIX_RE = re.compile(r"/[A-Za-z0-9_./-]{0,126}[A-Za-z0-9_.-]")
+
+
+def _state_store(raw: dict[str, str]) -> dict:
+    """STATE_STORE and the ETCD_* keys (ETCD_ENDPOINTS required with etcd)."""
+    values: dict = {}
+    kind = raw.get("STATE_STORE", "sqlite").strip().lower()
+    if kind not in ("sqlite", "etcd"):
+        raise ConfigError(f"STATE_STORE: {raw['STATE_STORE']!r} is not sqlite or etcd")
+    values["state_store"] = kind
+    endpoints = []
+    for item in raw.get("ETCD_ENDPOINTS", "").replace(",", " ").split():
+        url = urlsplit(item)
+        if url.scheme not in ("http", "https") or not url.hostname or url.path not in ("", "/") \
+                or url.query or url.username:
+            raise ConfigError(f"ETCD_ENDPOINTS: {item!r} is not an http(s)://host:port URL")
+        try:
+            url.port
+        except ValueError:
+            raise ConfigError(f"ETCD_ENDPOINTS: {item!r} has a bad port") from None
+        endpoints.append(item.rstrip("/"))
+    if kind == "etcd" and not endpoints:
+        raise ConfigError("ETCD_ENDPOINTS: missing (required with STATE_STORE = etcd)")
+    values["etcd_endpoints"] = tuple(endpoints)
+    if "ETCD_PREFIX" in raw:
+        prefix = raw["ETCD_PREFIX"].strip()
+        if not ETCD_PREFIX_RE.fullmatch(prefix) or "//" in prefix:
+            raise ConfigError(f"ETCD_PREFIX: {raw['ETCD_PREFIX']!r} is not a key prefix such as /ipfloater")
+        values["etcd_prefix"] = prefix
+    if "ETCD_TIMEOUT" in raw:
+        values["etcd_timeout"] = _number("ETCD_TIMEOUT", raw["ETCD_TIMEOUT"], float, 0.1, 60)
+    if "ETCD_POLL_INTERVAL" in raw:
+        values["etcd_poll_interval"] = _number("ETCD_POLL_INTERVAL", raw["ETCD_POLL_INTERVAL"], float, 0.05, 60)
+    return values
 
 
 def _metrics_address(value: str, rest_port: int) -> tuple[str, int]:

@@ -164,11 +164,37 @@ def state_file_is_new(path: str) -> bool:
         return True
 
 
+def open_shared_store(config: DaemonConfig, stop: threading.Event | None = None):
+    """The etcd store, once it answers: until then the daemon waits and retries without
+    touching the kernel (fail static: the rules in place stay as they are)."""
+    from .etcdstore import EtcdStore
+    Store(config.db_path, config.db_sync).close()  # the local file: tokens, HA state
+    store = EtcdStore(config.etcd_endpoints, config.etcd_prefix, config.etcd_timeout)
+    delay, logged = 0.2, None
+    while True:
+        try:
+            store.allocations()
+            return store
+        except StoreError as exc:
+            if str(exc) != logged:
+                log.warning("%s; the kernel is left as it is, retrying", exc)
+                logged = str(exc)
+        if stop is not None and stop.wait(delay):
+            raise DaemonError("stopped while waiting for etcd")
+        if stop is None:
+            time.sleep(delay)  # (a bounded back-off while nothing else runs yet)
+        delay = min(delay * 2, 5.0)
+
+
 def open_store_safely(config: DaemonConfig, backend, config_path: str) -> Store:
     """The state file, unless it is missing, empty or new while the kernel holds
     associations of ours: then DaemonError, and nothing was created or written."""
-    new_file = state_file_is_new(config.db_path)
-    store = None if new_file else Store(config.db_path, config.db_sync)
+    if config.state_store == "etcd":
+        store = open_shared_store(config)
+        new_file = False
+    else:
+        new_file = state_file_is_new(config.db_path)
+        store = None if new_file else Store(config.db_path, config.db_sync)
     if store is None or not store.has_history():  # (true as well while it holds allocations)
         # only then is the kernel read: the usual start skips it
         try:
@@ -292,7 +318,24 @@ def run(config: DaemonConfig, ready_fd: int | None = None, config_path: str = DE
         stop.wait()
         service.repair_wanted.set()  # wake the loop so that it ends
 
+    def follow_loop():
+        """Shared state: every ETCD_POLL_INTERVAL, catch up with other daemons' changes
+        (one small read of the revision key); etcd unreachable: log once, keep the rules."""
+        failing = None
+        while not stop.wait(config.etcd_poll_interval):
+            try:
+                service.follow()
+                if failing is not None:
+                    log.info("etcd answers again")
+                failing = None
+            except Exception as exc:
+                if str(exc) != failing:
+                    log.error("cannot follow the shared state (the rules in place stay): %s", exc)
+                failing = str(exc)
+
     threading.Thread(target=reconcile_loop, name="reconcile", daemon=True).start()
+    if config.state_store == "etcd":
+        threading.Thread(target=follow_loop, name="follow", daemon=True).start()
     threading.Thread(target=on_stop, name="reconcile-stop", daemon=True).start()
     host, port = server.effective_host, int(server.effective_port)
     log.info("listening on %s:%d (API v1, at most %d connections)", host, port, server.adj.connection_limit)
@@ -347,6 +390,9 @@ def adopt(config: DaemonConfig) -> int:
     restored disk), so that nothing has to be typed again. Owner and ref cannot be read
     from the kernel: adopted allocations are operator-owned (owner null). Touches no rule
     or address; refuses any conflict whole, writing nothing."""
+    if config.state_store != "sqlite":  # the shared state is every router's: not one kernel's
+        raise DaemonError("adopt: STATE_STORE = etcd keeps the state of the whole group; "
+                          "adopt works on a router's own SQLite state only")
     namespace_claim = claim_namespace("adopt")
     lock_fd = take_instance_lock(config)
     try:

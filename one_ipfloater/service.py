@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +28,9 @@ from .model import DEFAULT_POOL, Allocation, Change, FipError, Registry
 from .nat import NatError, remove_other_backends
 from .nat.ruleset import desired_spec, pair_delta
 from .quota import Quota, check_quotas
-from .store import Store
+from .store import Store, StoreError
+
+CONFLICT_RETRIES = 24  # plans a change loses to other daemons (shared state) before it gives up
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,8 @@ class FloatingIPService:
         # HA_MODE onlink: the /32s only on the master (onlink.py); the daemon sets it from the
         # HA state before start(): until then a router of an on-link pair holds none
         self.holds_addresses = onlink.holds_addresses(getattr(config, "ha_mode", "none"), "unknown")
+        self._kernel_behind = False  # a conflict's catch-up updated the registry, not yet the kernel
+        self._moved_behind: set[IPv4Address] = set()  # addresses others moved meanwhile
 
     # -- start-up and reconcile ------------------------------------------------------
 
@@ -221,9 +226,12 @@ class FloatingIPService:
         try:
             with self.store.transaction():
                 self.store.write(change, actor=actor, at=self.clock(), pool_of=self.registry.pool_of)
-                touched = True
+                # after a conflict the kernel follows in full once the change is stored
+                # (_retrying): the window in which another daemon can get in first is short
+                touched = not self._kernel_behind
                 try:
-                    self.backend.apply(removed, added)
+                    if touched:
+                        self.backend.apply(removed, added)
                 except NatError as exc:
                     log.warning("incremental rule change failed (%s); converging in full", exc)
                     trial = Registry(self.registry.pool, self.registry, pools=self.registry.pools.items())
@@ -232,8 +240,11 @@ class FloatingIPService:
         except Exception as exc:
             if touched:  # the rules may be half changed, whatever failed
                 self._restore_rules()
-            if isinstance(exc, FipError):
+            if isinstance(exc, FipError) or type(exc).__name__ == "StoreConflict":
                 raise
+            if type(exc).__name__ == "StoreUnavailable":  # fail static: nothing changed
+                raise FipError("store_unavailable", f"change not applied: {exc}; the rules in place "
+                               "stay, reads answer from the last known state", 503) from None
             log.error("change rolled back: %s", exc)
             raise FipError("internal_error", f"change not applied: {exc}", 500) from None
         self.registry.apply(change)
@@ -290,14 +301,99 @@ class FloatingIPService:
 
     def _run(self, plan: Callable[[], tuple[Allocation, Change]], action: str,
              actor: str | None = None) -> Allocation:
-        with self._lock:
+        def attempt():
             alloc, change = plan()
             self._commit(change, actor)
+            return alloc, change
+
+        alloc, change = self._retrying(attempt)
         self._flush_conntrack(change)
         if not change.noop:
             log.info("%s %s (private=%s owner=%s ref=%s)", action, alloc.public_ip, alloc.private_ip,
                      alloc.owner, alloc.ref)
         return alloc
+
+    def _retrying(self, attempt: Callable[[], tuple]) -> tuple:
+        """Run `attempt` (plan and commit) under the lock; when another daemon changed the
+        shared state first (StoreConflict), catch up and plan again, a bounded number of
+        times; the kernel follows those catch-ups at the end. SQLite never conflicts."""
+        with self._lock:
+            try:
+                for tries in range(CONFLICT_RETRIES):
+                    try:
+                        return attempt()
+                    except StoreError as exc:
+                        if type(exc).__name__ != "StoreConflict":
+                            raise
+                        log.info("%s; catching up and planning again", exc)
+                        snapshot = exc.snapshot
+                    if tries:  # a random back-off: daemons that keep colliding get out of step
+                        time.sleep(random.uniform(0, min(0.1, 0.002 * 2 ** tries)))
+                        snapshot = None  # (older now: read again)
+                    try:
+                        self.catch_up(kernel=False, snapshot=snapshot)
+                    except StoreError as failed:
+                        raise FipError("store_unavailable", f"change not applied: {failed}", 503) from None
+                raise FipError("store_conflict", f"change not applied: the shared state changed under it "
+                               f"{CONFLICT_RETRIES} times in a row; try again", 503)
+            finally:
+                if self._kernel_behind:
+                    self._converge_kernel()
+
+    def _converge_kernel(self) -> None:
+        """The kernel to the registry after conflicts' catch-ups, and the flows of the
+        addresses others moved cut; a failure is left to the repair round."""
+        moved, self._kernel_behind, self._moved_behind = self._moved_behind, False, set()
+        try:
+            self._reconcile()
+        except Exception as exc:
+            self._side_effect_failed("converging the rules to the shared state", exc)
+        if moved and self.config.conntrack_flush:
+            try:
+                self._conntrack_flush(moved)
+            except Exception as exc:  # old flows end at their timeout instead
+                log.error("conntrack not flushed for %s: %s", ", ".join(map(str, sorted(moved))), exc)
+
+    def catch_up(self, kernel: bool = True, snapshot=None) -> list[str]:
+        """Read the shared state again and converge the kernel to it: another daemon's
+        changes (the follower calls this when the store's revision moved). Flows of
+        addresses that moved elsewhere are cut, as if the change had been made here.
+        `kernel=False` (a conflict's re-plan): the registry only, the kernel after."""
+        read = getattr(self.store, "read", None)
+        if snapshot is None and read is not None:
+            snapshot = read()  # (outside the lock: a slow store must not stall reads)
+        with self._lock:
+            if snapshot is None:
+                allocations = self.store.allocations()
+            elif snapshot.revision <= self.store.revision:
+                return []  # a change made here meanwhile is newer than what was read
+            else:
+                allocations = self.store.use(snapshot)
+            old = tuple(self.registry)
+            self.registry = Registry(self.config.pool, allocations, self.registry.router_addresses,
+                                     pools=config_pools(self.config))
+            change = Change(before=old, after=tuple(self.registry))
+            if not kernel:
+                self._kernel_behind = True
+                self._moved_behind |= change.moved_addresses()
+                return []
+            repairs = self._reconcile()
+        self._flush_conntrack(change)
+        return repairs
+
+    def follow(self) -> bool:
+        """Catch up if the shared state changed since it was read (True then); a store
+        without revisions (SQLite) never changes under us."""
+        changed = getattr(self.store, "changed_revision", None)
+        if changed is None or changed() <= self.store.revision:
+            return False
+        self.catch_up()
+        return True
+
+    def store_health(self) -> dict | None:
+        """The shared store's health (/v1/health `store`); None with the local SQLite file."""
+        health = getattr(self.store, "health", None)
+        return health() if health is not None else None
 
     # -- operations ------------------------------------------------------------------
 
@@ -313,7 +409,7 @@ class FloatingIPService:
         Returns (allocation, created): created is False when `ref` already held it.
         `quotas` are counted here, under the lock, so racing requests cannot overshoot.
         """
-        with self._lock:
+        def attempt():
             if private_ip is not None:
                 self.registry.check_target(private_ip, self.config.private_ranges)
             alloc, change = self.registry.plan_allocate(public_ip, owner, ref, operator, unowned_ok,
@@ -333,6 +429,9 @@ class FloatingIPService:
                     self.registry.apply(change.inverse())
                 change = change.then(assoc)
             self._commit(change, actor)
+            return (alloc, created), change
+
+        (alloc, created), change = self._retrying(attempt)
         self._flush_conntrack(change)
         if not change.noop:
             log.info("allocated %s (pool=%s private=%s owner=%s ref=%s)", alloc.public_ip,

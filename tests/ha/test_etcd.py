@@ -1,7 +1,7 @@
 """The lab's three etcd members (Debian etcd-server), each in its own namespace on the
 management segment: they form a cluster that a router reaches through etcd's JSON
-gateway, and it keeps accepting writes with one member down. Nothing uses it yet: the
-shared store comes in a later step of issue 12."""
+gateway, and it keeps accepting writes with one member down. The shared state on it is
+tested in test_shared_state.py."""
 
 import base64
 import time

@@ -22,8 +22,9 @@ Why it looks like this (README "High availability", and netfilter NOTES.md on ke
 - "The master's links go down" is a cable pull: the switch ports of the router go down,
   the router itself (its conntrack, its daemon, its keepalived) lives on, as a router
   cut off by a switch or cabling fault does, and comes back with its old state.
-- Both daemons hold the same associations (the lab gives them through both APIs; the
-  shared store's watch comes later), so the standby forwards the moment it is master.
+- Both daemons hold the same associations (the lab gives them through both APIs, or,
+  with store="etcd", the shared state feeds both), so the standby forwards the moment it
+  is master.
 Every process the lab starts, it stops; nothing is created in the root namespace.
 """
 
@@ -124,13 +125,15 @@ class HaLab(netlab.Lab):
 
     def __init__(self, advert_int=0.2, unicast=True, notify=True, etcd=False, vms=2,
                  nat_backend="nftables", workdir=None, routers=True, onlink=False, garp=True,
-                 ha_mode=None):
+                 ha_mode=None, store="sqlite", daemon_settings=None):
         self.advert_int, self.unicast, self.notify, self.vms = advert_int, unicast, notify, vms
         # onlink: the upstream has the pool on the public segment and ARPs for each floating
         # address; the daemons run HA_MODE onlink (or `ha_mode`, for a negative control) with
         # the /32s on pub0, and GRATUITOUS_ARP as `garp` says
         self.onlink, self.garp = onlink, garp
         self.ha_mode = ha_mode or ("onlink" if onlink else None)
+        # store="etcd": both daemons share their state in the lab's etcd (STATE_STORE = etcd)
+        self.store, self.daemon_settings = store, dict(daemon_settings or {})
         self.nat_backend = nat_backend
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="halab-"))
@@ -255,11 +258,23 @@ class HaLab(netlab.Lab):
         if d is None:
             edge = {"PUBLIC_INTERFACE": "pub0", "HA_MODE": self.ha_mode,
                     "GRATUITOUS_ARP": "yes" if self.garp else "no"} if self.onlink else {"PUBLIC_INTERFACE": ""}
-            d = DaemonProcess(self.ns(name), self.workdir / name, IP_POOL=IP_POOL,
-                              PRIVATE_IP_RANGES="10.77.0.0/24",
-                              NAT_BACKEND=self.nat_backend, LOG_LEVEL="INFO", **edge)
+            settings = {"IP_POOL": IP_POOL, "PRIVATE_IP_RANGES": "10.77.0.0/24",
+                        "NAT_BACKEND": self.nat_backend, "LOG_LEVEL": "INFO", **edge}
+            if self.store == "etcd":
+                settings.update(STATE_STORE="etcd", ETCD_TIMEOUT="1", ETCD_POLL_INTERVAL="0.2",
+                                ETCD_ENDPOINTS=",".join(f"http://{etcd_ip(k)}:2379" for k in (1, 2, 3)))
+            d = DaemonProcess(self.ns(name), self.workdir / name, **{**settings, **self.daemon_settings})
             self.daemons[name] = d
         return d.start()
+
+    def live_pairs(self, name):
+        """The (public, private) pairs router `name`'s kernel holds, read back by the
+        daemon's own backend code (changes nothing)."""
+        code = ("import json,sys\nfrom one_ipfloater.config import load_config\n"
+                "from one_ipfloater.daemon import make_backend\nc=load_config(sys.argv[1])\n"
+                "print(json.dumps(sorted([str(a), str(b)] for a, b in make_backend(c).live_pairs())))\n")
+        p = self.run(self.ns(name), [sys.executable, "-c", code, str(self.daemons[name].config_path)], timeout=30)
+        return {tuple(pair) for pair in json.loads(p.stdout)}
 
     def associate_everywhere(self, public_ip, private_ip):
         """The same association on both routers (the shared store's job, later)."""

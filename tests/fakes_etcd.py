@@ -1,0 +1,88 @@
+"""An in-memory etcd v3 JSON gateway (kv range/put/txn with revisions) for unit tests of
+the etcd store: several stores share one to stand for several daemons."""
+
+import base64
+
+from one_ipfloater.etcdstore import StoreUnavailable
+
+
+def _d(text):
+    return base64.b64decode(text).decode() if text else ""
+
+
+def _e(text):
+    return base64.b64encode(text.encode()).decode()
+
+
+class FakeEtcd:
+    """Keys -> (value, create_revision, mod_revision); `down` makes every call fail as an
+    unreachable cluster does; `calls` counts them by path."""
+
+    def __init__(self):
+        self.kv = {}
+        self.revision = 1
+        self.down = False
+        self.calls = {}
+
+    def _header(self):
+        return {"header": {"revision": str(self.revision)}}
+
+    def _select(self, body):
+        key = _d(body["key"])
+        if "range_end" in body:
+            end = _d(body["range_end"])
+            return sorted(k for k in self.kv if key <= k < end)
+        return [key] if key in self.kv else []
+
+    def _range(self, body):
+        keys = self._select(body)
+        out = self._header()
+        limit = int(body.get("limit", 0))
+        if limit and len(keys) > limit:
+            keys, out["more"] = keys[:limit], True
+        if body.get("count_only"):
+            out["count"] = str(len(keys))
+            return out
+        if keys:
+            out["kvs"] = [{"key": _e(k), "value": _e(self.kv[k][0]), "create_revision": str(self.kv[k][1]),
+                           "mod_revision": str(self.kv[k][2])} for k in keys]
+            out["count"] = str(len(keys))
+        return out
+
+    def _apply(self, op):
+        if "request_put" in op:
+            key, value = _d(op["request_put"]["key"]), _d(op["request_put"]["value"])
+            created = self.kv[key][1] if key in self.kv else self.revision
+            self.kv[key] = (value, created, self.revision)
+        elif "request_delete_range" in op:
+            for key in self._select(op["request_delete_range"]):
+                del self.kv[key]
+
+    def _holds(self, cmp):
+        key = _d(cmp["key"])
+        have = self.kv[key][2] if key in self.kv else 0
+        want = int(cmp["mod_revision"])
+        return {"LESS": have < want, "EQUAL": have == want, "GREATER": have > want}[cmp.get("result", "EQUAL")]
+
+    def call(self, path, body):
+        self.calls[path] = self.calls.get(path, 0) + 1
+        if self.down:
+            raise StoreUnavailable("etcd unavailable (http://fake:2379: ConnectTimeout)")
+        if path == "/v3/kv/range":
+            return self._range(body)
+        if path == "/v3/kv/put":
+            self.revision += 1
+            self._apply({"request_put": body})
+            return self._header()
+        if path == "/v3/kv/txn":
+            ok = all(self._holds(c) for c in body.get("compare", []))
+            ops = body.get("success" if ok else "failure") or []
+            assert len(ops) <= 128, "etcd refuses a txn of more than 128 operations"
+            responses = [{"response_range": self._range(op["request_range"])} for op in ops if "request_range" in op]
+            writes = [op for op in ops if "request_range" not in op]
+            if writes:
+                self.revision += 1
+                for op in writes:
+                    self._apply(op)
+            return {**self._header(), "succeeded": ok, "responses": responses}
+        raise AssertionError(f"unexpected path {path}")
