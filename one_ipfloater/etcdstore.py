@@ -28,22 +28,11 @@ from ipaddress import IPv4Address
 from . import history as hist
 from .history import BASELINE, Event, events_for
 from .model import Allocation, Change
-from .store import StoreError
+from .store import StoreConflict, StoreUnavailable
 
 log = logging.getLogger(__name__)
 PAGE = 1000  # keys read per request
 PAGE_OPS = 100  # operations per txn of pruning and baselines (etcd's default limit: 128)
-
-
-class StoreUnavailable(StoreError):
-    """etcd did not answer, or answered without quorum: nothing was changed."""
-
-
-class StoreConflict(StoreError):
-    """Another daemon changed the state since it was read: plan again (on `snapshot`,
-    the state the failed transaction read, when it has one)."""
-
-    snapshot = None
 
 
 def b64(text: str) -> str:

@@ -28,7 +28,7 @@ from .model import DEFAULT_POOL, Allocation, Change, FipError, Registry
 from .nat import NatError, remove_other_backends
 from .nat.ruleset import desired_spec, pair_delta
 from .quota import Quota, check_quotas
-from .store import Store, StoreError
+from .store import Store, StoreConflict, StoreError, StoreUnavailable
 
 CONFLICT_RETRIES = 24  # plans a change loses to other daemons (shared state) before it gives up
 
@@ -240,9 +240,9 @@ class FloatingIPService:
         except Exception as exc:
             if touched:  # the rules may be half changed, whatever failed
                 self._restore_rules()
-            if isinstance(exc, FipError) or type(exc).__name__ == "StoreConflict":
+            if isinstance(exc, (FipError, StoreConflict)):
                 raise
-            if type(exc).__name__ == "StoreUnavailable":  # fail static: nothing changed
+            if isinstance(exc, StoreUnavailable):  # fail static: nothing changed
                 raise FipError("store_unavailable", f"change not applied: {exc}; the rules in place "
                                "stay, reads answer from the last known state", 503) from None
             log.error("change rolled back: %s", exc)
@@ -322,9 +322,7 @@ class FloatingIPService:
                 for tries in range(CONFLICT_RETRIES):
                     try:
                         return attempt()
-                    except StoreError as exc:
-                        if type(exc).__name__ != "StoreConflict":
-                            raise
+                    except StoreConflict as exc:
                         log.info("%s; catching up and planning again", exc)
                         snapshot = exc.snapshot
                     if tries:  # a random back-off: daemons that keep colliding get out of step

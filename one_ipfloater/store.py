@@ -49,6 +49,18 @@ class StoreError(RuntimeError):
     """The state file cannot be used; the message names the path."""
 
 
+class StoreUnavailable(StoreError):
+    """A shared store (etcd) did not answer, or answered without quorum: nothing was
+    changed (the service fails static: 503, the rules stay)."""
+
+
+class StoreConflict(StoreError):
+    """Another daemon changed the shared state since it was read: plan again (on
+    `snapshot`, the state the failed transaction read, when it has one)."""
+
+    snapshot = None
+
+
 def _ipv4(value: object, column: str) -> IPv4Address:
     """A stored address (the fast strict parser: the start reads thousands)."""
     try:
