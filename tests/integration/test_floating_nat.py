@@ -232,7 +232,7 @@ def test_pool_exhaustion_and_refusals_leave_rules_untouched(lab, tmp_path, serve
         assert getip(daemon, VM1) == "198.51.100.10"
         assert getip(daemon, VM2) == "198.51.100.11"
         rules = our_rules(lab, daemon)
-        for args, fragment in ((("getip", "10.77.0.13"), "all 2 addresses are allocated"),
+        for args, fragment in ((("getip", "10.77.0.13"), "all 2 addresses of pool 'default' are allocated"),
                                (("getip", "10.99.0.1"), "outside PRIVATE_IP_RANGES"),
                                (("getip", "10.77.0.1"), "address of the router itself"),
                                (("redirect", "203.0.113.7", VM1), "not in the pool"),
