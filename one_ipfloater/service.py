@@ -80,7 +80,7 @@ class FloatingIPService:
         self.repair_wanted = threading.Event()  # set when a committed change's side effect failed
         # HA_MODE onlink: the /32s only on the master (onlink.py); the daemon sets it from the
         # HA state before start(): until then a router of an on-link pair holds none
-        self.holds_addresses = onlink.holds_addresses(getattr(config, "ha_mode", "none"), "unknown")
+        self.holds_addresses = onlink.holds_addresses(config.ha_mode, "unknown")
         self._kernel_behind = False  # a conflict's catch-up updated the registry, not yet the kernel
         self._moved_behind: set[IPv4Address] = set()  # addresses others moved meanwhile
 
@@ -176,7 +176,7 @@ class FloatingIPService:
         """keepalived's new state (hastate.HaState calls it): on an on-link pair the master
         takes the floating /32s and announces them, any other state gives them up."""
         with self._lock:
-            mode = getattr(self.config, "ha_mode", "none")
+            mode = self.config.ha_mode
             self.holds_addresses = onlink.holds_addresses(mode, state)
             if mode != onlink.ONLINK:
                 return []
@@ -357,9 +357,8 @@ class FloatingIPService:
         changes (the follower calls this when the store's revision moved). Flows of
         addresses that moved elsewhere are cut, as if the change had been made here.
         `kernel=False` (a conflict's re-plan): the registry only, the kernel after."""
-        read = getattr(self.store, "read", None)
-        if snapshot is None and read is not None:
-            snapshot = read()  # (outside the lock: a slow store must not stall reads)
+        if snapshot is None:
+            snapshot = self.store.read()  # (outside the lock: a slow store must not stall reads)
         with self._lock:
             if snapshot is None:
                 allocations = self.store.allocations()
@@ -380,18 +379,16 @@ class FloatingIPService:
         return repairs
 
     def follow(self) -> bool:
-        """Catch up if the shared state changed since it was read (True then); a store
-        without revisions (SQLite) never changes under us."""
-        changed = getattr(self.store, "changed_revision", None)
-        if changed is None or changed() <= self.store.revision:
+        """Catch up if the shared state changed since it was read (True then); the local
+        SQLite file never changes under us."""
+        if self.store.changed_revision() <= self.store.revision:
             return False
         self.catch_up()
         return True
 
     def store_health(self) -> dict | None:
         """The shared store's health (/v1/health `store`); None with the local SQLite file."""
-        health = getattr(self.store, "health", None)
-        return health() if health is not None else None
+        return self.store.health()
 
     # -- operations ------------------------------------------------------------------
 

@@ -88,7 +88,24 @@ def _create_private(path: str) -> bool:
 
 
 class Store:
-    """Allocations; one connection, used under the service's lock."""
+    """Allocations; one connection, used under the service's lock.
+
+    It has the shared store's interface (etcdstore.EtcdStore): `revision`, `read()`,
+    `changed_revision()` and `health()`, answered as a local file would: nobody else
+    changes it, so there is never a newer state to read or follow."""
+
+    revision = 0
+
+    def read(self):
+        """A newer state written by someone else: never, for a local file."""
+        return None
+
+    def changed_revision(self) -> int:
+        return self.revision
+
+    def health(self) -> dict | None:
+        """None: /v1/health shows a `store` only for a shared store."""
+        return None
 
     on_commit = None  # called with each COMMIT's seconds (the daemon's metrics)
 
