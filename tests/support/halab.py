@@ -315,22 +315,10 @@ class HaLab(netlab.Lab):
         self.keepalived[name] = proc
         return proc
 
-    def _terminate(self, proc, timeout):
-        """SIGTERM, then SIGKILL after `timeout` (a last etcd member may ignore SIGTERM,
-        NOTES.md); forgotten by the lab's cleanup either way."""
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        self._procs = [(n, p) for n, p in self._procs if p is not proc]
-
     def stop_keepalived(self, name, timeout=10.0):
         proc = self.keepalived.pop(name, None)
         if proc is not None:
-            self._terminate(proc, timeout)
+            self._stop_proc(proc, timeout, terminate=True)
 
     def holds_vips(self, name):
         """Which of keepalived's two addresses router `name` holds now."""
@@ -459,7 +447,7 @@ class HaLab(netlab.Lab):
     def stop_etcd_member(self, k, timeout=10.0):
         proc = self.etcd.pop(k, None)
         if proc is not None:
-            self._terminate(proc, timeout)
+            self._stop_proc(proc, timeout, terminate=True)
 
     def etcd_call(self, from_ns, k, path, body, timeout=3.0):
         """POST to member k's JSON gateway from namespace `from_ns`: (status, JSON or None)."""

@@ -27,6 +27,7 @@ import json
 import os
 import queue
 import secrets
+import signal
 import subprocess
 import sys
 import threading
@@ -462,12 +463,19 @@ class Lab:
 
     # ------------------------------------------------------------ cleanup
 
-    def _stop_proc(self, proc, timeout=5.0):
-        try:
-            if proc.stdin and not proc.stdin.closed:
-                proc.stdin.close()  # our helpers exit on stdin EOF
-        except OSError:
-            pass
+    def _stop_proc(self, proc, timeout=5.0, terminate=False):
+        """Ask `proc` to stop: close its stdin (our helpers exit on EOF) or, with
+        `terminate`, SIGTERM (daemons such as keepalived and etcd; a last etcd member may
+        ignore it, NOTES.md); SIGKILL after `timeout`; forgotten by the cleanup either way."""
+        if terminate:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        else:
+            try:
+                if proc.stdin and not proc.stdin.closed:
+                    proc.stdin.close()
+            except OSError:
+                pass
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
