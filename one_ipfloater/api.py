@@ -328,7 +328,7 @@ class ApiApp:
                 items = svc.list(private_ip=private, ref=_text(query.get("ref"), "ref"),
                                  owner=req.owner(query.get("owner")),
                                  ref_prefix=_text(query.get("ref_prefix"), "ref_prefix"),
-                                 **self._pool_arg(query))
+                                 pool=self._pool(query))
                 return 200, {"floatingips": [self._view(a) for a in items]}
             body = req.body({"public_ip", "private_ip", "owner", "ref", "allow_move", "operator",
                              "owner_group", "quota", "pool"})
@@ -343,7 +343,7 @@ class ApiApp:
                 operator=req.operator(body.get("operator")), unowned_ok=req.unowned_ok,
                 owner_group=_text(body.get("owner_group"), "owner_group"),
                 quotas=parse_quotas(body.get("quota")), actor=p.name,
-                **self._pool_arg(body))
+                pool=self._pool(body))
             return (201 if created else 200), self._view(alloc)
         public_ip = _ip(route[1], "public_ip")
         if len(route) == 2 and method == "GET":
@@ -443,9 +443,10 @@ class ApiApp:
         return {**found, "events": [ev.as_dict() for ev in found["events"]]}
 
     @staticmethod
-    def _pool_arg(given: dict) -> dict:
-        """`pool=` for the service only when sent (small hunks: other fields merge beside it)."""
-        return {"pool": _pool_name(given["pool"])} if given.get("pool") is not None else {}
+    def _pool(given: dict) -> Optional[str]:
+        """The `pool` a request names, checked; None when it names none (the service then
+        uses the address's own pool, or `default`)."""
+        return _pool_name(given["pool"]) if given.get("pool") is not None else None
 
     def _view(self, alloc) -> dict:
         pool = self.service.registry.pool_of(alloc.public_ip)
