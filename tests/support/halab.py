@@ -251,6 +251,14 @@ class HaLab(netlab.Lab):
         for sw in ("pubsw", "privsw"):
             self._ip(self.ns(sw), "link", "set", f"p-{name}", "up")
 
+    def cut_store_link(self, name):
+        """Cut the router off from etcd only (its management port down): a partition
+        in which it keeps forwarding and stays in its VRRP group."""
+        self._ip(self.ns("mgmtsw"), "link", "set", f"p-{name}", "down")
+
+    def restore_store_link(self, name):
+        self._ip(self.ns("mgmtsw"), "link", "set", f"p-{name}", "up")
+
     # -------------------------------------------------------------- ipfloaterd
 
     def start_daemon(self, name):
