@@ -281,6 +281,24 @@ class EtcdStore:
         for a in change.after:
             self._created[a.public_ip] = created.get(a.public_ip, now)
 
+    # -- the routers' registrations (groups.py): outside `rev`, so never a conflict ------
+
+    def put_router(self, name: str, record: dict) -> None:
+        self.call("/v3/kv/put", {"key": b64(f"{self.prefix}/routers/{name}"), "value": b64(json.dumps(record))})
+
+    def delete_router(self, name: str) -> None:
+        self.call("/v3/kv/deleterange", {"key": b64(f"{self.prefix}/routers/{name}")})
+
+    def routers(self) -> dict[str, tuple[dict, int]]:
+        """name -> (registration, its mod revision); unreadable records are left out."""
+        out = {}
+        for kv in self.range_all(f"{self.prefix}/routers/")["kvs"]:
+            try:
+                out[unb64(kv["key"]).rsplit("/", 1)[1]] = (json.loads(unb64(kv["value"])), int(kv["mod_revision"]))
+            except (ValueError, KeyError):
+                continue
+        return out
+
     def replace_all(self, allocations: Iterable[Allocation]) -> None:
         current = self.allocations()
         with self.transaction():

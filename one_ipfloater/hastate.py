@@ -146,6 +146,9 @@ def served_addresses(service) -> set:
     """The addresses whose flows a new state forgets: the pool and any still-served one
     (read under the service's lock: an API change may be editing the registry)."""
     with service._lock:
+        served = getattr(service, "served", None)  # ROUTER_GROUP: the served pools' only
+        if served is not None:
+            return set(served)
         return set(service.registry.pool) | {pub for pub, _priv in service.registry.associations()}
 
 

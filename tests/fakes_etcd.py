@@ -74,6 +74,10 @@ class FakeEtcd:
             self.revision += 1
             self._apply({"request_put": body})
             return self._header()
+        if path == "/v3/kv/deleterange":
+            self.revision += 1
+            self._apply({"request_delete_range": body})
+            return self._header()
         if path == "/v3/kv/txn":
             ok = all(self._holds(c) for c in body.get("compare", []))
             ops = body.get("success" if ok else "failure") or []
