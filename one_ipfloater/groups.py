@@ -92,6 +92,10 @@ def _difference(pool: str, mine: dict | None, theirs: dict | None) -> str:
         return "has no such pool"
     if mine is None:
         return f"has it (group {theirs.get('group')!r}), this router has not"
+    if mine.get("group") is None:
+        return f"says its group is {theirs.get('group')!r}; this router has no ROUTER_GROUP"
+    if theirs.get("group") is None:
+        return f"has no ROUTER_GROUP; here its group is {mine.get('group')!r}"
     if mine.get("group") != theirs.get("group"):
         return f"says its group is {theirs.get('group')!r}, not {mine.get('group')!r}"
     return "has other addresses in it"

@@ -286,7 +286,17 @@ class FloatingIPService:
             self._side_effect_failed(f"updating the addresses {', '.join(map(str, sorted(before ^ after)))} "
                                      f"on {iface}", exc)
 
-    def _flush_conntrack(self, change: Change) -> None:
+    def _followed(self, change: Change) -> set[IPv4Address]:
+        """The flows to cut when the kernel follows another daemon's change: the moved
+        addresses, and the newly associated ones too. This router learnt of the change a
+        poll later, and a packet that came for the address meanwhile left an un-NATed
+        entry that the rest of its flow (a ping train's echoes, say) would keep using."""
+        mine = groups.served_change(change, self.served)
+        before = {a.public_ip: a.private_ip for a in mine.before if a.private_ip}
+        return mine.moved_addresses() | {a.public_ip for a in mine.after
+                                         if a.private_ip and before.get(a.public_ip) != a.private_ip}
+
+    def _flush_conntrack(self, change: Change, moved: set[IPv4Address] | None = None) -> None:
         """Cut the flows of moved or released addresses before the caller gets its answer.
 
         Runs outside the service lock: a conntrack dump walks the kernel's whole hash
@@ -295,7 +305,8 @@ class FloatingIPService:
         associated again meanwhile, a flow of the new association deleted here is picked
         up again at its next packet with the new NAT.
         """
-        moved = groups.served_change(change, self.served).moved_addresses()
+        if moved is None:
+            moved = groups.served_change(change, self.served).moved_addresses()
         if not self.config.conntrack_flush or not moved:
             return
         try:
@@ -380,10 +391,10 @@ class FloatingIPService:
             change = Change(before=old, after=tuple(self.registry))
             if not kernel:
                 self._kernel_behind = True
-                self._moved_behind |= groups.served_change(change, self.served).moved_addresses()
+                self._moved_behind |= self._followed(change)
                 return []
             repairs = self._reconcile()
-        self._flush_conntrack(change)
+        self._flush_conntrack(change, self._followed(change))
         return repairs
 
     def follow(self) -> bool:
