@@ -227,3 +227,26 @@ def test_the_guard_publishes_reads_warns_and_unregisters(router, etcd):
     assert a.group_warnings == ["pool 'pb': router 'r2' (group 'c') says its group is 'c', not 'b'; every "
                                 "router must carry the same pool sections"]
 
+
+
+def test_status_names_the_group_and_the_warnings(router, capsys, monkeypatch):
+    from one_ipfloater import cli
+    from one_ipfloater.auth import Authenticator
+    from one_ipfloater.httpserver import serve_in_thread
+    a, _, _ = router("a")
+    a.group_warnings = ["pool 'pb': no live router of group 'b' serves it: its floating IPs are applied nowhere"]
+    token = "t" * 32
+    _server, url, stop = serve_in_thread(ApiApp(a, Authenticator(token)), request_timeout=5)
+    try:
+        monkeypatch.setenv("IPFLOATER_TOKEN", token)
+        host, port = url.replace("http://", "").split(":")
+        assert cli.main(["-i", host, "-p", port, "status"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[1] == "router group: a (applies pools: default)"
+        assert "warning: pool 'pb': no live router of group 'b' serves it: its floating IPs are applied nowhere" \
+            in lines
+        assert cli.main(["--url", f"{url},{url.replace('127.0.0.1', 'localhost')}", "status"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert out[0].split()[:3] == ["URL", "HEALTH", "ROUTER_GROUP"] and out[1].split()[2] == "a"
+    finally:
+        stop()
