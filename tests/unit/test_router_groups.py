@@ -250,3 +250,34 @@ def test_status_names_the_group_and_the_warnings(router, capsys, monkeypatch):
         assert out[0].split()[:3] == ["URL", "HEALTH", "ROUTER_GROUP"] and out[1].split()[2] == "a"
     finally:
         stop()
+
+
+def test_ha_state_without_the_daemon_flushes_the_groups_pools_only(tmp_path, monkeypatch, capsys):
+    import socket
+    from one_ipfloater import hostnet
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nobody listens there once closed
+    conf = tmp_path / "ipfloaterd.conf"
+    conf.write_text(text("b", extra=f"DB = {tmp_path / 'state.db'}\nTOKEN_FILE = {tmp_path / 'token'}\n"
+                                    f"REST_PORT = {port}\n"))
+    (tmp_path / "token").write_text("t" * 32)
+    monkeypatch.delenv("IPFLOATER_TOKEN", raising=False)
+    flushed = []
+    monkeypatch.setattr(hostnet, "flush_conntrack", lambda addrs: flushed.extend(addrs) or {a: 1 for a in addrs})
+    assert daemon_mod.main(["--config", str(conf), "ha-state", "master"]) == 0
+    assert json.loads(capsys.readouterr().out)["conntrack_flushed"] == 3
+    assert sorted(flushed) == [A("198.51.100.20"), A("198.51.100.21"), A("198.51.100.22")]  # pool pb's only
+
+
+def test_check_shows_the_group_and_each_pools(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(daemon_mod.preflight, "report", lambda config, host: {"backend": "x", "errors": [],
+                                                                             "warnings": []})
+    cfg = parse_config_text(text("b", extra=f"DB = {tmp_path / 'state.db'}\n"))
+    assert daemon_mod.check(cfg, "g.conf") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["router_group"] == {"name": "b", "pools": ["pb"]}
+    assert out["pool_groups"] == {"default": "a", "pb": "b"}
+    plain = parse_config_text(text(None, None, None, extra=f"DB = {tmp_path / 'state.db'}\n"))
+    assert daemon_mod.check(plain, "g.conf") == 0
+    assert "router_group" not in json.loads(capsys.readouterr().out)
