@@ -355,24 +355,29 @@ def run(config: DaemonConfig, ready_fd: int | None = None, config_path: str = DE
 
 
 def guard_loop(config: DaemonConfig, service, store, ha, stop: threading.Event) -> None:
-    """Shared state: every groups.REFRESH_INTERVAL publish what this router serves under
-    <prefix>/routers/<ROUTER_NAME>, read the other routers' and set the drift warnings
-    (groups.judge) that /v1/health shows; etcd unreachable: the last warnings stay.
-    At the stop the registration is deleted."""
+    """Shared state: publish what this router serves under <prefix>/routers/<ROUTER_NAME>
+    (on a lease kept alive every groups.REFRESH_INTERVAL, written again when it changes),
+    read the other routers' and set the drift warnings (groups.judge) that /v1/health
+    shows; etcd unreachable: the last warnings stay. At the stop the lease is revoked,
+    which deletes the registration."""
     name = config.router_name or socket.gethostname()
     pools = config_pools(config)
     pool_layout = groups.layout(pools, config.pool_groups)
     served = list(service.served_pools) if service.served_pools is not None else [n for n, _ in pools]
-    liveness, shown = groups.Liveness(), []
+    lease, published, shown = None, None, []
     while True:
         try:
             mine = groups.registration(pool_layout, config.router_group, served, ha.state, time.time())
-            store.put_router(name, mine)
-            live = liveness.live(store.routers(), time.monotonic())
-            live[name] = mine
-            found = groups.judge(name, pool_layout, live)
+            if lease is not None and not store.keep_alive(lease):
+                lease = None  # expired meanwhile (etcd was unreachable longer than its TTL)
+            if lease is None:
+                lease, published = store.grant_lease(groups.LEASE_TTL), None
+            if published != {**mine, "time": None}:
+                store.put_router(name, mine, lease)
+                published = {**mine, "time": None}
+            found = groups.judge(name, pool_layout, {**store.routers(), name: mine})
         except StoreError:  # (follow_loop logs the store's trouble)
-            found = shown
+            found, lease = shown, None  # a lease that may have gone: a new one next round
         except Exception as exc:  # keep publishing; the next round retries
             log.error("router groups: %s", exc)
             found = shown
@@ -386,9 +391,10 @@ def guard_loop(config: DaemonConfig, service, store, ha, stop: threading.Event) 
         if stop.wait(groups.REFRESH_INTERVAL):
             break
     try:
-        store.delete_router(name)
+        if lease is not None:
+            store.revoke_lease(lease)
     except StoreError as exc:
-        log.warning("router groups: registration %s not deleted: %s", name, exc)
+        log.warning("router groups: registration %s not deleted (it expires): %s", name, exc)
 
 
 def flush(config: DaemonConfig) -> int:

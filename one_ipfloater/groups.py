@@ -13,7 +13,7 @@ which pool an address is in (and so about who applies it); a pool that no live r
 serves has floating IPs that reach nobody. Both are warnings (/v1/health, the log), not
 refusals: the routers keep forwarding what they have.
 
-Pure functions and one small class fed with a clock; the daemon does the I/O.
+Pure functions; the daemon does the I/O (daemon.guard_loop).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import json
 from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address
 
-REFRESH_INTERVAL = 2.0  # seconds between a daemon's publications and readings
-STALE_AFTER = 10.0  # seconds without a new publication after which a router counts as gone
+REFRESH_INTERVAL = 2.0  # seconds between a daemon's keep-alives and readings
+LEASE_TTL = 10  # seconds without a keep-alive after which etcd drops a router's registration
 
 
 def served_pools(config) -> tuple[str, ...] | None:
@@ -82,7 +82,7 @@ def fingerprint(pool_layout: dict[str, dict]) -> str:
 
 def registration(pool_layout: dict[str, dict], group: str | None, served: Iterable[str],
                  ha_state: str, now: float) -> dict:
-    """What a daemon publishes under <prefix>/routers/<name>."""
+    """What a daemon publishes under <prefix>/routers/<name> (`time`: when it did)."""
     return {"group": group, "fingerprint": fingerprint(pool_layout), "pools": pool_layout,
             "served": list(served), "ha_state": ha_state, "time": now}
 
@@ -124,27 +124,4 @@ def judge(me: str, pool_layout: dict[str, dict], routers: dict[str, dict]) -> li
             warnings.append(f"pool {pool!r}: no live router of group {group!r} serves it: its floating "
                             "IPs are applied nowhere")
     return warnings
-
-
-class Liveness:
-    """Which registrations are live: one whose etcd mod revision moved within STALE_AFTER
-    of this daemon's own clock. Judged on what this daemon saw, not on the time inside the
-    record, so that routers' clocks need not agree."""
-
-    def __init__(self, stale_after: float = STALE_AFTER):
-        self.stale_after = stale_after
-        self._seen: dict[str, tuple[int, float]] = {}  # name -> (mod revision, when it moved)
-
-    def live(self, records: dict[str, tuple[dict, int]], now: float) -> dict[str, dict]:
-        """records: name -> (registration, mod revision); the live ones, name -> registration."""
-        out = {}
-        for name, (record, revision) in records.items():
-            seen = self._seen.get(name)
-            if seen is None or seen[0] != revision:
-                seen = self._seen[name] = (revision, now)
-            if now - seen[1] <= self.stale_after:
-                out[name] = record
-        for name in set(self._seen) - set(records):
-            del self._seen[name]
-        return out
 

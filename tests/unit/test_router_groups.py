@@ -106,14 +106,6 @@ def test_judge_names_the_drifted_pool_and_the_unserved_one():
                      "the same pool sections"]
 
 
-def test_a_registration_that_stops_moving_goes_stale_on_the_readers_clock():
-    live = groups.Liveness(stale_after=10)
-    assert set(live.live({"r2": ({}, 5)}, now=100)) == {"r2"}
-    assert set(live.live({"r2": ({}, 5)}, now=109)) == {"r2"}
-    assert set(live.live({"r2": ({}, 5)}, now=111)) == set()  # no new publication for 11 s
-    assert set(live.live({"r2": ({}, 9)}, now=112)) == {"r2"}  # it published again
-
-
 # -- two daemons of two groups on one (fake) etcd ------------------------------------
 
 @pytest.fixture
@@ -220,13 +212,37 @@ def test_the_guard_publishes_reads_warns_and_unregisters(router, etcd):
     daemon_mod.guard_loop(a.config._replace(router_name="r1"), a, a.store, Ha, stop)
     assert a.group_warnings == ["pool 'pb': no live router of group 'b' serves it: its floating IPs are "
                                 "applied nowhere"]
-    assert a.store.routers() == {}  # unregistered at the stop
+    assert a.store.routers() == {}  # unregistered at the stop (its lease revoked)
     drifted = groups.layout(b.config.pools, (("default", "a"), ("pb", "c")))  # r2's pb says group c
-    b.store.put_router("r2", groups.registration(drifted, "c", ["pb"], "master", 0))
+    lease = b.store.grant_lease(10)
+    b.store.put_router("r2", groups.registration(drifted, "c", ["pb"], "master", 0), lease)
     daemon_mod.guard_loop(a.config._replace(router_name="r1"), a, a.store, Ha, stop)
     assert a.group_warnings == ["pool 'pb': router 'r2' (group 'c') says its group is 'c', not 'b'; every "
                                 "router must carry the same pool sections"]
+    etcd.expire(lease)  # r2 stopped keeping it alive
+    daemon_mod.guard_loop(a.config._replace(router_name="r1"), a, a.store, Ha, stop)
+    assert a.group_warnings == ["pool 'pb': no live router of group 'b' serves it: its floating IPs are "
+                                "applied nowhere"]
 
+
+def test_the_guard_keeps_its_lease_alive_and_takes_a_new_one_when_it_expired(router, etcd, monkeypatch):
+    class Ha:
+        state = "backup"
+    a, _, _ = router("a")
+    stop, rounds = threading.Event(), []
+
+    def wait(_timeout):  # the loop's pause: three rounds, the lease lost after the first
+        rounds.append(dict(a.store.routers()))
+        if len(rounds) == 1:
+            etcd.expire(next(iter(etcd.leased.values())))
+        return len(rounds) == 3
+    monkeypatch.setattr(stop, "wait", wait)
+    puts = etcd.calls.get("/v3/kv/put", 0)
+    daemon_mod.guard_loop(a.config._replace(router_name="r1"), a, a.store, Ha, stop)
+    assert [list(r) for r in rounds] == [["r1"], ["r1"], ["r1"]]  # back at once under a new lease
+    assert etcd.calls["/v3/kv/put"] - puts == 2 and etcd.calls["/v3/lease/grant"] == 2
+    assert etcd.calls["/v3/lease/keepalive"] == 2  # (no put while nothing changed)
+    assert rounds[0]["r1"]["ha_state"] == "backup" and a.store.routers() == {}
 
 
 def test_status_names_the_group_and_the_warnings(router, capsys, monkeypatch):
