@@ -234,12 +234,16 @@ class ApiApp:
                 raise FipError("not_found", f"path: {_show(path)} is not an API route", 404)
             route = parts[1:]
             if route == ["health"] and method in ("GET", "HEAD"):
-                health = {"status": "ok", "warnings": list(getattr(self.service, "warnings", []))}
+                health = {"status": "ok", "warnings": list(getattr(self.service, "warnings", []))
+                          + list(getattr(self.service, "group_warnings", []))}
                 if self.ha_state is not None:
                     health["ha_state"] = self.ha_state.view()
                 store = getattr(self.service, "store_health", lambda: None)()
                 if store is not None:  # a shared store (etcd): its health, how old the state read is
                     health["store"] = store
+                group = getattr(self.service, "group_health", lambda: None)()
+                if group is not None:  # ROUTER_GROUP: this router's group and the pools it applies
+                    health["router_group"] = group
                 return 200, health, who
             principal = self._principal(environ)
             if principal is None:

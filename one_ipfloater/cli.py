@@ -216,7 +216,7 @@ def _execute(args, client: IpfloaterClient):
                 text = f"HA state: {ha['state']}\n{text}"
             line = "ok" if store["ok"] else f"UNAVAILABLE ({store['error']}); changes are refused"
             return result, (f"state store: {store['kind']} {line}, revision {store['revision']}, "
-                            f"state read {store['last_read_age_s']} s ago\n{text}")
+                            f"state read {store['last_read_age_s']} s ago\n{_group_lines(health, result)}{text}")
         if not ha or ha.get("state") == "unknown":  # a single router: as before
             return {"floatingips": items}, text
         return {"floatingips": items, "ha_state": ha}, f"HA state: {ha['state']}\n{text}"
@@ -256,6 +256,20 @@ def _execute(args, client: IpfloaterClient):
 DAEMON_COLUMNS = ["url", "health", "ha_state", "since", "warnings"]
 
 
+def _group_lines(health: dict, result: dict) -> str:
+    """Router groups (shared store): this router's group and the pools it applies, and
+    the warnings (a drifted pool layout, a pool no live router serves), a line each."""
+    text = ""
+    group = health.get("router_group")
+    if group:
+        result["router_group"] = group
+        text += f"router group: {group['name']} (applies pools: {', '.join(group['pools'])})\n"
+    if health.get("warnings"):
+        result["warnings"] = health["warnings"]
+        text += "".join(f"warning: {line}\n" for line in health["warnings"])
+    return text
+
+
 def _daemon_row(url: str, answer) -> dict:
     """One daemon's line of `status`: its health (or why it has none) and HA state."""
     if isinstance(answer, ApiError):
@@ -272,7 +286,12 @@ def _group_status(client: IpfloaterClient):
     failover), then the allocations from the first that answers. Raises ApiError (after
     the daemons are printed) when none does."""
     rows = [_daemon_row(url, answer) for url, answer in client.health_of_each()]
-    text = _table(rows, DAEMON_COLUMNS)
+    columns = DAEMON_COLUMNS
+    if any((row["answer"] or {}).get("router_group") for row in rows):  # router groups: say whose
+        for row in rows:
+            row["router_group"] = ((row["answer"] or {}).get("router_group") or {}).get("name")
+        columns = DAEMON_COLUMNS[:2] + ["router_group"] + DAEMON_COLUMNS[2:]
+    text = _table(rows, columns)
     try:
         items = client.list()
     except ApiError as exc:

@@ -21,7 +21,7 @@ from .logformat import parse_format
 
 SECTION = "IPFLOATER"
 POOL_SECTION_PREFIX = "POOL "
-POOL_KEYS = {"IP_POOL"}
+POOL_KEYS = {"IP_POOL", "ROUTER_GROUP"}
 DEFAULT_DB = "/var/lib/ipfloater/ipfloater.db"
 DEFAULT_TOKEN_FILE = "/var/lib/ipfloater/token"
 DEFAULT_XTABLES_LOCK = "/run/xtables.lock"
@@ -34,6 +34,7 @@ KNOWN_KEYS = {
     "REQUEST_TIMEOUT", "DB_SYNC",
     "HISTORY_DAYS", "METRICS_ADDRESS", "LOG_FORMAT",
     "HA_MODE", "STATE_STORE", "ETCD_ENDPOINTS", "ETCD_PREFIX", "ETCD_TIMEOUT", "ETCD_POLL_INTERVAL",
+    "ROUTER_GROUP", "IP_POOL_ROUTER_GROUP", "ROUTER_NAME",
 }
 # Keys the original daemon had that mean nothing here; accepted so old files load.
 IGNORED_LEGACY_KEYS = {"IPTABLES_CMD", "MAX_REDIRECTIONS", "LISTEN_IP", "PID_FILE", "LOG_FILE"}
@@ -71,6 +72,9 @@ _SETTINGS = (  # (field, default); the first two have none
     ("etcd_prefix", "/ipfloater"),
     ("etcd_timeout", 2.0),                   # seconds per gateway call
     ("etcd_poll_interval", 0.5),             # seconds between checks of the shared revision
+    ("router_group", None),                  # this router's group (groups.py); None: serves every pool
+    ("pool_groups", None),                   # ((pool, group), ...) in pool order; None: no groups
+    ("router_name", None),                   # this router in <prefix>/routers/ (default: the host name)
 )
 
 
@@ -127,7 +131,10 @@ def parse_config_text(text: str, source: str = "<config>") -> DaemonConfig:
     raw = dict(parser.items(SECTION))
     try:
         named = _named_pool_sections(parser)
-        return _build(raw, named)
+        section_groups = {section[len(POOL_SECTION_PREFIX):]: parser.get(section, "ROUTER_GROUP")
+                          for section in parser.sections() if section.startswith(POOL_SECTION_PREFIX)
+                          and parser.has_option(section, "ROUTER_GROUP")}
+        return _build(raw, named, section_groups)
     except (ConfigError, AddressError) as exc:
         raise ConfigError(f"{source}: {exc}") from None
 
@@ -218,7 +225,8 @@ def _check_paths(values: dict) -> None:
         owners[path] = key
 
 
-def _build(raw: dict[str, str], named: list[tuple[str, str]] = ()) -> DaemonConfig:
+def _build(raw: dict[str, str], named: list[tuple[str, str]] = (),
+           section_groups: dict[str, str] | None = None) -> DaemonConfig:
     unknown = sorted(set(raw) - KNOWN_KEYS - IGNORED_LEGACY_KEYS)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown key (known: {', '.join(sorted(KNOWN_KEYS))})")
@@ -293,6 +301,7 @@ def _build(raw: dict[str, str], named: list[tuple[str, str]] = ()) -> DaemonConf
     if "HA_MODE" in raw:
         values["ha_mode"] = _ha_mode(raw["HA_MODE"], values.get("public_interface"))
     values.update(_state_store(raw))
+    values.update(_router_groups(raw, [name for name, _ in pools], section_groups or {}, values["state_store"]))
     _check_paths(values)
     return DaemonConfig(**values)
 
@@ -308,6 +317,55 @@ def _ha_mode(value: str, public_interface: str | None) -> str:
     if mode == "onlink" and not public_interface:
         raise ConfigError("HA_MODE: onlink needs PUBLIC_INTERFACE (the floating /32s go there)")
     return mode
+
+
+ROUTER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _group_key(pool: str) -> str:
+    return "IP_POOL_ROUTER_GROUP" if pool == DEFAULT_POOL else f"[POOL {pool}] ROUTER_GROUP"
+
+
+def _router_groups(raw: dict[str, str], pools: list[str], section_groups: dict[str, str],
+                   state_store: str) -> dict:
+    """ROUTER_GROUP, each pool's group and ROUTER_NAME (groups.py says what they do).
+
+    All or nothing: once one key names a group, every pool must name the group that
+    serves it, since a pool left out would silently be served by no router at all."""
+    values: dict = {}
+    if raw.get("ROUTER_NAME", "").strip():
+        name = raw["ROUTER_NAME"].strip()
+        if not ROUTER_NAME_RE.fullmatch(name):
+            raise ConfigError(f"ROUTER_NAME: {raw['ROUTER_NAME']!r} must be 1-64 characters: letters, "
+                              "digits, _ . or -, starting with a letter or digit")
+        values["router_name"] = name
+    given = {pool: section_groups[pool].strip() for pool in pools if pool in section_groups}
+    if raw.get("IP_POOL_ROUTER_GROUP", "").strip():
+        if DEFAULT_POOL not in pools:
+            raise ConfigError(f"IP_POOL_ROUTER_GROUP: {raw['IP_POOL_ROUTER_GROUP']!r} names the group of "
+                              "IP_POOL, which is not set")
+        given[DEFAULT_POOL] = raw["IP_POOL_ROUTER_GROUP"].strip()
+    mine = raw.get("ROUTER_GROUP", "").strip()
+    if not mine and not any(given.values()):
+        return values
+    for pool, group in [(p, given.get(p, "")) for p in pools] + [("", mine)]:
+        key = _group_key(pool) if pool else "ROUTER_GROUP"
+        if not group:
+            raise ConfigError(f"{key}: missing (once router groups are used, every pool names the "
+                              "group that serves it and ROUTER_GROUP names this router's)")
+        if not POOL_NAME_RE.fullmatch(group):
+            raise ConfigError(f"{key}: {group!r} is not a group name (a lower-case letter, then up to "
+                              "31 of a-z 0-9 _ -)")
+    if state_store != "etcd":
+        raise ConfigError(f"ROUTER_GROUP: {mine!r} needs STATE_STORE = etcd (with {state_store} no other "
+                          "router sees the changes)")
+    served = [pool for pool in pools if given[pool] == mine]
+    if not served:
+        raise ConfigError(f"ROUTER_GROUP: {mine!r} serves no pool (the pools' groups: "
+                          f"{', '.join(sorted(set(given.values())))})")
+    values["router_group"] = mine
+    values["pool_groups"] = tuple((pool, given[pool]) for pool in pools)
+    return values
 
 
 ETCD_PREFIX_RE = re.compile(r"/[A-Za-z0-9_./-]{0,126}[A-Za-z0-9_.-]")

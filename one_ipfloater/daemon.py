@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 
-from . import __version__, hastate, hostnet, instance, logformat, onlink, preflight, safefs
+from . import __version__, groups, hastate, hostnet, instance, logformat, onlink, preflight, safefs
 from .cliutil import OneLineArgumentParser
 from .config import ConfigError, DaemonConfig, config_pools, load_config
 from .locking import flock_exclusive
@@ -334,18 +334,67 @@ def run(config: DaemonConfig, ready_fd: int | None = None, config_path: str = DE
                 failing = str(exc)
 
     threading.Thread(target=reconcile_loop, name="reconcile", daemon=True).start()
+    guard = None
     if config.state_store == "etcd":
         threading.Thread(target=follow_loop, name="follow", daemon=True).start()
+        guard = threading.Thread(target=guard_loop, args=(config, service, store, ha, stop),
+                                 name="routers", daemon=True)
+        guard.start()
     threading.Thread(target=on_stop, name="reconcile-stop", daemon=True).start()
     host, port = server.effective_host, int(server.effective_port)
     log.info("listening on %s:%d (API v1, at most %d connections)", host, port, server.adj.connection_limit)
     supervisor.ready(host, port, len(service.registry))
     serve(server)
+    if guard is not None:  # its registration goes with it (a router stopped serves nothing)
+        guard.join(2 * config.etcd_timeout + 1)
     tokens.close()
     store.close()
     os.close(lock_fd)
     instance.release(namespace_claim, prober)
     return 0
+
+
+def guard_loop(config: DaemonConfig, service, store, ha, stop: threading.Event) -> None:
+    """Shared state: publish what this router serves under <prefix>/routers/<ROUTER_NAME>
+    (on a lease kept alive every groups.REFRESH_INTERVAL, written again when it changes),
+    read the other routers' and set the drift warnings (groups.judge) that /v1/health
+    shows; etcd unreachable: the last warnings stay. At the stop the lease is revoked,
+    which deletes the registration."""
+    name = config.router_name or socket.gethostname()
+    pools = config_pools(config)
+    pool_layout = groups.layout(pools, config.pool_groups)
+    served = list(service.served_pools) if service.served_pools is not None else [n for n, _ in pools]
+    lease, published, shown = None, None, []
+    while True:
+        try:
+            mine = groups.registration(pool_layout, config.router_group, served, ha.state, time.time())
+            if lease is not None and not store.keep_alive(lease):
+                lease = None  # expired meanwhile (etcd was unreachable longer than its TTL)
+            if lease is None:
+                lease, published = store.grant_lease(groups.LEASE_TTL), None
+            if published != {**mine, "time": None}:
+                store.put_router(name, mine, lease)
+                published = {**mine, "time": None}
+            found = groups.judge(name, pool_layout, {**store.routers(), name: mine})
+        except StoreError:  # (follow_loop logs the store's trouble)
+            found, lease = shown, None  # a lease that may have gone: a new one next round
+        except Exception as exc:  # keep publishing; the next round retries
+            log.error("router groups: %s", exc)
+            found = shown
+        for line in found:
+            if line not in shown:
+                log.warning("router groups: %s", line)
+        for line in shown:
+            if line not in found:
+                log.info("router groups: resolved: %s", line)
+        service.group_warnings = shown = found
+        if stop.wait(groups.REFRESH_INTERVAL):
+            break
+    try:
+        if lease is not None:
+            store.revoke_lease(lease)
+    except StoreError as exc:
+        log.warning("router groups: registration %s not deleted (it expires): %s", name, exc)
 
 
 def flush(config: DaemonConfig) -> int:
@@ -377,6 +426,8 @@ def check(config: DaemonConfig, path: str) -> int:
     metrics = config.metrics_address
     print(json.dumps({"config": path, "pool_size": len(config.pool), "history_days": config.history_days,
                       "pools": {name: len(addrs) for name, addrs in config_pools(config)},
+                      **({"router_group": {"name": config.router_group, "pools": list(groups.served_pools(config))},
+                          "pool_groups": dict(config.pool_groups)} if config.router_group else {}),
                       "private_ranges": [str(n) for n in config.private_ranges],
                       "metrics_address": _host_port(*metrics) if metrics else None, **found}))
     if found["errors"]:

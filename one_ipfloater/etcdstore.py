@@ -281,6 +281,36 @@ class EtcdStore:
         for a in change.after:
             self._created[a.public_ip] = created.get(a.public_ip, now)
 
+    # -- the routers' registrations (groups.py): outside `rev`, so never a conflict ------
+    # Each under a lease the daemon keeps alive: a keep-alive writes no revision (a put
+    # every few seconds would grow etcd's history for ever without compaction), and the
+    # key goes when the router stops refreshing it, by etcd's clock alone.
+
+    def grant_lease(self, ttl: int) -> str:
+        return str(self.call("/v3/lease/grant", {"TTL": ttl})["ID"])
+
+    def keep_alive(self, lease: str) -> bool:
+        """False when the lease expired (etcd answers a TTL of 0, or none)."""
+        answer = self.call("/v3/lease/keepalive", {"ID": lease})
+        return int((answer.get("result") or {}).get("TTL") or 0) > 0
+
+    def revoke_lease(self, lease: str) -> None:
+        self.call("/v3/lease/revoke", {"ID": lease})
+
+    def put_router(self, name: str, record: dict, lease: str) -> None:
+        self.call("/v3/kv/put", {"key": b64(f"{self.prefix}/routers/{name}"), "value": b64(json.dumps(record)),
+                                 "lease": lease})
+
+    def routers(self) -> dict[str, dict]:
+        """name -> registration of every router whose lease is alive (unreadable ones left out)."""
+        out = {}
+        for kv in self.range_all(f"{self.prefix}/routers/")["kvs"]:
+            try:
+                out[unb64(kv["key"]).rsplit("/", 1)[1]] = json.loads(unb64(kv["value"]))
+            except (ValueError, KeyError):
+                continue
+        return out
+
     def replace_all(self, allocations: Iterable[Allocation]) -> None:
         current = self.allocations()
         with self.transaction():

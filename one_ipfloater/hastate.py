@@ -146,6 +146,9 @@ def served_addresses(service) -> set:
     """The addresses whose flows a new state forgets: the pool and any still-served one
     (read under the service's lock: an API change may be editing the registry)."""
     with service._lock:
+        served = getattr(service, "served", None)  # ROUTER_GROUP: the served pools' only
+        if served is not None:
+            return set(served)
         return set(service.registry.pool) | {pub for pub, _priv in service.registry.associations()}
 
 
@@ -166,7 +169,11 @@ def command(config, state: str) -> int:
         refused = exc.code not in ("unreachable", "timeout", "no_token")
         why = exc.message
     try:
-        done = enter(state, state_path(config.db_path), config.pool, hostnet.flush_conntrack)
+        from .config import config_pools
+        from .groups import served_addresses, served_pools
+        served = served_addresses(config_pools(config), served_pools(config))  # ROUTER_GROUP: its own
+        done = enter(state, state_path(config.db_path), config.pool if served is None else sorted(served),
+                     hostnet.flush_conntrack)
         if state != "master" and getattr(config, "ha_mode", "none") == "onlink":
             done["addresses"] = give_up_addresses(config, hostnet)
     except (OSError, hostnet.HostNetError) as exc:

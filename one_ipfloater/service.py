@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address
 
-from . import __version__, history, hostnet, onlink, preflight
+from . import __version__, groups, history, hostnet, onlink, preflight
 from .coalesce import Coalescer
 from .config import DaemonConfig, config_pools
 from .metrics import Observer, outcome
@@ -83,6 +83,11 @@ class FloatingIPService:
         self.holds_addresses = onlink.holds_addresses(config.ha_mode, "unknown")
         self._kernel_behind = False  # a conflict's catch-up updated the registry, not yet the kernel
         self._moved_behind: set[IPv4Address] = set()  # addresses others moved meanwhile
+        # ROUTER_GROUP: the kernel holds the served pools' associations only (groups.py);
+        # None: every pool's, as a router without groups always did
+        self.served_pools = groups.served_pools(config)
+        self.served = groups.served_addresses(config_pools(config), self.served_pools)
+        self.group_warnings: list[str] = []  # the routers' guard's (groups.judge), set by the daemon
 
     # -- start-up and reconcile ------------------------------------------------------
 
@@ -118,8 +123,8 @@ class FloatingIPService:
         """The NAT the kernel should hold for `registry` (default: the current one)."""
         if registry is None:  # (not `or`: an empty Registry is falsy)
             registry = self.registry
-        return desired_spec(registry.associations(), self.config.private_ranges,
-                             registry.pool, self.config.block_public_ips)
+        return desired_spec(groups.only_served(registry.associations(), self.served), self.config.private_ranges,
+                             registry.pool if self.served is None else self.served, self.config.block_public_ips)
 
     def reconcile(self, rules_done: Callable[[], None] | None = None, at_start: bool = False) -> list[str]:
         """`_reconcile`, counted by the observer (runs, failures, repairs)."""
@@ -159,7 +164,8 @@ class FloatingIPService:
         iface = self.config.public_interface
         if not iface:
             return []
-        wanted = {pub for pub, _priv in self.registry.associations()}
+        wanted = {pub for pub, _priv in groups.only_served(self.registry.associations(), self.served)}
+        # (every pool's: another group's /32 left here from before is removed)
         present = self.host.host_addresses(iface) & (self.registry.pool | wanted)
         missing, extra = onlink.address_plan(wanted, present, self.holds_addresses)
         self._add_addresses(missing)
@@ -189,7 +195,8 @@ class FloatingIPService:
                 return [f"failed: {exc}"]
             # a master that already held some (a repeated notify, a removal that failed)
             # announces them too: the upstream may have learnt the peer's MAC meanwhile
-            self._announce(sorted(kept & {pub for pub, _priv in self.registry.associations()}))
+            self._announce(sorted(kept & {pub for pub, _priv in
+                                          groups.only_served(self.registry.associations(), self.served)}))
             return repairs
 
     def _add_addresses(self, addrs: list[IPv4Address]) -> None:
@@ -220,7 +227,7 @@ class FloatingIPService:
         applied, whatever its side effects do."""
         if change.noop:
             return
-        before_pairs, after_pairs = change.associations()
+        before_pairs, after_pairs = groups.served_change(change, self.served).associations()
         removed, added = pair_delta(before_pairs, after_pairs)
         touched = False
         try:
@@ -267,6 +274,7 @@ class FloatingIPService:
         iface = self.config.public_interface
         if not iface:
             return
+        change = groups.served_change(change, self.served)
         before = {a.public_ip for a in change.before if a.private_ip}
         after = {a.public_ip for a in change.after if a.private_ip}
         try:
@@ -278,7 +286,17 @@ class FloatingIPService:
             self._side_effect_failed(f"updating the addresses {', '.join(map(str, sorted(before ^ after)))} "
                                      f"on {iface}", exc)
 
-    def _flush_conntrack(self, change: Change) -> None:
+    def _followed(self, change: Change) -> set[IPv4Address]:
+        """The flows to cut when the kernel follows another daemon's change: the moved
+        addresses, and the newly associated ones too. This router learnt of the change a
+        poll later, and a packet that came for the address meanwhile left an un-NATed
+        entry that the rest of its flow (a ping train's echoes, say) would keep using."""
+        mine = groups.served_change(change, self.served)
+        before = {a.public_ip: a.private_ip for a in mine.before if a.private_ip}
+        return mine.moved_addresses() | {a.public_ip for a in mine.after
+                                         if a.private_ip and before.get(a.public_ip) != a.private_ip}
+
+    def _flush_conntrack(self, change: Change, moved: set[IPv4Address] | None = None) -> None:
         """Cut the flows of moved or released addresses before the caller gets its answer.
 
         Runs outside the service lock: a conntrack dump walks the kernel's whole hash
@@ -287,7 +305,8 @@ class FloatingIPService:
         associated again meanwhile, a flow of the new association deleted here is picked
         up again at its next packet with the new NAT.
         """
-        moved = change.moved_addresses()
+        if moved is None:
+            moved = groups.served_change(change, self.served).moved_addresses()
         if not self.config.conntrack_flush or not moved:
             return
         try:
@@ -372,10 +391,10 @@ class FloatingIPService:
             change = Change(before=old, after=tuple(self.registry))
             if not kernel:
                 self._kernel_behind = True
-                self._moved_behind |= change.moved_addresses()
+                self._moved_behind |= self._followed(change)
                 return []
             repairs = self._reconcile()
-        self._flush_conntrack(change)
+        self._flush_conntrack(change, self._followed(change))
         return repairs
 
     def follow(self) -> bool:
@@ -385,6 +404,12 @@ class FloatingIPService:
             return False
         self.catch_up()
         return True
+
+    def group_health(self) -> dict | None:
+        """This router's group and the pools it applies (/v1/health); None without groups."""
+        if self.config.router_group is None:
+            return None
+        return {"name": self.config.router_group, "pools": list(self.served_pools)}
 
     def store_health(self) -> dict | None:
         """The shared store's health (/v1/health `store`); None with the local SQLite file."""
@@ -482,6 +507,7 @@ class FloatingIPService:
             if DEFAULT_POOL in self.registry.pools:
                 answer = self.pool_detail(DEFAULT_POOL)
                 del answer["name"], answer["allocated"], answer["associated"]
+                answer.pop("router_group", None)
             answer["pools"] = [self.pool_detail(name, addresses=False) for name in self.registry.pools]
             return answer
 
@@ -495,6 +521,8 @@ class FloatingIPService:
             associated = reg.association_count(name)
             answer = {"name": name, "size": len(addrs), "free": free,
                       "allocated": len(addrs) - free - associated, "associated": associated}
+            if self.config.router_group is not None:  # (router groups: who applies it)
+                answer["router_group"] = groups.pool_group(self.config, name)
             if addresses:
                 answer["addresses"] = [
                     {"public_ip": str(addr), "status": "free" if alloc is None else

@@ -23,6 +23,15 @@ class FakeEtcd:
         self.revision = 1
         self.down = False
         self.calls = {}
+        self.leases = {}  # lease ID -> TTL (0 once expired or revoked)
+        self.leased = {}  # key -> its lease
+
+    def expire(self, lease):
+        """The lease ends (not kept alive, or revoked): its keys go, as in etcd."""
+        self.leases[lease] = 0
+        for key in [k for k, held in self.leased.items() if held == lease]:
+            self.kv.pop(key, None)
+            del self.leased[key]
 
     def _header(self):
         return {"header": {"revision": str(self.revision)}}
@@ -73,6 +82,17 @@ class FakeEtcd:
         if path == "/v3/kv/put":
             self.revision += 1
             self._apply({"request_put": body})
+            if body.get("lease"):
+                self.leased[_d(body["key"])] = body["lease"]
+            return self._header()
+        if path == "/v3/lease/grant":
+            self.leases[str(len(self.leases) + 100)] = int(body["TTL"])
+            return {**self._header(), "ID": str(len(self.leases) + 99), "TTL": str(body["TTL"])}
+        if path == "/v3/lease/keepalive":
+            ttl = self.leases.get(body["ID"], 0)
+            return {"result": {**self._header(), "ID": body["ID"], **({"TTL": str(ttl)} if ttl else {})}}
+        if path == "/v3/lease/revoke":
+            self.expire(body["ID"])
             return self._header()
         if path == "/v3/kv/txn":
             ok = all(self._holds(c) for c in body.get("compare", []))

@@ -59,6 +59,11 @@ IP_POOL = "203.0.113.10-203.0.113.40"
 ROUTERS = ("r1", "r2")
 FIP, VM, PORT = "203.0.113.10", 1, 8080  # the floating IP the flows go through, to vm1
 FLOW_BOUND = 15.0  # seconds within which traffic must flow again (a bound, not the figure)
+# HaLab(groups=True): r1 alone is group a, r2 alone group b; pool -> (IP_POOL, the upstream's
+# route for it, its group); vm1's gateway is r1, vm2's r2 (no keepalived, no VIPs)
+GROUP_POOLS = {"default": ("203.0.113.10-203.0.113.25", "203.0.113.0/27", "a"),
+               "pb": ("203.0.113.33-203.0.113.46", "203.0.113.32/27", "b")}
+ROUTER_GROUPS = {"r1": "a", "r2": "b"}
 
 
 def router_pub_ip(i):
@@ -125,8 +130,11 @@ class HaLab(netlab.Lab):
 
     def __init__(self, advert_int=0.2, unicast=True, notify=True, etcd=False, vms=2,
                  nat_backend="nftables", workdir=None, routers=True, onlink=False, garp=True,
-                 ha_mode=None, store="sqlite", daemon_settings=None):
+                 ha_mode=None, store="sqlite", daemon_settings=None, groups=False):
         self.advert_int, self.unicast, self.notify, self.vms = advert_int, unicast, notify, vms
+        self.groups = groups  # two router groups of one router each on the lab's etcd (GROUP_POOLS)
+        if groups:
+            etcd, store = True, "etcd"
         # onlink: the upstream has the pool on the public segment and ARPs for each floating
         # address; the daemons run HA_MODE onlink (or `ha_mode`, for a negative control) with
         # the /32s on pub0, and GRATUITOUS_ARP as `garp` says
@@ -149,7 +157,7 @@ class HaLab(netlab.Lab):
                 self.start_etcd()
             for name in ROUTERS if routers else ():
                 self.start_daemon(name)
-            if routers:  # r1 first: with nopreempt, whoever is master first stays master
+            if routers and not groups:  # r1 first: with nopreempt, whoever is master first stays master
                 self.start_keepalived("r1")
                 self.wait_master("r1")
                 self.start_keepalived("r2")
@@ -202,7 +210,11 @@ class HaLab(netlab.Lab):
         self._port("pubsw", "p-up", up, "pub0")
         self._addr_up(up, "pub0", f"{UPSTREAM_PUB_IP}/{PUB_PREFIX}")
         self._sysctl(up, "net.ipv4.ip_forward=1")
-        if self.onlink:  # the upstream ARPs for each floating address on the segment
+        if self.groups:  # each group's pool to its router
+            for _pool, (_range, net, group) in GROUP_POOLS.items():
+                r = ROUTERS.index(next(n for n, g in ROUTER_GROUPS.items() if g == group)) + 1
+                self._ip(up, "route", "add", net, "via", router_pub_ip(r))
+        elif self.onlink:  # the upstream ARPs for each floating address on the segment
             self._ip(up, "route", "add", POOL, "dev", "pub0")
         else:
             self._ip(up, "route", "add", POOL, "via", PUBLIC_VIP)
@@ -228,7 +240,8 @@ class HaLab(netlab.Lab):
         self._link(self.ns_switch, port, ns, netlab.VM_IF)
         self._ip(self.ns_switch, "link", "set", port, "master", netlab.BRIDGE, "up")
         self._addr_up(ns, netlab.VM_IF, f"{vm_ip(i)}/{PRIV_PREFIX}")
-        self._ip(ns, "route", "add", "default", "via", PRIVATE_VIP)
+        gateway = router_priv_ip(1 + (i - 1) % len(ROUTERS)) if self.groups else PRIVATE_VIP
+        self._ip(ns, "route", "add", "default", "via", gateway)
         self.vm_count = i
         self._wait_up([self.ns_switch, ns])
         return i
@@ -273,7 +286,21 @@ class HaLab(netlab.Lab):
                                 ETCD_ENDPOINTS=",".join(f"http://{etcd_ip(k)}:2379" for k in (1, 2, 3)))
             d = DaemonProcess(self.ns(name), self.workdir / name, **{**settings, **self.daemon_settings})
             self.daemons[name] = d
+            if self.groups:
+                self.set_group(name, ROUTER_GROUPS[name])
         return d.start()
+
+    def set_group(self, name, group):
+        """Router `name`'s config with the lab's two pools, in `group` (None: no group keys
+        at all, so it applies every pool: the negative control); for its next start."""
+        d = self.daemons[name]
+        for key in ("ROUTER_GROUP", "IP_POOL_ROUTER_GROUP"):
+            d.settings.pop(key, None)
+        d.settings.update(IP_POOL=GROUP_POOLS["default"][0], ROUTER_NAME=name)
+        if group:
+            d.settings.update(ROUTER_GROUP=group, IP_POOL_ROUTER_GROUP=GROUP_POOLS["default"][2])
+        d.extra_config = "".join(f"[POOL {pool}]\nIP_POOL = {addrs}\n" + (f"ROUTER_GROUP = {g}\n" if group else "")
+                                 for pool, (addrs, _net, g) in GROUP_POOLS.items() if pool != "default")
 
     def live_pairs(self, name):
         """The (public, private) pairs router `name`'s kernel holds, read back by the

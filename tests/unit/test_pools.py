@@ -53,7 +53,7 @@ def test_ip_pool_may_be_left_out_when_named_pools_exist():
     (BASE + "[POOL " + "a" * 33 + "]\nIP_POOL = 203.0.113.1\n", f"[POOL {'a' * 33}]: pool name"),
     (BASE + "[POOL default]\nIP_POOL = 203.0.113.1\n", "[POOL default]: the pool 'default' is IP_POOL"),
     (BASE + "[pool campus]\nIP_POOL = 203.0.113.1\n", "[pool campus]: not a pool section"),
-    (BASE + "[POOL campus]\nREST_PORT = 1\n", "[POOL campus] REST_PORT: unknown key (known: IP_POOL)"),
+    (BASE + "[POOL campus]\nREST_PORT = 1\n", "[POOL campus] REST_PORT: unknown key (known: IP_POOL, ROUTER_GROUP)"),
     (BASE + "[POOL campus]\nIP_POOL =\n", "[POOL campus] IP_POOL: missing (required)"),
     (BASE + "[POOL campus]\nIP_POOL = 10.77.0.5\n",
      "[POOL campus] IP_POOL: 10.77.0.5 lies inside PRIVATE_IP_RANGES 10.77.0.0/24"),
