@@ -152,7 +152,7 @@ def test_a_change_through_group_a_is_applied_by_group_b_only(router):
 
 
 def test_negative_control_without_groups_the_router_applies_every_pool(router):
-    (a, _kernel_a, _), (plain, kernel_plain, _) = router("a"), router(None)
+    (a, _, _), (plain, kernel_plain, _) = router("a"), router(None)
     a.allocate(private_ip=A("10.77.0.12"), pool="pb")
     plain.follow()
     assert kernel_plain.live_pairs() == {(FIP_B, A("10.77.0.12"))}
