@@ -85,11 +85,15 @@ class Change(namedtuple("Change", "before after", defaults=((), ()))):
         return ([(a.public_ip, a.private_ip) for a in self.before if a.private_ip],
                 [(a.public_ip, a.private_ip) for a in self.after if a.private_ip])
 
-    def moved_addresses(self) -> set[IPv4Address]:
-        """Public addresses whose NAT target went away or changed: their conntrack must go."""
+    def retargeted_addresses(self) -> set[IPv4Address]:
+        """Public addresses whose NAT target changed (moved, released, or newly
+        associated): their conntrack entries must go. A moved or released address's
+        flows would keep the old binding; a new one's, begun before the rule (on a routed
+        pool the router sends them back upstream untranslated), keep no binding at all
+        for as long as the client keeps sending."""
         old = {a.public_ip: a.private_ip for a in self.before if a.private_ip}
         new = {a.public_ip: a.private_ip for a in self.after if a.private_ip}
-        return {pub for pub, priv in old.items() if new.get(pub) != priv}
+        return {pub for pub in old.keys() | new.keys() if old.get(pub) != new.get(pub)}
 
 
 def _scopes(alloc: Allocation) -> set[str]:

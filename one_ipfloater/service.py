@@ -82,7 +82,7 @@ class FloatingIPService:
         # HA state before start(): until then a router of an on-link pair holds none
         self.holds_addresses = onlink.holds_addresses(config.ha_mode, "unknown")
         self._kernel_behind = False  # a conflict's catch-up updated the registry, not yet the kernel
-        self._moved_behind: set[IPv4Address] = set()  # addresses others moved meanwhile
+        self._retargeted_behind: set[IPv4Address] = set()  # addresses others changed meanwhile
         # ROUTER_GROUP: the kernel holds the served pools' associations only (groups.py);
         # None: every pool's, as a router without groups always did
         self.served_pools = groups.served_pools(config)
@@ -286,18 +286,9 @@ class FloatingIPService:
             self._side_effect_failed(f"updating the addresses {', '.join(map(str, sorted(before ^ after)))} "
                                      f"on {iface}", exc)
 
-    def _followed(self, change: Change) -> set[IPv4Address]:
-        """The flows to cut when the kernel follows another daemon's change: the moved
-        addresses, and the newly associated ones too. This router learnt of the change a
-        poll later, and a packet that came for the address meanwhile left an un-NATed
-        entry that the rest of its flow (a ping train's echoes, say) would keep using."""
-        mine = groups.served_change(change, self.served)
-        before = {a.public_ip: a.private_ip for a in mine.before if a.private_ip}
-        return mine.moved_addresses() | {a.public_ip for a in mine.after
-                                         if a.private_ip and before.get(a.public_ip) != a.private_ip}
-
-    def _flush_conntrack(self, change: Change, moved: set[IPv4Address] | None = None) -> None:
-        """Cut the flows of moved or released addresses before the caller gets its answer.
+    def _flush_conntrack(self, change: Change) -> None:
+        """Cut the flows of moved, released and newly associated addresses (see
+        Change.retargeted_addresses) before the caller gets its answer.
 
         Runs outside the service lock: a conntrack dump walks the kernel's whole hash
         table (however few flows there are), and other changes need not wait
@@ -305,18 +296,19 @@ class FloatingIPService:
         associated again meanwhile, a flow of the new association deleted here is picked
         up again at its next packet with the new NAT.
         """
-        if moved is None:
-            moved = groups.served_change(change, self.served).moved_addresses()
-        if not self.config.conntrack_flush or not moved:
+        retargeted = groups.served_change(change, self.served).retargeted_addresses()
+        if not self.config.conntrack_flush or not retargeted:
             return
         try:
-            counts = self._conntrack_flush(moved)
+            counts = self._conntrack_flush(retargeted)
         except Exception as exc:  # committed: old flows end at their timeout instead
             log.error("conntrack not flushed for %s (the change stands): %s",
-                      ", ".join(map(str, sorted(moved))), exc)
+                      ", ".join(map(str, sorted(retargeted))), exc)
             return
-        for addr in sorted(moved):
-            log.info("flushed %d conntrack entries of %s", counts.get(addr, 0), addr)
+        had_target = {a.public_ip for a in change.before if a.private_ip}
+        for addr in sorted(retargeted):  # (a new association's flushes are rarely worth a line)
+            if counts.get(addr) or addr in had_target:
+                log.info("flushed %d conntrack entries of %s", counts.get(addr, 0), addr)
 
     def _run(self, plan: Callable[[], tuple[Allocation, Change]], action: str,
              actor: str | None = None) -> Allocation:
@@ -359,8 +351,8 @@ class FloatingIPService:
 
     def _converge_kernel(self) -> None:
         """The kernel to the registry after conflicts' catch-ups, and the flows of the
-        addresses others moved cut; a failure is left to the repair round."""
-        moved, self._kernel_behind, self._moved_behind = self._moved_behind, False, set()
+        addresses others changed cut; a failure is left to the repair round."""
+        moved, self._kernel_behind, self._retargeted_behind = self._retargeted_behind, False, set()
         try:
             self._reconcile()
         except Exception as exc:
@@ -391,10 +383,10 @@ class FloatingIPService:
             change = Change(before=old, after=tuple(self.registry))
             if not kernel:
                 self._kernel_behind = True
-                self._moved_behind |= self._followed(change)
+                self._retargeted_behind |= groups.served_change(change, self.served).retargeted_addresses()
                 return []
             repairs = self._reconcile()
-        self._flush_conntrack(change, self._followed(change))
+        self._flush_conntrack(change)
         return repairs
 
     def follow(self) -> bool:

@@ -72,13 +72,17 @@ def test_refused_request_changes_nothing(make):
                         {c: list(r) for c, r in backend.chains.items()}, set(host.addresses))
 
 
-def test_move_flushes_conntrack_and_release_removes_address(make):
+def test_association_move_and_release_flush_conntrack_and_release_removes_address(make):
     svc, _backend, host = make()
     alloc, _ = svc.allocate(private_ip=A("10.77.0.11"))
+    assert host.flushed == [alloc.public_ip]  # new: flows begun before the rule (tests/ha/test_routed_pool.py)
     svc.associate(alloc.public_ip, A("10.77.0.12"), allow_move=True)
-    assert host.flushed == [alloc.public_ip]
+    assert host.flushed == [alloc.public_ip] * 2
+    svc.associate(alloc.public_ip, A("10.77.0.12"))  # the same: nothing to cut
+    svc.allocate()  # an address without a target: nothing either
+    assert host.flushed == [alloc.public_ip] * 2
     svc.release(alloc.public_ip)
-    assert host.flushed == [alloc.public_ip] * 2 and host.addresses == set()
+    assert host.flushed == [alloc.public_ip] * 3 and host.addresses == set()
 
 
 def test_reconcile_restores_addresses_and_rules(make):
