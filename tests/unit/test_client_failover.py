@@ -356,3 +356,11 @@ def test_status_asks_the_daemons_at_once_and_keeps_their_order(servers):
     rows = json.loads(proc.stdout)["daemons"]
     assert [(d["url"], d["health"], d["ha_state"]) for d in rows] == [
         (first.url, "ok", "master"), (second.url, "ok", "backup")], "asked one after the other"
+
+
+def test_status_of_a_router_whose_keepalived_stopped_says_so(servers):
+    router = servers(health_reply("stop"))
+    proc = run_cli("--url", router.url, "status")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == "HA state: stop (keepalived is not running on this router)"
+    assert json.loads(run_cli("--json", "--url", router.url, "status").stdout)["ha_state"]["state"] == "stop"
