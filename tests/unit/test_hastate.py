@@ -2,8 +2,11 @@
 flush, PUT /v1/ha-state and `ipfloaterd ha-state` when no daemon answers (no root)."""
 
 import json
+import os
 import socket
+import subprocess
 from ipaddress import IPv4Address as A
+from pathlib import Path
 
 import pytest
 import requests
@@ -142,3 +145,22 @@ def test_the_command_refuses_a_state_keepalived_does_not_have(tmp_path, capsys):
     assert exc.value.code == 2 and err.count("\n") == 1
     assert "argument STATE: 'leader' is not one of master, backup, fault, stop" in err
     assert not (tmp_path / "none.conf.ha-state").exists()
+
+
+KEEPALIVED_DIR = Path(__file__).resolve().parents[2] / "etc" / "keepalived"
+
+
+def test_keepalived_s_end_runs_the_notify_with_stop_on_a_stop_and_after_a_crash(tmp_path):
+    """keepalived.conf's notify_stop (a clean stop) and the drop-in's ExecStopPost (any end,
+    kill -9 included) run the same notify with `stop`; systemd accepts the drop-in."""
+    conf = (KEEPALIVED_DIR / "keepalived.conf").read_text()
+    assert 'notify_stop   "/usr/local/sbin/ipfloater-notify stop /etc/ipfloaterd.conf"' in conf
+    dropin = (KEEPALIVED_DIR / "keepalived.service.d" / "ipfloaterd.conf").read_text()
+    assert "\n[Service]\nExecStopPost=/usr/local/sbin/ipfloater-notify stop /etc/ipfloaterd.conf\n" in dropin
+    # systemd's own check, with the repository's script where the drop-in expects it
+    (tmp_path / "keepalived.service.d").mkdir()
+    (tmp_path / "keepalived.service.d" / "ipfloaterd.conf").write_text(
+        dropin.replace("/usr/local/sbin/ipfloater-notify", str(KEEPALIVED_DIR / "ipfloater-notify")))
+    proc = subprocess.run(["systemd-analyze", "verify", "keepalived.service"], capture_output=True, text=True,
+                          env={**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:/lib/systemd/system:"}, timeout=60)
+    assert (proc.returncode, proc.stdout + proc.stderr) == (0, "")
