@@ -203,4 +203,12 @@ def test_onlink_keepalived_killed_on_the_master_exec_stop_post_gives_the_address
             flows.stop()
             return
         assert lab.notify_events("r1")[-1]["state"] == "stop"
+        assert lab.holds_vips("r1"), "keepalived killed -9 left its VRRP addresses (what the README says)"
         _after_the_master_s_keepalived_ended(lab, flows, killed, "killed -9 + ExecStopPost", figures)
+        # keepalived started again (systemctl start): it removes its leftover addresses and is backup
+        backups = lab.entered("r1", "BACKUP")
+        lab.start_keepalived("r1")
+        lab.wait_entered("r1", "BACKUP", backups + 1)
+        lab.wait_master("r2")
+        lab.wait_ha_state("r1", "backup")
+        watch_holders(lab, TWO)

@@ -347,7 +347,8 @@ class HaLab(netlab.Lab):
         lines = [line.split("=", 1)[1].split() for line in DROPIN.read_text(encoding="utf-8").splitlines()
                  if line.startswith("ExecStopPost=")]
         if len(lines) != 1 or len(lines[0]) != 3 or Path(lines[0][0]).name != NOTIFY_SCRIPT.name:
-            raise AssertionError(f"{DROPIN}: expected one 'ExecStopPost={NOTIFY_SCRIPT.name} STATE CONFIG', got {lines}")
+            raise AssertionError(f"{DROPIN}: expected one 'ExecStopPost={NOTIFY_SCRIPT.name} STATE CONFIG', "
+                                 f"got {lines}")
         env = [f"{k}={v}" for k, v in self._notify_env(name).items()]
         return self.run(self.ns(name), ["/usr/bin/env", *env, "/bin/sh", str(NOTIFY_SCRIPT), lines[0][1],
                                         str(self.daemons[name].config_path)], timeout=30)

@@ -117,13 +117,15 @@ def test_onlink_turns_block_public_ips_on_and_refuses_it_off(tmp_path):
     reach its stack (which would reset a flow the peer carried during a takeover)."""
     config = fake_config(tmp_path / "db", public_interface="pub0", extra="HA_MODE = onlink\n")
     assert config.block_public_ips is True
-    assert "IPFLOATER-IN" in FloatingIPService(config, Store(config.db_path), FakeBackend(), FakeHost()).desired().chains()
+    svc = FloatingIPService(config, Store(config.db_path), FakeBackend(), FakeHost())
+    assert "IPFLOATER-IN" in svc.desired().chains()
     assert fake_config(tmp_path / "db", public_interface="pub0",
                        extra="HA_MODE = onlink\nBLOCK_PUBLIC_IPS = yes\n").block_public_ips is True
     assert fake_config(tmp_path / "db", public_interface="pub0", extra="HA_MODE = routed\n").block_public_ips is False
     with pytest.raises(ConfigError) as exc:
         fake_config(tmp_path / "db", public_interface="pub0", extra="HA_MODE = onlink\nBLOCK_PUBLIC_IPS = no\n")
-    assert str(exc.value).startswith("<config>: BLOCK_PUBLIC_IPS: 'no' cannot go with HA_MODE onlink") and "\n" not in str(exc.value)
+    message = str(exc.value)
+    assert message.startswith("<config>: BLOCK_PUBLIC_IPS: 'no' cannot go with HA_MODE onlink") and "\n" not in message
 
 
 def test_none_and_routed_keep_today_s_behaviour(tmp_path):
