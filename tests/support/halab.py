@@ -324,9 +324,17 @@ class HaLab(netlab.Lab):
                 "IPFLOATER_NOTIFY_LOG": str(self.workdir / name / "notify.log")}
 
     def stop_keepalived(self, name, timeout=10.0):
+        """SIGTERM; then, with notify_stop, until its notify has been answered (it runs in a
+        session of its own and outlives keepalived: the lab's cleanup must not race it)."""
         proc = self.keepalived.pop(name, None)
-        if proc is not None:
-            self._stop_proc(proc, timeout, terminate=True)
+        if proc is None:
+            return
+        told = sum(e.get("state") == "stop" for e in self.notify_events(name))
+        self._stop_proc(proc, timeout, terminate=True)
+        deadline = time.monotonic() + 15.0
+        while (self.notify and self.notify_stop and name in self.daemons and time.monotonic() < deadline
+               and sum(e.get("state") == "stop" for e in self.notify_events(name)) == told):
+            time.sleep(0.05)
 
     def kill_keepalived(self, name, timeout=10.0):
         """keepalived crashes: SIGKILL to all its processes at once (the parent stopped
