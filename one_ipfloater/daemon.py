@@ -513,7 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
     ha = sub.add_parser("ha-state", parents=[common],
                         help="keepalived's notify: record master|backup|fault|stop and delete the "
                              "floating addresses' conntrack entries")
-    ha.add_argument("state", metavar="STATE", type=_ha_state_arg, help="master, backup, fault, or stop (keepalived is not running)")
+    ha.add_argument("state", metavar="STATE", type=_ha_state_arg,
+                    help="master, backup, fault, or stop (keepalived is not running)")
     for verb in RETIRED_VERBS:  # no help=: left out of the help listing
         sub.add_parser(verb, parents=[common], description=f"Not a command: {RETIRED_VERBS[verb]}.")
     return parser
