@@ -213,13 +213,13 @@ def _execute(args, client: IpfloaterClient):
             result = {"floatingips": items, "store": store}
             if ha and ha.get("state") != "unknown":
                 result["ha_state"] = ha
-                text = f"HA state: {ha['state']}\n{text}"
+                text = f"{_ha_line(ha['state'])}\n{text}"
             line = "ok" if store["ok"] else f"UNAVAILABLE ({store['error']}); changes are refused"
             return result, (f"state store: {store['kind']} {line}, revision {store['revision']}, "
                             f"state read {store['last_read_age_s']} s ago\n{_group_lines(health, result)}{text}")
         if not ha or ha.get("state") == "unknown":  # a single router: as before
             return {"floatingips": items}, text
-        return {"floatingips": items, "ha_state": ha}, f"HA state: {ha['state']}\n{text}"
+        return {"floatingips": items, "ha_state": ha}, f"{_ha_line(ha['state'])}\n{text}"
     if cmd == "ippool":
         if args.name is not None:
             pool = client.pools(args.name)
@@ -251,6 +251,11 @@ def _execute(args, client: IpfloaterClient):
     if cmd == "health":
         return client.health(), "ok"
     raise AssertionError(cmd)
+
+
+def _ha_line(state: str) -> str:
+    """`stop` is not one of keepalived's states: say what it means."""
+    return f"HA state: {state}" + (" (keepalived is not running on this router)" if state == "stop" else "")
 
 
 DAEMON_COLUMNS = ["url", "health", "ha_state", "since", "warnings"]

@@ -300,6 +300,8 @@ def _build(raw: dict[str, str], named: list[tuple[str, str]] = (),
             raise ConfigError(str(exc)) from None
     if "HA_MODE" in raw:
         values["ha_mode"] = _ha_mode(raw["HA_MODE"], values.get("public_interface"))
+        if values["ha_mode"] == "onlink":
+            values["block_public_ips"] = _onlink_blocks(raw)
     values.update(_state_store(raw))
     values.update(_router_groups(raw, [name for name, _ in pools], section_groups or {}, values["state_store"]))
     _check_paths(values)
@@ -366,6 +368,17 @@ def _router_groups(raw: dict[str, str], pools: list[str], section_groups: dict[s
     values["router_group"] = mine
     values["pool_groups"] = tuple((pool, given[pool]) for pool in pools)
     return values
+
+
+def _onlink_blocks(raw: dict[str, str]) -> bool:
+    """HA_MODE onlink turns BLOCK_PUBLIC_IPS on, and refuses it off: the floating /32s are
+    the router's own addresses, so a packet that conntrack leaves untranslated (out of its
+    TCP window after the peer carried the flow's other half during a takeover) would reach
+    the router's stack, which answers with a reset and kills the connection."""
+    if "BLOCK_PUBLIC_IPS" in raw and not _bool("BLOCK_PUBLIC_IPS", raw["BLOCK_PUBLIC_IPS"]):
+        raise ConfigError(f"BLOCK_PUBLIC_IPS: {raw['BLOCK_PUBLIC_IPS']!r} cannot go with HA_MODE onlink "
+                          "(the router would reset the flows a takeover moves; leave it out or set yes)")
+    return True
 
 
 ETCD_PREFIX_RE = re.compile(r"/[A-Za-z0-9_./-]{0,126}[A-Za-z0-9_.-]")

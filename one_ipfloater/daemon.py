@@ -6,7 +6,7 @@
     ipfloaterd --config FILE check       every check `run` makes (config, paths, host), creating nothing
     ipfloaterd --config FILE token add NAME --role operator|reader|owner [--owner O]
     ipfloaterd --config FILE token list | token revoke NAME
-    ipfloaterd --config FILE ha-state master|backup|fault   (keepalived's notify scripts)
+    ipfloaterd --config FILE ha-state master|backup|fault|stop   (keepalived's notify scripts)
 
 Stopping the daemon leaves the rules in place, so floating IPs stay up across restarts
 and upgrades; the next start reconciles them with the stored state. A state file that is
@@ -562,9 +562,10 @@ def build_parser() -> argparse.ArgumentParser:
     rev.add_argument("name", metavar="NAME")
     rev.add_argument("--json", action="store_true", help="JSON output")
     ha = sub.add_parser("ha-state", parents=[common],
-                        help="keepalived's notify: record master|backup|fault and delete the "
+                        help="keepalived's notify: record master|backup|fault|stop and delete the "
                              "floating addresses' conntrack entries")
-    ha.add_argument("state", metavar="STATE", type=_ha_state_arg, help="master, backup or fault")
+    ha.add_argument("state", metavar="STATE", type=_ha_state_arg,
+                    help="master, backup, fault, or stop (keepalived is not running)")
     for verb in RETIRED_VERBS:  # no help=: left out of the help listing
         sub.add_parser(verb, parents=[common], description=f"Not a command: {RETIRED_VERBS[verb]}.")
     return parser

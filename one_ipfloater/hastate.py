@@ -1,4 +1,5 @@
-"""The router's high-availability state, as keepalived decides it (master, backup, fault).
+"""The router's high-availability state, as keepalived decides it (master, backup, fault),
+or `stop`: keepalived is not running on this router.
 
 keepalived elects the active router of a pair; its notify scripts run
 `ipfloaterd ha-state STATE`, which tells the running daemon (PUT /v1/ha-state with the
@@ -20,6 +21,14 @@ work itself. Either way one function, `enter`, does it:
   deleted entries are picked up again at the next packet (loose pickup), with the same
   1:1 mapping.
 
+`stop` is not a VRRP state: keepalived runs its `notify_stop` when it stops (systemctl stop,
+an upgrade) and the systemd drop-in runs the same notify after any end of keepalived,
+a crash or kill -9 included (ExecStopPost, which runs when no notify could). A router
+whose keepalived is gone is master of nothing, whatever it was: its peer takes over, so
+an on-link pair gives up the /32s here as in backup or fault. The state file then says
+`stop`, so a daemon that restarts before keepalived does holds none either; keepalived's
+first notify when it starts again (backup) replaces it.
+
 The NAT rules do not depend on the state: both routers hold every association, so a
 standby is ready before it is needed, and a daemon that dies leaves forwarding intact.
 """
@@ -37,7 +46,7 @@ from ipaddress import IPv4Address
 
 log = logging.getLogger(__name__)
 
-STATES = ("master", "backup", "fault")
+STATES = ("master", "backup", "fault", "stop")  # stop: keepalived is not running
 UNKNOWN = "unknown"
 SUFFIX = ".ha-state"
 

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 KINDS = ("allocate", "associate", "move", "disassociate", "release")
 RESULTS = ("ok", "refused", "failed")
-ROLE = "single"  # a router without keepalived; in a pair: master, backup or fault (hastate.py)
+ROLE = "single"  # a router without keepalived; in a pair: master, backup, fault or stop (hastate.py)
 CHANGE_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1.0, 2.5, 5.0, 10.0)
 COMMIT_BUCKETS = (.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1.0)
 

@@ -124,3 +124,103 @@ def test_onlink_control_without_onlink_mode_both_routers_hold_the_address():
         lab.wait_master("r1")
         lab.associate_everywhere(FIP, lab.vm_ip(1))
         assert lab.wait_floating({"r1": [FIP], "r2": [FIP]}), "the one-holder check cannot see two holders"
+
+
+STOP_BOUND = 10.0  # the stopped router's notify has given the /32s up within this (measured: under 1 s)
+BOTH = {"r1": [FIP], "r2": [FIP]}
+
+
+def _after_the_master_s_keepalived_ended(lab, flows, ended, how, figures):
+    """The checks both ways of losing keepalived share: the new master alone holds the /32,
+    the old one says `stop` and keeps none, a restart of its daemon puts none back, and the
+    TCP stream carried on (same connection, every reply in order)."""
+    held = lab.wait_floating(TWO, timeout=STOP_BOUND)
+    lab.wait_ha_state("r2", "master")
+    lab.wait_ha_state("r1", "stop")
+    watch_holders(lab, TWO)
+    assert flows.wait_flowing(time.time(), count=20) == (True, True), "traffic did not flow through r2"
+    lab.daemons["r1"].kill()  # the state file says stop: the restarted daemon takes nothing
+    lab.start_daemon("r1")
+    assert lab.ha_state("r1") == "stop"
+    watch_holders(lab, TWO)
+    assert flows.wait_flowing(time.time(), count=20) == (True, True)
+    stream_gap, ping_gap = flows.stream.outage(ended), flows.ping.outage(ended)
+    end = flows.stop()
+    assert end["error"] is None and flows.stream.in_order(), f"the TCP flow broke: {end}"
+    figures(f"on-link, master's keepalived {how}: floating /32 on the new master only, after (s)",
+            round(held - ended, 3))
+    figures(f"on-link, master's keepalived {how}: ping gap (s)", ping_gap)
+    figures(f"on-link, master's keepalived {how}: TCP stream gap (s), same connection", stream_gap)
+
+
+@pytest.mark.parametrize("notify_stop,input_drop", [(True, True), (False, True), (True, False)],
+                         ids=["notify-stop", "no-notify-stop-negative-control", "no-input-drop-negative-control"])
+def test_onlink_keepalived_stopped_on_the_master_gives_the_addresses_up(figures, notify_stop, input_drop):
+    """SIGTERM to the master's keepalived (systemctl stop, an upgrade): it hands over at once
+    (priority 0) and runs notify_stop; the /32s leave the old master, so the upstream's ARP
+    has one answer. Without notify_stop nothing tells the daemon: both hold them. Without
+    the input drop that HA_MODE onlink implies (BLOCK_PUBLIC_IPS), the stream is reset: in
+    the moment before notify_stop, the VMs' answers already go through the new master, the
+    client's next segments reach the old one out of its conntrack's window, untranslated,
+    and its own stack answers them for the /32 it still holds."""
+    with HaLab(advert_int=ADVERT, onlink=True, notify_stop=notify_stop) as lab:
+        lab.wait_master("r1")
+        lab.wait_ha_state("r1", "master")
+        lab.wait_ha_state("r2", "backup")
+        flows = Flows(lab)
+        lab.wait_floating(ONE)
+        if not input_drop:  # the daemon's filter input rules, emptied (no periodic reconcile in the lab)
+            lab.run(lab.ns("r1"), ["nft", "flush", "chain", "ip", "ipfloater", "input"])
+        stopped = time.time()
+        lab.stop_keepalived("r1")
+        lab.wait_master("r2")  # keepalived removed its own addresses from r1
+        if not input_drop:
+            assert not flows.stream.wait_reply_after(stopped, count=40), "the stream carried on: no control"
+            assert "reset" in (flows.stream.end or {}).get("error", ""), f"not a reset: {flows.stream.end}"
+            flows.stop()
+            return
+        if not notify_stop:
+            lab.wait_ha_state("r2", "master")
+            lab.wait_floating(BOTH, timeout=STOP_BOUND)
+            watch_holders(lab, BOTH)
+            assert lab.ha_state("r1") == "master", "the control must differ only in notify_stop"
+            flows.stop()
+            return
+        _after_the_master_s_keepalived_ended(lab, flows, stopped, "stopped (SIGTERM)", figures)
+
+
+@pytest.mark.parametrize("stop_post", [True, False], ids=["exec-stop-post", "no-exec-stop-post-negative-control"])
+def test_onlink_keepalived_killed_on_the_master_exec_stop_post_gives_the_addresses_up(figures, stop_post):
+    """kill -9 of every keepalived process on the master (a crash): no notify runs at all;
+    the peer takes over when the adverts stop, and systemd runs the drop-in's ExecStopPost
+    (the lab runs the same command when the processes are gone). Without it the old
+    master keeps the /32s beside the new master's."""
+    with HaLab(advert_int=ADVERT, onlink=True) as lab:
+        lab.wait_master("r1")
+        lab.wait_ha_state("r1", "master")
+        lab.wait_ha_state("r2", "backup")
+        flows = Flows(lab)
+        lab.wait_floating(ONE)
+        masters = lab.entered("r2", "MASTER")
+        killed = time.time()
+        lab.kill_keepalived("r1")
+        if stop_post:
+            lab.exec_stop_post("r1")
+        lab.wait_entered("r2", "MASTER", masters + 1)  # r1's VRRP addresses stay: a crash cleans nothing
+        if not stop_post:
+            lab.wait_ha_state("r2", "master")
+            lab.wait_floating(BOTH, timeout=STOP_BOUND)
+            watch_holders(lab, BOTH)
+            assert lab.ha_state("r1") == "master", "the control must differ only in ExecStopPost"
+            flows.stop()
+            return
+        assert lab.notify_events("r1")[-1]["state"] == "stop"
+        assert lab.holds_vips("r1"), "keepalived killed -9 left its VRRP addresses (what the README says)"
+        _after_the_master_s_keepalived_ended(lab, flows, killed, "killed -9 + ExecStopPost", figures)
+        # keepalived started again (systemctl start): it removes its leftover addresses and is backup
+        backups = lab.entered("r1", "BACKUP")
+        lab.start_keepalived("r1")
+        lab.wait_entered("r1", "BACKUP", backups + 1)
+        lab.wait_master("r2")
+        lab.wait_ha_state("r1", "backup")
+        watch_holders(lab, TWO)

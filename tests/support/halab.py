@@ -49,6 +49,7 @@ REPO = HERE.parent.parent
 STREAM = HERE / "stream.py"
 NOTIFY_SCRIPT = REPO / "etc" / "keepalived" / "ipfloater-notify"
 EXAMPLE_CONF = REPO / "etc" / "keepalived" / "keepalived.conf"
+DROPIN = REPO / "etc" / "keepalived" / "keepalived.service.d" / "ipfloaterd.conf"
 
 CLIENT_IP, UPSTREAM_CLIENT_IP = "198.51.100.66", "198.51.100.65"
 PUB_PREFIX, UPSTREAM_PUB_IP, PUBLIC_VIP = 26, "198.51.100.1", "198.51.100.10"
@@ -86,12 +87,13 @@ def vm_ip(j):
     return "10.77.0.%d" % (10 + j)
 
 
-def keepalived_conf(name, advert_int, unicast=True, notify=None, config=None, env=None):
+def keepalived_conf(name, advert_int, unicast=True, notify=None, config=None, env=None, without=()):
     """keepalived.conf of router `name`, made from the shipped example
     (etc/keepalived/keepalived.conf: router A; the lines marked "# B: VALUE" differ on B), so
     that the lab runs what operators are told to install. The lab changes only advert_int,
     the notify command (the repository's script, this lab's ipfloaterd and config) and, for
-    multicast, drops the unicast lines; `notify=None` drops the notify lines."""
+    multicast, drops the unicast lines; `notify=None` drops the notify lines, `without` the
+    notify lines of those states (e.g. ("stop",))."""
     out, skip_block = [], False
     for line in EXAMPLE_CONF.read_text(encoding="utf-8").splitlines():
         code, _, comment = line.partition("#")
@@ -112,6 +114,8 @@ def keepalived_conf(name, advert_int, unicast=True, notify=None, config=None, en
             if not notify:
                 continue
             state = code.split()[0][len("notify_"):]
+            if state in without:
+                continue
             prefix = "/usr/bin/env " + " ".join(f"{k}={v}" for k, v in (env or {}).items())
             code = f'    notify_{state} "{prefix} /bin/sh {notify} {state} {config}"'
         if code.strip():
@@ -130,8 +134,9 @@ class HaLab(netlab.Lab):
 
     def __init__(self, advert_int=0.2, unicast=True, notify=True, etcd=False, vms=2,
                  nat_backend="nftables", workdir=None, routers=True, onlink=False, garp=True,
-                 ha_mode=None, store="sqlite", daemon_settings=None, groups=False):
+                 ha_mode=None, store="sqlite", daemon_settings=None, groups=False, notify_stop=True):
         self.advert_int, self.unicast, self.notify, self.vms = advert_int, unicast, notify, vms
+        self.notify_stop = notify_stop  # False: keepalived.conf without notify_stop (a control)
         self.groups = groups  # two router groups of one router each on the lab's etcd (GROUP_POOLS)
         if groups:
             etcd, store = True, "etcd"
@@ -333,11 +338,10 @@ class HaLab(netlab.Lab):
     def start_keepalived(self, name):
         wd = self.workdir / name
         wd.mkdir(parents=True, exist_ok=True)
-        env = {"IPFLOATERD": str(Path(sys.executable).with_name("ipfloaterd")),
-               "IPFLOATER_NOTIFY_LOG": str(wd / "notify.log")}
         conf = keepalived_conf(name, self.advert_int, self.unicast,
                                NOTIFY_SCRIPT if self.notify else None,
-                               self.daemons[name].config_path if name in self.daemons else None, env)
+                               self.daemons[name].config_path if name in self.daemons else None,
+                               self._notify_env(name), without=() if self.notify_stop else ("stop",))
         (wd / "keepalived.conf").write_text(conf, encoding="utf-8")
         log = open(wd / "keepalived.log", "ab")
         try:
@@ -350,10 +354,47 @@ class HaLab(netlab.Lab):
         self.keepalived[name] = proc
         return proc
 
+    def _notify_env(self, name):
+        return {"IPFLOATERD": str(Path(sys.executable).with_name("ipfloaterd")),
+                "IPFLOATER_NOTIFY_LOG": str(self.workdir / name / "notify.log")}
+
     def stop_keepalived(self, name, timeout=10.0):
+        """SIGTERM; then, with notify_stop, until its notify has been answered (it runs in a
+        session of its own and outlives keepalived: the lab's cleanup must not race it)."""
         proc = self.keepalived.pop(name, None)
-        if proc is not None:
-            self._stop_proc(proc, timeout, terminate=True)
+        if proc is None:
+            return
+        told = sum(e.get("state") == "stop" for e in self.notify_events(name))
+        self._stop_proc(proc, timeout, terminate=True)
+        deadline = time.monotonic() + 15.0
+        while (self.notify and self.notify_stop and name in self.daemons and time.monotonic() < deadline
+               and sum(e.get("state") == "stop" for e in self.notify_events(name)) == told):
+            time.sleep(0.05)
+
+    def kill_keepalived(self, name, timeout=10.0):
+        """keepalived crashes: SIGKILL to all its processes at once (the parent stopped
+        first, so that it neither restarts its VRRP child nor outlives it): no notify runs,
+        its VRRP addresses stay where they are."""
+        proc = self.keepalived.pop(name)
+        os.kill(proc.pid, signal.SIGSTOP)
+        for pid in _descendants(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout)
+        self._procs = [(n, p) for n, p in self._procs if p is not proc]
+
+    def exec_stop_post(self, name):
+        """What systemd runs after any end of keepalived: the shipped drop-in's ExecStopPost
+        (etc/keepalived/keepalived.service.d/ipfloaterd.conf), with the lab's script, program
+        and config in place of the installed paths, as the lab's keepalived.conf has them."""
+        lines = [line.split("=", 1)[1].split() for line in DROPIN.read_text(encoding="utf-8").splitlines()
+                 if line.startswith("ExecStopPost=")]
+        if len(lines) != 1 or len(lines[0]) != 3 or Path(lines[0][0]).name != NOTIFY_SCRIPT.name:
+            raise AssertionError(f"{DROPIN}: expected one 'ExecStopPost={NOTIFY_SCRIPT.name} STATE CONFIG', "
+                                 f"got {lines}")
+        env = [f"{k}={v}" for k, v in self._notify_env(name).items()]
+        return self.run(self.ns(name), ["/usr/bin/env", *env, "/bin/sh", str(NOTIFY_SCRIPT), lines[0][1],
+                                        str(self.daemons[name].config_path)], timeout=30)
 
     def holds_vips(self, name):
         """Which of keepalived's two addresses router `name` holds now."""
@@ -530,6 +571,25 @@ class HaLab(netlab.Lab):
             super().close()
             if self._own_workdir and os.environ.get("HALAB_KEEP") != "1":
                 shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _descendants(pid):
+    """The processes below `pid` (from /proc: children, their children...)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
+                    parents[int(entry)] = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        children = [p for p, pp in parents.items() if pp == parent]
+        found += children
+        todo += children
+    return found
 
 
 def outage(times, t):

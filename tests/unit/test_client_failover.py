@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
 
 import pytest
 import requests
@@ -329,3 +330,37 @@ def test_status_when_no_daemon_answers_still_shows_the_table_and_exits_3():
 def test_cli_names_the_bad_url_of_several():
     proc = run_cli("--url", "http://127.0.0.1:7003,http://r2:0", "status")
     assert proc.returncode == 2 and "--url: 'http://r2:0' has an invalid port" in proc.stderr
+
+
+def test_status_asks_the_daemons_at_once_and_keeps_their_order(servers):
+    """Each fake daemon holds its health answer until both requests have arrived (a barrier
+    both must reach): asked one after another, the first would wait alone, the barrier
+    breaks, and both answer 500. The rows stay in the order of the URLs."""
+    meeting = threading.Barrier(2, timeout=5)
+
+    def held(state):
+        answer = health_reply(state)
+
+        def reply(path):
+            if path == "/v1/health":
+                try:
+                    meeting.wait()
+                except threading.BrokenBarrierError:
+                    return 500, {}, {"error": {"code": "internal_error", "message": "asked alone"}}
+            return answer(path)
+        return reply
+
+    first, second = servers(held("master")), servers(held("backup"))
+    proc = run_cli("--json", "--url", f"{first.url},{second.url}", "--timeout", "20", "status")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)["daemons"]
+    assert [(d["url"], d["health"], d["ha_state"]) for d in rows] == [
+        (first.url, "ok", "master"), (second.url, "ok", "backup")], "asked one after the other"
+
+
+def test_status_of_a_router_whose_keepalived_stopped_says_so(servers):
+    router = servers(health_reply("stop"))
+    proc = run_cli("--url", router.url, "status")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == "HA state: stop (keepalived is not running on this router)"
+    assert json.loads(run_cli("--json", "--url", router.url, "status").stdout)["ha_state"]["state"] == "stop"

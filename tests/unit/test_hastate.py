@@ -2,8 +2,11 @@
 flush, PUT /v1/ha-state and `ipfloaterd ha-state` when no daemon answers (no root)."""
 
 import json
+import os
 import socket
+import subprocess
 from ipaddress import IPv4Address as A
+from pathlib import Path
 
 import pytest
 import requests
@@ -22,6 +25,7 @@ TOKEN = "t" * 32
 
 def test_states_are_keepalived_s_and_anything_else_is_refused_naming_it():
     assert hastate.parse_state("MASTER") == "master" and hastate.parse_state(" backup") == "backup"
+    assert hastate.parse_state("STOP") == "stop"  # keepalived's notify_stop, or systemd's ExecStopPost
     for bad in ("primary", "", None, 3, "master;reboot"):
         with pytest.raises(hastate.HaStateError) as exc:
             hastate.parse_state(bad)
@@ -89,12 +93,23 @@ def test_put_ha_state_flushes_and_health_reports_it(api):
     assert health["ha_state"]["state"] == "master" and health["ha_state"]["changes"] == 1
 
 
+def test_put_ha_state_stop_flushes_and_health_says_keepalived_stopped(api):
+    """`stop` (keepalived is not running) is a change like any other: flushed, recorded, shown."""
+    url, host, _reader = api
+    call(url, "PUT", "/v1/ha-state", {"state": "master"})
+    host.flushed.clear()
+    status, body = call(url, "PUT", "/v1/ha-state", {"state": "stop"})
+    assert status == 200 and (body["state"], body["previous"]) == ("stop", "master")
+    assert set(host.flushed) == {A("198.51.100.10"), A("198.51.100.11"), A("198.51.100.12")}
+    assert call(url, "GET", "/v1/health", token=None)[1]["ha_state"]["state"] == "stop"
+
+
 def test_put_ha_state_refuses_readers_and_bad_states_changing_nothing(api):
     url, host, reader = api
     status, body = call(url, "PUT", "/v1/ha-state", {"state": "master"}, token=reader)
     assert status == 403 and body["error"]["code"] == "forbidden"
     status, body = call(url, "PUT", "/v1/ha-state", {"state": "leader"})
-    assert status == 400 and body["error"]["message"] == "state: 'leader' is not one of master, backup, fault"
+    assert status == 400 and body["error"]["message"] == "state: 'leader' is not one of master, backup, fault, stop"
     status, body = call(url, "PUT", "/v1/ha-state", {"role": "master"})
     assert status == 400 and body["error"]["message"].startswith("role: unknown field")
     assert host.flushed == [] and call(url, "GET", "/v1/ha-state")[1]["state"] == "unknown"
@@ -128,5 +143,24 @@ def test_the_command_refuses_a_state_keepalived_does_not_have(tmp_path, capsys):
         daemon_mod.main(["--config", str(tmp_path / "none.conf"), "ha-state", "leader"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.count("\n") == 1
-    assert "argument STATE: 'leader' is not one of master, backup, fault" in err
+    assert "argument STATE: 'leader' is not one of master, backup, fault, stop" in err
     assert not (tmp_path / "none.conf.ha-state").exists()
+
+
+KEEPALIVED_DIR = Path(__file__).resolve().parents[2] / "etc" / "keepalived"
+
+
+def test_keepalived_s_end_runs_the_notify_with_stop_on_a_stop_and_after_a_crash(tmp_path):
+    """keepalived.conf's notify_stop (a clean stop) and the drop-in's ExecStopPost (any end,
+    kill -9 included) run the same notify with `stop`; systemd accepts the drop-in."""
+    conf = (KEEPALIVED_DIR / "keepalived.conf").read_text()
+    assert 'notify_stop   "/usr/local/sbin/ipfloater-notify stop /etc/ipfloaterd.conf"' in conf
+    dropin = (KEEPALIVED_DIR / "keepalived.service.d" / "ipfloaterd.conf").read_text()
+    assert "\n[Service]\nExecStopPost=/usr/local/sbin/ipfloater-notify stop /etc/ipfloaterd.conf\n" in dropin
+    # systemd's own check, with the repository's script where the drop-in expects it
+    (tmp_path / "keepalived.service.d").mkdir()
+    (tmp_path / "keepalived.service.d" / "ipfloaterd.conf").write_text(
+        dropin.replace("/usr/local/sbin/ipfloater-notify", str(KEEPALIVED_DIR / "ipfloater-notify")))
+    proc = subprocess.run(["systemd-analyze", "verify", "keepalived.service"], capture_output=True, text=True,
+                          env={**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:/lib/systemd/system:"}, timeout=60)
+    assert (proc.returncode, proc.stdout + proc.stderr) == (0, "")

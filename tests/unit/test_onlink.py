@@ -15,7 +15,7 @@ from tests.fakes import FakeBackend, FakeHost, fake_config
 
 
 def test_only_the_master_of_an_onlink_pair_holds_addresses_other_modes_always_do():
-    for state in ("master", "backup", "fault", "unknown"):
+    for state in ("master", "backup", "fault", "stop", "unknown"):
         assert onlink.holds_addresses("onlink", state) is (state == "master")
         assert onlink.holds_addresses("none", state) and onlink.holds_addresses("routed", state)
 
@@ -89,6 +89,45 @@ def test_a_restart_as_master_puts_the_addresses_back_from_the_state_file(tmp_pat
     assert host.addresses == {alloc.public_ip}
 
 
+def test_keepalived_stopped_gives_the_addresses_up_and_a_restart_does_not_put_them_back(tmp_path):
+    """notify_stop / ExecStopPost on the master: the /32s go, and the state file says `stop`,
+    so a daemon started afterwards (as daemon.py does: the file read before the first sync)
+    holds none while keepalived is down. The same start from a `master` file holds them."""
+    svc, host = _service(tmp_path)
+    svc.start()
+    pub = svc.allocate(private_ip=A("10.77.0.11"))[0].public_ip
+    path = str(tmp_path / "state.db.ha-state")
+    ha = hastate.HaState(path, lambda: hastate.served_addresses(svc), host.flush_conntrack,
+                         on_change=svc.ha_changed)
+    ha.set("master")
+    assert host.addresses == {pub}
+    assert ha.set("stop")["addresses"] == [f"removed {pub}/32 from pub0"] and host.addresses == set()
+    for recorded, held in (("stop", set()), ("master", {pub})):
+        hastate.write_state(path, recorded, hastate.boot_time() + 1)
+        restarted = FloatingIPService(svc.config, Store(svc.config.db_path), FakeBackend(), host)
+        restarted.holds_addresses = onlink.holds_addresses("onlink", hastate.HaState(
+            path, lambda: set(), host.flush_conntrack).state)
+        restarted.start()
+        assert host.addresses == held, f"restarted with {recorded!r} in the state file"
+        restarted.ha_changed("stop")
+
+
+def test_onlink_turns_block_public_ips_on_and_refuses_it_off(tmp_path):
+    """The /32s are the router's own addresses: what conntrack does not translate must not
+    reach its stack (which would reset a flow the peer carried during a takeover)."""
+    config = fake_config(tmp_path / "db", public_interface="pub0", extra="HA_MODE = onlink\n")
+    assert config.block_public_ips is True
+    svc = FloatingIPService(config, Store(config.db_path), FakeBackend(), FakeHost())
+    assert "IPFLOATER-IN" in svc.desired().chains()
+    assert fake_config(tmp_path / "db", public_interface="pub0",
+                       extra="HA_MODE = onlink\nBLOCK_PUBLIC_IPS = yes\n").block_public_ips is True
+    assert fake_config(tmp_path / "db", public_interface="pub0", extra="HA_MODE = routed\n").block_public_ips is False
+    with pytest.raises(ConfigError) as exc:
+        fake_config(tmp_path / "db", public_interface="pub0", extra="HA_MODE = onlink\nBLOCK_PUBLIC_IPS = no\n")
+    message = str(exc.value)
+    assert message.startswith("<config>: BLOCK_PUBLIC_IPS: 'no' cannot go with HA_MODE onlink") and "\n" not in message
+
+
 def test_none_and_routed_keep_today_s_behaviour(tmp_path):
     for mode in ("none", "routed"):
         (tmp_path / mode).mkdir()
@@ -115,7 +154,8 @@ def _closed_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("state,left", [("backup", set()), ("fault", set()), ("master", {A("203.0.113.10")})])
+@pytest.mark.parametrize("state,left", [("backup", set()), ("fault", set()), ("stop", set()),
+                                        ("master", {A("203.0.113.10")})])
 def test_the_command_without_a_daemon_gives_the_addresses_up_unless_master(tmp_path, monkeypatch, capsys,
                                                                          state, left):
     conf = tmp_path / "ipfloaterd.conf"
