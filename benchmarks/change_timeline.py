@@ -5,7 +5,7 @@ functions of the change pipeline are wrapped with perf_counter, and when a chang
 line: `{"change": KIND, "total": s, "commit_step": s, "apply": s, "store_commit": s,
 "flush": s}`. Steps are summed per thread, so a change re-planned after a conflict counts
 all its rounds. A follower's catch-up (another daemon changed the shared state: read it
-all, converge the kernel) writes `{"catch_up": s}`. No profiler: a perf_counter pair and
+all, converge the kernel) writes `{"catch_up": s, "store_read": s, "reconcile": s}`. No profiler: a perf_counter pair and
 one short write per change.
 """
 
@@ -41,12 +41,14 @@ def _wrap(owner, name: str, step: str) -> None:
 
 def install() -> None:
     """Wrap the change pipeline's steps (the NAT backends, the service, the observer)."""
-    from one_ipfloater import metrics, service
+    from one_ipfloater import etcdstore, metrics, service
     from one_ipfloater.nat import iptables, nftables
     _wrap(service.FloatingIPService, "_commit", "commit_step")
     _wrap(service.FloatingIPService, "_flush_conntrack", "flush")
     _wrap(nftables.NftablesBackend, "apply", "apply")
     _wrap(iptables.IptablesBackend, "apply", "apply")
+    _wrap(service.FloatingIPService, "_reconcile", "reconcile")  # (a catch-up's kernel step)
+    _wrap(etcdstore.EtcdStore, "read", "store_read")  # (a catch-up's read of every allocation)
     store_commit = metrics.PrometheusMetrics.store_commit
     change = metrics.PrometheusMetrics.change
 
@@ -65,10 +67,12 @@ def install() -> None:
     follow = service.FloatingIPService.follow
 
     def timed_follow(self) -> bool:
+        _local.steps = {}
         start = time.perf_counter()
         caught_up = follow(self)
+        steps, _local.steps = _local.steps, {}
         if caught_up:
-            print(json.dumps({"catch_up": time.perf_counter() - start}), file=sys.stderr, flush=True)
+            print(json.dumps({"catch_up": time.perf_counter() - start, **steps}), file=sys.stderr, flush=True)
         return caught_up
 
     service.FloatingIPService.follow = timed_follow

@@ -134,8 +134,8 @@ def etcd_side(cfg, work: Path, lab, rep: int) -> dict:
         caught = [len(hafigures.catch_ups(d.proc.log())) for d in daemons]
         two = out["throughput_two"] = throughput_over(daemons, cfg.clients, cfg.cycles_per_client)
         two["replans"] = sum(d.proc.log().count(REPLAN) for d in daemons) - replans
-        during = [s for d, n in zip(daemons, caught) for s in hafigures.catch_ups(d.proc.log())[n:]]
-        two["catch_ups"], two["catch_up_seconds"] = len(during), round(sum(during), 3)
+        two.update(hafigures.sum_catch_ups([c for d, n in zip(daemons, caught)
+                                            for c in hafigures.catch_ups(d.proc.log())[n:]]))
     finally:
         for d in daemons:
             d.stop()

@@ -64,16 +64,25 @@ def parse_changes(log_text: str) -> list[dict]:
     return out
 
 
-def catch_ups(log_text: str) -> list[float]:
-    """Seconds of each follower catch-up change_timeline.py logged (`{"catch_up": s}`)."""
+def catch_ups(log_text: str) -> list[dict]:
+    """The follower catch-ups change_timeline.py logged (`{"catch_up": s, "store_read": s,
+    "reconcile": s}`), in order."""
     out = []
     for line in log_text.splitlines():
         if line.startswith('{"catch_up"'):
             try:
-                out.append(json.loads(line)["catch_up"])
-            except (ValueError, KeyError):
+                out.append(json.loads(line))
+            except ValueError:
                 continue
     return out
+
+
+def sum_catch_ups(records: list[dict]) -> dict:
+    """Count and seconds in all (whole, reading the store, converging the kernel)."""
+    return {"catch_ups": len(records),
+            "catch_up_seconds": round(sum(r.get("catch_up", 0.0) for r in records), 3),
+            "catch_up_read_seconds": round(sum(r.get("store_read", 0.0) for r in records), 3),
+            "catch_up_reconcile_seconds": round(sum(r.get("reconcile", 0.0) for r in records), 3)}
 
 
 def split_change(record: dict) -> dict:
@@ -148,7 +157,12 @@ def rows(ha: dict) -> list[tuple[str, str, str]]:
                     f"{', '.join(str(r['etcd']['throughput_two']['calls']) for r in runs)} calls; the followers "
                     f"caught up with the other router {med(lambda r: r['etcd']['throughput_two']['catch_ups']):.0f} "
                     f"times, {med(lambda r: r['etcd']['throughput_two']['catch_up_seconds']):.1f} s in all over "
-                    f"{med(lambda r: r['etcd']['throughput_two']['seconds']):.1f} s (medians)"))
+                    f"{med(lambda r: r['etcd']['throughput_two']['seconds']):.1f} s (medians)"
+                    + (f": reading the store {med(lambda r: r['etcd']['throughput_two']['catch_up_read_seconds']):.1f}"
+                       f" s, converging the kernel (under the service lock) "
+                       f"{med(lambda r: r['etcd']['throughput_two']['catch_up_reconcile_seconds']):.1f} s, the rest "
+                       "waiting for the service lock and rebuilding the registry"
+                       if all("catch_up_read_seconds" in r["etcd"]["throughput_two"] for r in runs) else "")))
         out.append(("E2b. (info) 10 clients on one router on etcd vs SQLite", _fmt(one, ".2f") + " x",
                     f"{med(lambda r: r['etcd']['throughput_one']['calls_per_second']):.0f} REST calls/s"))
         starts = _mmm(_collect(runs, lambda r: r["etcd"]["start_rules_seconds"]))

@@ -37,7 +37,9 @@ def test_parse_changes_reads_only_the_timeline_lines_of_a_daemon_log():
         json.dumps({"change": "release", "result": "ok", "total": 0.03}),
     ])
     assert [r["change"] for r in hf.parse_changes(text)] == ["allocate", "release"]
-    assert hf.catch_ups(text + '\n{"catch_up": 0.25}\n{"catch_up": x}') == [0.25]
+    ups = hf.catch_ups(text + '\n{"catch_up": 0.25, "store_read": 0.1}\n{"catch_up": x}\n{"catch_up": 0.5}')
+    assert hf.sum_catch_ups(ups) == {"catch_ups": 2, "catch_up_seconds": 0.75, "catch_up_read_seconds": 0.1,
+                                     "catch_up_reconcile_seconds": 0.0}
 
 
 def test_split_of_one_change_sums_to_its_total():
