@@ -93,13 +93,11 @@ def throughput_over(daemons: list, clients: int, cycles: int) -> dict:
         for k in mine:
             argv += ["--public", str(free_public(k)), "--private", str(free_private(k))]
         procs.append(subprocess.Popen(d.ns.argv(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outs = []
-    for p in procs:
-        out, err = p.communicate(timeout=600)
-        if p.returncode != 0:
-            raise RuntimeError(f"throughput client: exit {p.returncode}: {err.strip()[-400:]}")
-        outs.append(json.loads(out))
-    return hafigures.combine_throughput(outs)
+    finished = [(p, *p.communicate(timeout=600)) for p in procs]  # all of them, even when one failed
+    failed = [f"exit {p.returncode}: {err.strip()[-400:]}" for p, _out, err in finished if p.returncode != 0]
+    if failed:
+        raise RuntimeError(f"throughput client: {'; '.join(failed)}")
+    return hafigures.combine_throughput([json.loads(out) for _p, out, _err in finished])
 
 
 def sqlite_side(cfg, work: Path, rep: int) -> dict:
