@@ -12,6 +12,11 @@ Modes:
 - `release`: DELETE /v1/floatingips/<ip> for every `--public` (frees addresses of a full
   pool for the two modes above); how many were released.
 
+`--retry-conflicts` (several daemons sharing etcd): a `503 store_conflict` answer (nothing
+changed) is counted and the same call made again, up to 50 times; `--start-at T`
+(throughput): the clients start at perf_counter time T, so that client processes in
+several namespaces start together (CLOCK_MONOTONIC is one clock for the whole host).
+
 http.client (standard library) keeps the client's own cost small next to the daemon's,
 so the figures are the daemon's; every call must answer 200/201 or the run fails.
 """
@@ -26,16 +31,25 @@ import sys
 import time
 
 
+CONFLICT_RETRIES = 50
+
+
 class Api:
-    def __init__(self, port: int, token: str):
+    def __init__(self, port: int, token: str, retry_conflicts: bool = False):
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        self.retry_conflicts = retry_conflicts
+        self.conflicts = 0  # `503 store_conflict` answers, each followed by the same call again
 
     def call(self, method: str, path: str, body: dict) -> int:
         data = json.dumps(body).encode()
-        self.conn.request(method, path, body=data, headers={**self.headers, "Content-Length": str(len(data))})
-        resp = self.conn.getresponse()
-        payload = resp.read()
+        for _ in range(CONFLICT_RETRIES):
+            self.conn.request(method, path, body=data, headers={**self.headers, "Content-Length": str(len(data))})
+            resp = self.conn.getresponse()
+            payload = resp.read()
+            if not (self.retry_conflicts and resp.status == 503 and b'"store_conflict"' in payload):
+                break
+            self.conflicts += 1
         if resp.status not in (200, 201):
             raise RuntimeError(f"{method} {path}: HTTP {resp.status}: {payload[:300]!r}")
         return resp.status
@@ -64,17 +78,21 @@ def latency(args, token: str) -> dict:
 
 def _worker(index: int, args, token: str, barrier, results) -> None:
     try:
-        api = Api(args.port, token)
+        api = Api(args.port, token, args.retry_conflicts)
         public, private = args.public[index], args.private[index]
         api.cycle(public, private)  # warm the connection before the clock starts
+        api.conflicts = 0
         barrier.wait(timeout=60)
+        while args.start_at and time.perf_counter() < args.start_at:  # (bounded: --start-at's check)
+            time.sleep(min(0.001, max(0.0, args.start_at - time.perf_counter())))
         start = time.perf_counter()
         deadline = time.monotonic() + args.max_seconds
         cycles = 0
         while cycles < args.count and time.monotonic() < deadline:
             api.cycle(public, private)
             cycles += 1
-        results.put({"client": index, "calls": 2 * cycles, "start": start, "end": time.perf_counter()})
+        results.put({"client": index, "calls": 2 * cycles, "start": start, "end": time.perf_counter(),
+                     "conflicts": api.conflicts})
     except Exception as exc:  # reported, and the run fails
         results.put({"client": index, "error": f"{type(exc).__name__}: {exc}"})
 
@@ -96,7 +114,8 @@ def throughput(args, token: str) -> dict:
     end = max(r["end"] for r in got)
     calls = sum(r["calls"] for r in got)
     return {"mode": "throughput", "clients": args.clients, "calls": calls, "seconds": end - start,
-            "calls_per_second": calls / (end - start)}
+            "calls_per_second": calls / (end - start), "start": start, "end": end,
+            "conflicts": sum(r["conflicts"] for r in got)}
 
 
 def release(args, token: str) -> dict:
@@ -117,7 +136,13 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--max-seconds", type=float, default=120.0)
+    parser.add_argument("--retry-conflicts", action="store_true",
+                        help="count 503 store_conflict answers and make the call again")
+    parser.add_argument("--start-at", type=float, default=0.0,
+                        help="throughput: start at this time.perf_counter() value (at most 60 s ahead)")
     args = parser.parse_args()
+    if args.start_at and not 0 <= args.start_at - time.perf_counter() <= 60:
+        parser.error(f"--start-at: {args.start_at!r} is not within the next 60 s")
     with open(args.token_file, encoding="utf-8") as f:
         token = f.read().strip()
     result = {"latency": latency, "throughput": throughput, "release": release}[args.mode](args, token)

@@ -28,15 +28,15 @@ PREFIX = "/ipfloater"
 URL = "http://127.0.0.1:2379"
 
 
-def prefill(url: str, live: int) -> None:
-    """(Inside the namespace.) Wait for etcd, then write `live` associations."""
+def prefill(url: str, live: int, prefix: str = PREFIX) -> None:
+    """(Inside the namespace.) Wait for etcd, then write `live` associations under `prefix`."""
     import requests
 
     from one_ipfloater.etcdstore import b64
     deadline = time.monotonic() + 60
     while True:
         try:
-            if requests.post(url + "/v3/kv/put", json={"key": b64(PREFIX + "/meta/history"),
+            if requests.post(url + "/v3/kv/put", json={"key": b64(prefix + "/meta/history"),
                                                        "value": b64(repr(time.time()))}, timeout=2).ok:
                 break
         except requests.RequestException:
@@ -50,8 +50,8 @@ def prefill(url: str, live: int) -> None:
         pub, priv = association(i)
         value = json.dumps({"owner": "bench", "ref": f"bench:{i}", "private_ip": str(priv), "owner_group": None,
                             "created_at": now, "updated_at": now})
-        ops.append({"request_put": {"key": b64(f"{PREFIX}/alloc/{pub}"), "value": b64(value)}})
-    ops.append({"request_put": {"key": b64(PREFIX + "/rev"), "value": b64(repr(now))}})
+        ops.append({"request_put": {"key": b64(f"{prefix}/alloc/{pub}"), "value": b64(value)}})
+    ops.append({"request_put": {"key": b64(prefix + "/rev"), "value": b64(repr(now))}})
     for i in range(0, len(ops), 100):
         answer = requests.post(url + "/v3/kv/txn", json={"success": ops[i:i + 100]}, timeout=30)
         answer.raise_for_status()
@@ -62,9 +62,11 @@ def main(argv=None) -> int:
     parser.add_argument("--count", type=int, default=100, help="change cycles per daemon (default 100)")
     parser.add_argument("--live", type=int, default=SCALE, help="stored associations (default 4096)")
     parser.add_argument("--prefill", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--url", default=URL, help=argparse.SUPPRESS)  # (--prefill: benchmarks/ha.py)
+    parser.add_argument("--prefix", default=PREFIX, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.prefill:
-        prefill(URL, args.live)
+        prefill(args.url, args.live, args.prefix)
         return 0
     work = Path(tempfile.mkdtemp(prefix="ipfloater-etcdbench-"))
     etcd = None

@@ -352,6 +352,8 @@ def render(data: dict, analysis: str = "") -> str:
         "",
     ]
     lines += _md_large(data)
+    from .hafigures import markdown as _md_ha  # (hafigures uses this module's helpers)
+    lines += _md_ha(data)
     bd = _md_breakdown(data)
     if bd:
         lines += ["## Where the time goes: one cost removed at a time (single runs)", "",
@@ -371,6 +373,9 @@ def main(argv=None) -> int:
     (HERE / "RESULTS.md").write_text(render(data))
     print(table(data))
     print(large_table(data))
+    if data.get("ha"):
+        from .hafigures import table as ha_table
+        print(ha_table(data["ha"]))
     return 0
 
 

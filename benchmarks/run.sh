@@ -3,6 +3,9 @@
 #   bash benchmarks/run.sh [--reps N] [--reps-without N] [--quick] [--no-breakdown]
 #   bash benchmarks/run.sh --only-start [--reps N]    (figure 1 only; prints, writes nothing)
 #   bash benchmarks/run.sh --only-65536 [--large-reps N] [--quick]   (figures 1 and 5 at 65,536)
+#   bash benchmarks/run.sh --only-ha [--reps N] [--quick]   (issue 12: etcd beside SQLite, two
+#       routers' throughput, failover; benchmarks/ha.py, needs keepalived and etcd; separate
+#       from the full run, its figures are merged into the same results files)
 # Prints a table and writes benchmarks/RESULTS.md and benchmarks/results.json (later
 # --results FILE / --markdown FILE arguments override those, e.g. for a smoke run).
 # Everything runs in network namespaces it creates and deletes (bench-<hex>-<n>).
@@ -45,5 +48,13 @@ purelib='import sysconfig; print(sysconfig.get_path("purelib"))'
 cd "$src"
 # the daemon, the clients and the hook process all import this copy of the package
 export PYTHONPATH="$src" BENCH_COMMIT="$commit"
-"$python" -m benchmarks.scale \
+# keepalived's notify scripts (the HA lab) run `ipfloaterd` next to the interpreter
+printf '#!%s\nimport sys\nsys.path.insert(0, %s)\nfrom one_ipfloater.daemon import main\nsys.exit(main())\n' \
+    "$python" "'$src'" >"$tmp/venv/bin/ipfloaterd"
+chmod 755 "$tmp/venv/bin/ipfloaterd"
+module=benchmarks.scale
+for arg in "$@"; do
+    if [ "$arg" = --only-ha ]; then module=benchmarks.ha; fi
+done
+"$python" -m "$module" \
     --results "$here/benchmarks/results.json" --markdown "$here/benchmarks/RESULTS.md" "$@"
