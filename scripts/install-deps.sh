@@ -17,7 +17,8 @@ if [ "${SKIP_APT:-0}" != 1 ]; then
     apt-get update -qq
     # keepalived and etcd-server: the HA lab runs them in its own namespaces only. Their
     # packages would start (etcd) or enable them on this host: policy-rc.d says no, unless
-    # the machine already has a policy of its own.
+    # the machine already has a policy of its own. systemd: `systemd-analyze verify` checks
+    # the shipped unit files (tests/unit); a container does not boot it.
     policy=""
     if [ ! -e /usr/sbin/policy-rc.d ]; then
         policy=/usr/sbin/policy-rc.d
@@ -26,7 +27,7 @@ if [ "${SKIP_APT:-0}" != 1 ]; then
     fi
     apt-get install -y -qq --no-install-recommends \
         iptables iproute2 conntrack iputils-arping iputils-ping nftables libnftables1 util-linux \
-        keepalived etcd-server \
+        keepalived etcd-server systemd \
         python3 python3-venv python3-pip ca-certificates >/dev/null
     if [ -n "$policy" ]; then rm -f "$policy"; trap - EXIT; fi
 fi

@@ -157,6 +157,7 @@ def test_keepalived_s_end_runs_the_notify_with_stop_on_a_stop_and_after_a_crash(
     assert 'notify_stop   "/usr/local/sbin/ipfloater-notify stop /etc/ipfloaterd.conf"' in conf
     dropin = (KEEPALIVED_DIR / "keepalived.service.d" / "ipfloaterd.conf").read_text()
     assert "\n[Service]\nExecStopPost=/usr/local/sbin/ipfloater-notify stop /etc/ipfloaterd.conf\n" in dropin
+    assert "\nRestart=on-failure\n" in dropin  # a crash's leftover VRRP addresses go at the restart
     # systemd's own check, with the repository's script where the drop-in expects it
     (tmp_path / "keepalived.service.d").mkdir()
     (tmp_path / "keepalived.service.d" / "ipfloaterd.conf").write_text(
