@@ -55,6 +55,48 @@ class Snapshot(namedtuple("Snapshot", "allocations revision created")):
     __slots__ = ()
 
 
+class Delta(namedtuple("Delta", "base revision changes")):
+    """What other daemons changed after revision `base` up to `revision`: `changes` is
+    [(mod_revision, public_ip, Allocation or None when deleted, created_at)], oldest first."""
+
+    __slots__ = ()
+
+
+def delta_of(messages: Iterable[dict], prefix: str, base: int, target: int) -> Delta | None:
+    """The delta in a watch's answers (pure): read until the event of `<prefix>/rev` at
+    `target` or later (every change's txn writes it, so every revision up to it is
+    complete), keep the allocation events up to the last such event. None when the watch
+    cannot tell (compacted, canceled, ended early, an unreadable value): read it all."""
+    rev_key, alloc = f"{prefix}/rev", f"{prefix}/alloc/"
+    changes, last = [], base
+    try:
+        for msg in messages:
+            if msg.get("canceled") or int(msg.get("compact_revision") or 0):
+                return None
+            for ev in msg.get("events") or ():
+                kv = ev["kv"]
+                key, mod = unb64(kv["key"]), int(kv["mod_revision"])
+                if key == rev_key:
+                    last = max(last, mod)
+                elif key.startswith(alloc):
+                    pub = IPv4Address(key[len(alloc):])
+                    if ev.get("type") == "DELETE":
+                        changes.append((mod, pub, None, None))
+                    else:
+                        value = json.loads(unb64(kv["value"]))
+                        changes.append((mod, pub, _allocation(pub, value), value.get("created_at")))
+            if last >= target:
+                return Delta(base, last, [c for c in changes if c[0] <= last])
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("etcd watch: unreadable answer (%s); reading the whole state", exc)
+    return None
+
+
+def _allocation(pub: IPv4Address, value: dict) -> Allocation:
+    return Allocation(pub, value["owner"], value["ref"],
+                      IPv4Address(value["private_ip"]) if value["private_ip"] else None, value.get("owner_group"))
+
+
 class Gateway:
     """POSTs to etcd's JSON gateway, trying each endpoint in turn (the last good first)."""
 
@@ -88,6 +130,30 @@ class Gateway:
                 self._good = k
             return data
         raise StoreUnavailable(f"etcd unavailable ({last})")
+
+    def watch(self, body: dict) -> Iterator[dict]:
+        """The messages (`result`s) of one watch on the last good endpoint, streamed, for at
+        most about `timeout` in all; StoreUnavailable on any failure (the caller reads it
+        all instead, through `call`, which tries the other endpoints)."""
+        with self._lock:
+            url = self.endpoints[self._good] + "/v3/watch"
+        deadline = time.monotonic() + self.timeout
+        try:
+            with self._session.post(url, json=body, stream=True,
+                                    timeout=(min(self.timeout, 1.0), self.timeout)) as answer:
+                if answer.status_code != 200:
+                    raise StoreUnavailable(f"{url}: {answer.status_code}")
+                for line in answer.iter_lines():
+                    if not line:
+                        continue
+                    data = json.loads(line)
+                    if "result" not in data:
+                        raise StoreUnavailable(f"{url}: {data.get('error') or data}")
+                    yield data["result"]
+                    if time.monotonic() > deadline:
+                        raise StoreUnavailable(f"{url}: the watch did not reach the revision in time")
+        except self._errors as exc:
+            raise StoreUnavailable(f"{url}: {type(exc).__name__}") from None
 
 
 def _alloc_value(a: Allocation, created: float, now: float) -> str:
@@ -211,9 +277,7 @@ class EtcdStore:
         for kv in data.get("kvs") or []:
             key, value = unb64(kv["key"]), json.loads(unb64(kv["value"]))
             pub = IPv4Address(key.rsplit("/", 1)[1])
-            out.append(Allocation(pub, value["owner"], value["ref"],
-                                  IPv4Address(value["private_ip"]) if value["private_ip"] else None,
-                                  value.get("owner_group")))
+            out.append(_allocation(pub, value))
             created[pub] = value.get("created_at")
         return Snapshot(out, int(data["header"]["revision"]), created)
 
@@ -225,6 +289,43 @@ class EtcdStore:
 
     def allocations(self) -> list[Allocation]:
         return self.use(self.read())
+
+    def changes_since(self, target: int) -> Delta | None:
+        """What changed after `revision` up to `target` (the mod revision of `rev`), from a
+        watch that starts at revision + 1 and replays etcd's history: a cost in proportion
+        to the changes, not to the allocations. No side effect (see `advance`). None when
+        the watch cannot answer (revision compacted, timeout, anything odd): the caller
+        reads the whole state, which stays the truth."""
+        base = self.revision
+        if base <= 0 or target <= base:
+            return None
+        rev_key = f"{self.prefix}/rev"
+        # alloc/, history/, meta/ and rev, in key order: `rev` ends every change's revision
+        body = {"create_request": {"key": b64(f"{self.prefix}/alloc/"), "range_end": b64(rev_key + "\0"),
+                                   "start_revision": str(base + 1)}}
+        messages = self.gateway.watch(body)
+        try:
+            delta = delta_of(messages, self.prefix, base, target)
+        except StoreUnavailable as exc:
+            log.info("etcd watch from revision %d failed (%s); reading the whole state", base + 1, exc)
+            return None
+        finally:
+            messages.close()
+        if delta is None:
+            log.info("etcd watch from revision %d cannot answer (compacted?); reading the whole state", base + 1)
+        return delta
+
+    def advance(self, delta: Delta) -> None:
+        """Plan the next changes against the state after `delta` (its changes after
+        `revision`: a change committed here meanwhile is in already)."""
+        for mod, pub, alloc, created in delta.changes:
+            if mod <= self.revision:
+                continue
+            if alloc is None:
+                self._created.pop(pub, None)
+            else:
+                self._created[pub] = created
+        self.revision = max(self.revision, delta.revision)
 
     def changed_revision(self) -> int:
         """The mod revision of `<prefix>/rev` (0: never written): greater than `revision`

@@ -390,12 +390,48 @@ class FloatingIPService:
         return repairs
 
     def follow(self) -> bool:
-        """Catch up if the shared state changed since it was read (True then); the local
-        SQLite file never changes under us."""
-        if self.store.changed_revision() <= self.store.revision:
+        """Catch up if the shared state changed since it was read (True then): with the
+        changes since then when the store can tell them (etcd's watch), else by reading
+        it all. The local SQLite file never changes under us."""
+        target = self.store.changed_revision()
+        if target <= self.store.revision:
             return False
-        self.catch_up()
+        delta = self.store.changes_since(target)  # (outside the lock, as catch_up's read)
+        if delta is None:
+            self.catch_up()
+        else:
+            self.apply_delta(delta)
         return True
+
+    def apply_delta(self, delta) -> None:
+        """Other daemons' changes (etcdstore.Delta) taken in as a local change is: the
+        registry by the changed allocations, the kernel by their NAT delta, the addresses,
+        their flows cut. Not a reconcile: the cost follows the changes, and the periodic
+        reconcile still repairs drift."""
+        with self._lock:
+            if delta.revision <= self.store.revision:
+                return  # a change made here meanwhile is newer than what was watched
+            latest = {}
+            for mod, pub, alloc, _created in delta.changes:
+                if mod > self.store.revision:  # (older ones: in the registry already)
+                    latest[pub] = alloc
+            old = [a for a in map(self.registry.get, latest) if a is not None]
+            new = [a for a in latest.values() if a is not None]
+            same = set(old) & set(new)  # (rewritten unchanged)
+            change = Change(before=tuple(a for a in old if a not in same),
+                            after=tuple(a for a in new if a not in same))
+            self.store.advance(delta)
+            if change.noop:
+                return
+            self.registry.apply(change)
+            removed, added = pair_delta(*groups.served_change(change, self.served).associations())
+            try:
+                self.backend.apply(removed, added)
+            except Exception as exc:  # (the kernel may not have been as the registry said)
+                log.warning("incremental rule change of others' changes failed (%s); converging in full", exc)
+                self._restore_rules()
+            self._after_commit(change)
+        self._flush_conntrack(change)
 
     def group_health(self) -> dict | None:
         """This router's group and the pools it applies (/v1/health); None without groups."""

@@ -103,6 +103,10 @@ class Store:
     def changed_revision(self) -> int:
         return self.revision
 
+    def changes_since(self, target: int) -> None:
+        """(A shared store's delta; the local file never changes under us.)"""
+        return None
+
     def health(self) -> dict | None:
         """None: /v1/health shows a `store` only for a shared store."""
         return None
