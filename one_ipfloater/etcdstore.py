@@ -195,13 +195,13 @@ def plan_txn(prefix: str, read_rev: int, change: Change, events: list[Event], cr
     if mark_history:
         ops.append({"request_put": {"key": b64(f"{prefix}/meta/history"), "value": b64(repr(now))}})
     ops.append({"request_put": {"key": b64(rev_key), "value": b64(repr(now))}})
-    alloc_prefix = f"{prefix}/alloc/"
     return {"compare": [{"key": b64(rev_key), "target": "MOD", "result": "LESS",
                          "mod_revision": str(read_rev + 1)}],
             "success": ops,
-            # a failed compare answers with the state as it is now: no second round trip
-            # before the re-plan, so the window for the next conflict is shorter
-            "failure": [{"request_range": {"key": b64(alloc_prefix), "range_end": prefix_end(alloc_prefix)}}]}
+            # a failed compare answers with the revision the state is at now: the re-plan
+            # watches the changes up to it (not every allocation: a cost in proportion to
+            # the changes, and an answer that stays small however many there are)
+            "failure": [{"request_range": {"key": b64(rev_key)}}]}
 
 
 class EtcdStore:
@@ -373,8 +373,9 @@ class EtcdStore:
         if not answer.get("succeeded"):
             conflict = StoreConflict(f"etcd: the state changed since revision {self.revision}")
             ranges = [r["response_range"] for r in answer.get("responses") or () if "response_range" in r]
-            if ranges:
-                conflict.snapshot = self._snapshot({**ranges[0], "header": answer["header"]})
+            kvs = ranges[0].get("kvs") if ranges else None
+            if kvs:
+                conflict.revision = int(kvs[0]["mod_revision"])
             raise conflict
         self.revision = int(answer["header"]["revision"])
         for a in change.before:

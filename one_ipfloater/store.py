@@ -56,9 +56,11 @@ class StoreUnavailable(StoreError):
 
 class StoreConflict(StoreError):
     """Another daemon changed the shared state since it was read: plan again (on
-    `snapshot`, the state the failed transaction read, when it has one)."""
+    `snapshot`, the state the failed transaction read, when it has one; or on the
+    changes up to `revision`, the state's revision the failed transaction saw)."""
 
     snapshot = None
+    revision = None
 
 
 def _ipv4(value: object, column: str) -> IPv4Address:

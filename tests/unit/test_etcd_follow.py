@@ -297,3 +297,58 @@ def test_the_follow_loop_uses_no_full_read_with_paging_either(daemon, monkeypatc
     assert two.follow()
     assert two.store.gateway.calls["/v3/kv/range"] == ranges + 1  # the `rev` key only
     assert list(two.registry) == list(one.registry)
+
+
+def test_a_conflict_replans_on_the_delta_without_a_full_read_or_sync(daemon, etcd, monkeypatch):
+    one, _ = daemon()
+    two, kernel_two = daemon()
+    theirs, _ = one.allocate(private_ip=A("10.77.0.11"), ref="a")  # two does not know it yet
+    moved, _ = one.allocate(private_ip=A("10.77.0.12"), ref="b")
+    one.associate(moved.public_ip, A("10.77.0.13"), allow_move=True)
+    reads = full_reads(two.store, monkeypatch)
+    syncs, txns = kernel_two.syncs, etcd.calls["/v3/kv/txn"]
+    two.host.flushed.clear()
+    mine, _ = two.allocate(private_ip=A("10.77.0.14"), ref="c")  # plans on a stale view first
+    assert etcd.calls["/v3/kv/txn"] == txns + 2 and reads == [] and kernel_two.syncs == syncs
+    assert mine.public_ip not in (theirs.public_ip, moved.public_ip)
+    assert list(two.registry) == EtcdStore(["x"], "/fip", gateway=etcd).allocations()
+    assert kernel_two.live_pairs() == {(theirs.public_ip, A("10.77.0.11")), (moved.public_ip, A("10.77.0.13")),
+                                       (mine.public_ip, A("10.77.0.14"))}
+    assert kernel(two) == rules(two)
+    assert {theirs.public_ip, moved.public_ip, mine.public_ip} <= set(two.host.flushed)
+    assert two.host.addresses == {theirs.public_ip, moved.public_ip, mine.public_ip}
+    assert not two.follow()  # its own change is the newest: nothing to catch up
+
+
+def test_a_conflict_with_the_revision_compacted_replans_on_the_whole_state(daemon, etcd, monkeypatch):
+    one, _ = daemon()
+    two, kernel_two = daemon()
+    one.allocate(ref="x")
+    theirs, _ = one.allocate(private_ip=A("10.77.0.11"), ref="a")
+    etcd.compact(etcd.revision)
+    reads = full_reads(two.store, monkeypatch)
+    syncs = kernel_two.syncs
+    mine, _ = two.allocate(private_ip=A("10.77.0.14"), ref="c")
+    assert reads == [1] and kernel_two.syncs == syncs + 1  # read it all, then one reconcile
+    assert list(two.registry) == EtcdStore(["x"], "/fip", gateway=etcd).allocations()
+    assert kernel_two.live_pairs() == {(theirs.public_ip, A("10.77.0.11")), (mine.public_ip, A("10.77.0.14"))}
+
+
+def test_a_conflict_takes_its_rules_back_by_the_inverse_delta_or_in_full(daemon, etcd):
+    one, _ = daemon()
+    two, kernel_two = daemon()
+    theirs, _ = one.allocate(private_ip=A("10.77.0.11"), ref="a")
+    real_apply, calls = kernel_two.apply, []
+
+    def second_apply_fails(removed, added):  # the first: the change; the second: taking it back
+        calls.append((set(removed), set(added)))
+        if len(calls) == 2:
+            raise etcdstore.StoreUnavailable("stands for any failure") from None
+        return real_apply(removed, added)
+    kernel_two.apply = second_apply_fails
+    syncs = kernel_two.syncs
+    mine, _ = two.allocate(private_ip=A("10.77.0.14"), ref="c")
+    assert calls[1] == (calls[0][1], calls[0][0])  # the inverse of the first
+    assert kernel_two.syncs == syncs + 1  # it failed: the rules converged in full instead
+    assert kernel_two.live_pairs() == {(theirs.public_ip, A("10.77.0.11")), (mine.public_ip, A("10.77.0.14"))}
+    assert kernel(two) == rules(two)
