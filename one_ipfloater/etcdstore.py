@@ -186,6 +186,9 @@ def plan_txn(prefix: str, read_rev: int, change: Change, events: list[Event], cr
     for a in change.before:
         if a.public_ip not in after:
             ops.append({"request_delete_range": {"key": b64(f"{prefix}/alloc/{a.public_ip}")}})
+            # a tombstone: a range by mod revision shows puts only (delta_reads); one key
+            # per address ever released, so at most the pool's size
+            ops.append({"request_put": {"key": b64(f"{prefix}/gone/{a.public_ip}"), "value": b64(repr(now))}})
     for a in change.after:
         ops.append({"request_put": {"key": b64(f"{prefix}/alloc/{a.public_ip}"),
                                     "value": b64(_alloc_value(a, created.get(a.public_ip, now), now))}})
@@ -198,10 +201,51 @@ def plan_txn(prefix: str, read_rev: int, change: Change, events: list[Event], cr
     return {"compare": [{"key": b64(rev_key), "target": "MOD", "result": "LESS",
                          "mod_revision": str(read_rev + 1)}],
             "success": ops,
-            # a failed compare answers with the revision the state is at now: the re-plan
-            # watches the changes up to it (not every allocation: a cost in proportion to
-            # the changes, and an answer that stays small however many there are)
-            "failure": [{"request_range": {"key": b64(rev_key)}}]}
+            # a failed compare answers with what changed since `read_rev` (not every
+            # allocation): the re-plan needs no second round trip, and its cost follows
+            # the changes
+            "failure": delta_reads(prefix, read_rev)}
+
+
+def delta_reads(prefix: str, base: int) -> list[dict]:
+    """The reads (txn operations, at one revision) of what changed after `base`: `rev`,
+    the allocations written since, the tombstones of those deleted since, and how many
+    allocations there are now (range_delta checks the delta against it)."""
+    alloc, gone = f"{prefix}/alloc/", f"{prefix}/gone/"
+    since = {"min_mod_revision": str(base + 1), "limit": str(PAGE)}  # (etcd limits after filtering)
+    return [{"request_range": {"key": b64(f"{prefix}/rev")}},
+            {"request_range": {"key": b64(alloc), "range_end": prefix_end(alloc), **since}},
+            {"request_range": {"key": b64(gone), "range_end": prefix_end(gone), **since}},
+            {"request_range": {"key": b64(alloc), "range_end": prefix_end(alloc), "count_only": True}}]
+
+
+def range_delta(ranges: list[dict], revision: int, prefix: str, base: int, known: set) -> Delta | None:
+    """The Delta from `base` to `revision` in delta_reads' answers (pure), checked: the
+    addresses `known` at `base`, with the puts and tombstones applied, must be as many
+    as etcd holds. None when they are not (a deletion without a tombstone: a daemon of
+    an older version, a hand edit) or when a page did not hold every change."""
+    try:
+        _rev, puts, gones, counted = ranges
+        if puts.get("more") or gones.get("more"):
+            return None
+        changes, present = [], set()
+        for kv in puts.get("kvs") or ():
+            pub = IPv4Address(unb64(kv["key"])[len(f"{prefix}/alloc/"):])
+            value = json.loads(unb64(kv["value"]))
+            changes.append((int(kv["mod_revision"]), pub, _allocation(pub, value), value.get("created_at")))
+            present.add(pub)
+        gone = set()
+        for kv in gones.get("kvs") or ():
+            pub = IPv4Address(unb64(kv["key"])[len(f"{prefix}/gone/"):])
+            if pub not in present:  # (deleted, then allocated again: the put stands)
+                changes.append((int(kv["mod_revision"]), pub, None, None))
+                gone.add(pub)
+        if len(present | (known - gone)) != int(counted.get("count") or 0):
+            return None
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("etcd: unreadable changes (%s); reading the whole state", exc)
+        return None
+    return Delta(base, revision, sorted(changes, key=lambda c: c[0]))
 
 
 class EtcdStore:
@@ -291,16 +335,30 @@ class EtcdStore:
         return self.use(self.read())
 
     def changes_since(self, target: int) -> Delta | None:
-        """What changed after `revision` up to `target` (the mod revision of `rev`), from a
-        watch that starts at revision + 1 and replays etcd's history: a cost in proportion
-        to the changes, not to the allocations. No side effect (see `advance`). None when
-        the watch cannot answer (revision compacted, timeout, anything odd): the caller
-        reads the whole state, which stays the truth."""
-        base = self.revision
+        """What changed after `revision` up to `target` (the mod revision of `rev`) or
+        later: a cost in proportion to the changes, not to the allocations. No side
+        effect (see `advance`). First the keys written since (delta_reads: one read-only
+        txn); when that cannot be checked complete, etcd's watch from revision + 1, which
+        replays its history, deletions included; None when neither can answer (revision
+        compacted, timeout, anything odd): the caller reads the whole state, which stays
+        the truth."""
+        base, known = self.revision, set(self._created)  # (`revision` first: see range_delta)
         if base <= 0 or target <= base:
             return None
+        answer = self.call("/v3/kv/txn", {"compare": [], "success": delta_reads(self.prefix, base)})
+        ranges = [r.get("response_range") or {} for r in answer.get("responses") or ()]
+        delta = range_delta(ranges, int(answer["header"]["revision"]), self.prefix, base, known) \
+            if len(ranges) == 4 else None
+        if delta is not None:
+            return delta
+        log.info("etcd: the changes since revision %d are not all in the keys written since "
+                 "(a deletion without a tombstone?); watching them", base)
+        return self._watched_changes(base, target)
+
+    def _watched_changes(self, base: int, target: int) -> Delta | None:
+        """changes_since from the watch (delta_of); None when it cannot answer."""
         rev_key = f"{self.prefix}/rev"
-        # alloc/, history/, meta/ and rev, in key order: `rev` ends every change's revision
+        # alloc/, gone/, history/, meta/ and rev, in key order: `rev` ends every change's revision
         body = {"create_request": {"key": b64(f"{self.prefix}/alloc/"), "range_end": b64(rev_key + "\0"),
                                    "start_revision": str(base + 1)}}
         messages = self.gateway.watch(body)
@@ -376,6 +434,9 @@ class EtcdStore:
             kvs = ranges[0].get("kvs") if ranges else None
             if kvs:
                 conflict.revision = int(kvs[0]["mod_revision"])
+            if len(ranges) == 4:
+                conflict.delta = range_delta(ranges, int(answer["header"]["revision"]), self.prefix,
+                                             self.revision, set(self._created))
             raise conflict
         self.revision = int(answer["header"]["revision"])
         for a in change.before:

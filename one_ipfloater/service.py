@@ -345,12 +345,12 @@ class FloatingIPService:
                         return attempt()
                     except StoreConflict as exc:
                         log.info("%s; catching up and planning again", exc)
-                        snapshot, target = exc.snapshot, exc.revision
+                        snapshot, target, delta = exc.snapshot, exc.revision, exc.delta
                     if tries:  # a random back-off: daemons that keep colliding get out of step
                         time.sleep(random.uniform(0, min(0.1, 0.002 * 2 ** tries)))
-                        snapshot = target = None  # (older now: read again)
+                        snapshot = target = delta = None  # (older now: read again)
                     try:
-                        self._catch_up_to_replan(snapshot, target)
+                        self._catch_up_to_replan(snapshot, target, delta)
                     except StoreError as failed:
                         raise FipError("store_unavailable", f"change not applied: {failed}", 503) from None
                 raise FipError("store_conflict", f"change not applied: the shared state changed under it "
@@ -359,14 +359,13 @@ class FloatingIPService:
                 if self._kernel_behind or self._retargeted_behind:
                     self._converge_kernel()
 
-    def _catch_up_to_replan(self, snapshot, target: int | None) -> None:
-        """A conflict's catch-up, under the lock: the changes up to `target` (the revision
-        the failed txn saw; None: ask) when the store can tell them, taken in as a
+    def _catch_up_to_replan(self, snapshot, target: int | None, delta=None) -> None:
+        """A conflict's catch-up, under the lock: the changes since (`delta`, the failed
+        txn's answer; else asked up to `target`, the revision it saw) taken in as a
         follower does; else the whole state, into the registry only (the kernel after)."""
         if snapshot is None:
-            if target is None:
-                target = self.store.changed_revision()
-            delta = self.store.changes_since(target)
+            if delta is None:
+                delta = self.store.changes_since(target or self.store.changed_revision())
             if delta is not None:
                 change = self._take_delta(delta)
                 if change is not None:  # (their flows cut when the change is done)

@@ -56,6 +56,8 @@ class FakeEtcd:
     def _range(self, body):
         keys = self._select(body)
         out = self._header()
+        if body.get("min_mod_revision") and not body.get("count_only"):  # (etcd: filtered, then limited)
+            keys = [k for k in keys if self.kv[k][2] >= int(body["min_mod_revision"])]
         limit = int(body.get("limit", 0))
         if limit and len(keys) > limit:
             keys, out["more"] = keys[:limit], True

@@ -1,7 +1,10 @@
-"""The follower's delta (etcd's watch from its revision + 1, tests/fakes_etcd.py): another
-daemon's puts, moves and deletes reach the registry, the kernel (incrementally: apply, not
-sync), the addresses and conntrack; compaction, a stalled watch or an odd answer fall back
-to reading it all; a change made here between the watch and the lock is not applied twice."""
+"""The follower's delta (tests/fakes_etcd.py): the keys written since its revision and the
+tombstones of those deleted (one read-only txn; the failed txn's answer on a conflict),
+else etcd's watch from revision + 1 (tombstones missing: a daemon of an older version),
+else the whole state. Another daemon's puts, moves and deletes reach the registry, the
+kernel (incrementally: apply, not sync), the addresses and conntrack; compaction, a stalled
+watch or an odd answer fall back to reading it all; a change made here between the read
+and the lock is not applied twice."""
 
 import base64
 import json
@@ -65,6 +68,18 @@ def full_reads(store, monkeypatch):
     return reads
 
 
+def without_tombstones(etcd, monkeypatch):
+    """Daemons of an older version: their deletions leave no tombstone (the watch answers)."""
+    real = etcd.call
+
+    def call(path, body):
+        if path == "/v3/kv/txn":
+            body = {**body, "success": [op for op in body.get("success") or () if not base64.b64decode(
+                op.get("request_put", {}).get("key", "")).startswith(b"/fip/gone/")]}
+        return real(path, body)
+    monkeypatch.setattr(etcd, "call", call)
+
+
 def rules(svc):
     return {c: sorted(svc.desired().ordered(c)) for c in svc.desired().chains()}
 
@@ -73,7 +88,11 @@ def kernel(svc):
     return {c: sorted(r) for c, r in svc.backend.chains.items() if r or c in rules(svc)}
 
 
-def test_a_put_a_move_and_a_delete_arrive_as_a_delta_applied_incrementally(daemon, etcd, monkeypatch):
+@pytest.mark.parametrize("tombstones", [True, False])
+def test_a_put_a_move_and_a_delete_arrive_as_a_delta_applied_incrementally(daemon, etcd, monkeypatch,
+                                                                          tombstones):
+    if not tombstones:
+        without_tombstones(etcd, monkeypatch)
     one, _ = daemon()
     two, kernel_two = daemon()
     kept, _ = one.allocate(private_ip=A("10.77.0.11"), owner="uid:1")
@@ -87,7 +106,8 @@ def test_a_put_a_move_and_a_delete_arrive_as_a_delta_applied_incrementally(daemo
     one.associate(moved.public_ip, A("10.77.0.15"), owner="uid:1", allow_move=True)  # a move
     one.release(gone.public_ip, owner="uid:1")  # a delete
     assert two.follow()
-    assert etcd.watches[-1] == base + 1 and reads == []  # the delta, not a read of it all
+    assert reads == []  # the delta, not a read of it all
+    assert etcd.watches == ([] if tombstones else [base + 1])  # (the watch: only without tombstones)
     assert (kernel_two.syncs, kernel_two.applies) == (syncs, applies + 1)  # one incremental apply
     assert list(two.registry) == list(one.registry) and kept in two.registry
     assert kernel_two.live_pairs() == {(kept.public_ip, A("10.77.0.11")), (new.public_ip, A("10.77.0.14")),
@@ -96,21 +116,25 @@ def test_a_put_a_move_and_a_delete_arrive_as_a_delta_applied_incrementally(daemo
     assert two.host.addresses == one.host.addresses == {kept.public_ip, moved.public_ip, new.public_ip}
     assert set(two.host.flushed) == {new.public_ip, moved.public_ip, gone.public_ip}  # not `kept`
     assert two.store._created == one.store._created and two.store.revision == one.store.revision
-    assert not two.follow() and etcd.watches[-1] == base + 1  # nothing new: no watch either
+    txns = etcd.calls["/v3/kv/txn"]
+    assert not two.follow() and etcd.calls["/v3/kv/txn"] == txns  # nothing new: one read of `rev` only
     # the follower plans on the delta's revision: its next change commits without a conflict
     txns = etcd.calls["/v3/kv/txn"]
     two.allocate(private_ip=A("10.77.0.16"), ref="x")
     assert etcd.calls["/v3/kv/txn"] == txns + 1
 
 
-def test_a_follower_that_missed_many_revisions_catches_up_from_the_watch(daemon, etcd, monkeypatch):
+@pytest.mark.parametrize("tombstones", [True, False])
+def test_a_follower_that_missed_many_revisions_catches_up_from_the_delta(daemon, etcd, monkeypatch, tombstones):
+    if not tombstones:
+        without_tombstones(etcd, monkeypatch)
     one, _ = daemon()
     two, kernel_two = daemon()
-    assert not two.follow()
+    held = [one.allocate(private_ip=A(f"10.77.0.{10 + n}"), owner="uid:1")[0] for n in range(5)]
+    assert two.follow()  # (it knows these: their deletion needs a tombstone, or the watch)
     reads = full_reads(two.store, monkeypatch)
-    held = []
     for n in range(60):  # 60 and more revisions, each address touched several times
-        alloc, _ = one.allocate(private_ip=A(f"10.77.0.{20 + n}"), owner="uid:1")
+        alloc, _ = one.allocate(A(f"198.51.100.{100 + n}"), A(f"10.77.0.{20 + n}"), owner="uid:1")
         held.append(alloc)
         if n % 3 == 0:
             one.associate(alloc.public_ip, A(f"10.77.0.{100 + n}"), owner="uid:1", allow_move=True)
@@ -119,7 +143,7 @@ def test_a_follower_that_missed_many_revisions_catches_up_from_the_watch(daemon,
         if n % 5 == 2:
             one.disassociate(held[-1].public_ip, owner="uid:1")
     syncs, applies = kernel_two.syncs, kernel_two.applies
-    assert two.follow() and reads == []
+    assert two.follow() and reads == [] and len(etcd.watches) == (0 if tombstones else 1)
     assert (kernel_two.syncs, kernel_two.applies) == (syncs, applies + 1)
     assert list(two.registry) == list(one.registry) and kernel(two) == rules(two)
     assert kernel_two.live_pairs() == one.backend.live_pairs()
@@ -127,12 +151,15 @@ def test_a_follower_that_missed_many_revisions_catches_up_from_the_watch(daemon,
     assert two.store._created == one.store._created
 
 
-def test_compaction_falls_back_to_reading_it_all(daemon, etcd, monkeypatch):
+def test_without_tombstones_compaction_falls_back_to_reading_it_all(daemon, etcd, monkeypatch):
+    without_tombstones(etcd, monkeypatch)
     one, _ = daemon()
     two, kernel_two = daemon()
     one.allocate(private_ip=A("10.77.0.10"), ref="x")
-    one.release(one.allocate(ref="y")[0].public_ip)
-    first, _ = one.allocate(private_ip=A("10.77.0.11"), owner="uid:1")
+    y, _ = one.allocate(ref="y")
+    assert two.follow()
+    one.release(y.public_ip)  # (no tombstone: the watch is asked)
+    first, _ = one.allocate(A("198.51.100.150"), A("10.77.0.11"), owner="uid:1")
     etcd.compact(etcd.revision)  # two's revision + 1 is before it
     reads = full_reads(two.store, monkeypatch)
     assert two.follow() and reads == [1] and etcd.watches[-1] < etcd.compacted
@@ -144,9 +171,13 @@ def test_compaction_falls_back_to_reading_it_all(daemon, etcd, monkeypatch):
 
 @pytest.mark.parametrize("trouble", ["stalls", "down", "unreadable"])
 def test_a_watch_that_cannot_answer_falls_back_to_reading_it_all(daemon, etcd, monkeypatch, trouble):
+    without_tombstones(etcd, monkeypatch)
     one, _ = daemon()
     two, kernel_two = daemon()
-    alloc, _ = one.allocate(private_ip=A("10.77.0.11"), owner="uid:1")
+    z, _ = one.allocate(private_ip=A("10.77.0.11"), owner="uid:1")
+    assert two.follow()
+    one.release(z.public_ip, owner="uid:1")  # (no tombstone: the watch is asked)
+    alloc, _ = one.allocate(A("198.51.100.150"), A("10.77.0.11"), owner="uid:1")
     reads = full_reads(two.store, monkeypatch)
     if trouble == "stalls":
         etcd.watch_stalls = True
@@ -278,25 +309,30 @@ def test_gateway_watch_streams_results_and_gives_up_at_its_timeout():
         with pytest.raises(StoreUnavailable, match="ReadTimeout|ConnectionError"):
             next(got)  # the stream stays open, nothing more comes: bounded by the timeout
         store = EtcdStore(["x"], "/fip", gateway=gw)
-        store.revision = 2
-        assert store.changes_since(3).revision == 3
+        assert store._watched_changes(2, 3).revision == 3
     finally:
         _Stream.release.set()
         server.shutdown()
         server.server_close()
 
 
-def test_the_follow_loop_uses_no_full_read_with_paging_either(daemon, monkeypatch):
-    """(PAGE small: the full read would take several range calls; the delta takes none.)"""
+def test_the_follow_loop_uses_no_full_read_with_paging_either(daemon, etcd, monkeypatch):
+    """(PAGE small: the full read would take several range calls; the delta takes one txn
+    while the changes fit a page.)"""
     monkeypatch.setattr(etcdstore, "PAGE", 2)
     one, _ = daemon()
     two, _ = daemon()
-    for n in range(5):
+    for n in range(2):
         one.allocate(private_ip=A(f"10.77.0.{30 + n}"), owner="uid:1")
-    ranges = two.store.gateway.calls["/v3/kv/range"]
+    ranges, txns = two.store.gateway.calls["/v3/kv/range"], two.store.gateway.calls["/v3/kv/txn"]
     assert two.follow()
-    assert two.store.gateway.calls["/v3/kv/range"] == ranges + 1  # the `rev` key only
-    assert list(two.registry) == list(one.registry)
+    assert two.store.gateway.calls["/v3/kv/range"] == ranges + 1  # the `rev` key
+    assert two.store.gateway.calls["/v3/kv/txn"] == txns + 1  # the changes, in one read-only txn
+    assert list(two.registry) == list(one.registry) and etcd.watches == []
+    # more changes than a page holds: the watch answers
+    for n in range(3):
+        one.allocate(private_ip=A(f"10.77.0.{40 + n}"), owner="uid:1")
+    assert two.follow() and len(etcd.watches) == 1 and list(two.registry) == list(one.registry)
 
 
 def test_a_conflict_replans_on_the_delta_without_a_full_read_or_sync(daemon, etcd, monkeypatch):
@@ -320,11 +356,14 @@ def test_a_conflict_replans_on_the_delta_without_a_full_read_or_sync(daemon, etc
     assert not two.follow()  # its own change is the newest: nothing to catch up
 
 
-def test_a_conflict_with_the_revision_compacted_replans_on_the_whole_state(daemon, etcd, monkeypatch):
+def test_a_conflict_without_tombstones_and_compacted_replans_on_the_whole_state(daemon, etcd, monkeypatch):
+    without_tombstones(etcd, monkeypatch)
     one, _ = daemon()
     two, kernel_two = daemon()
-    one.allocate(ref="x")
-    theirs, _ = one.allocate(private_ip=A("10.77.0.11"), ref="a")
+    x, _ = one.allocate(ref="x")
+    assert two.follow()
+    one.release(x.public_ip)  # (no tombstone: the watch is asked, but it was compacted)
+    theirs, _ = one.allocate(A("198.51.100.150"), A("10.77.0.11"), ref="a")
     etcd.compact(etcd.revision)
     reads = full_reads(two.store, monkeypatch)
     syncs = kernel_two.syncs
@@ -352,3 +391,22 @@ def test_a_conflict_takes_its_rules_back_by_the_inverse_delta_or_in_full(daemon,
     assert kernel_two.syncs == syncs + 1  # it failed: the rules converged in full instead
     assert kernel_two.live_pairs() == {(theirs.public_ip, A("10.77.0.11")), (mine.public_ip, A("10.77.0.14"))}
     assert kernel(two) == rules(two)
+
+
+def test_range_delta_is_checked_against_the_count():
+    e = lambda t: base64.b64encode(t.encode()).decode()  # noqa: E731
+    put = {"key": e("/fip/alloc/198.51.100.11"), "mod_revision": "8", "value": e(json.dumps(VALUE))}
+    tomb = {"key": e("/fip/gone/198.51.100.10"), "mod_revision": "8", "value": e("1.0")}
+    known = {A("198.51.100.10"), A("198.51.100.12")}
+    ranges = [{}, {"kvs": [put]}, {"kvs": [tomb]}, {"count": "2"}]
+    delta = etcdstore.range_delta(ranges, 9, "/fip", 7, known)
+    assert [(c[1], c[2] is None) for c in delta.changes] == [(A("198.51.100.11"), False), (A("198.51.100.10"), True)]
+    assert delta.revision == 9 and delta.base == 7
+    # a deletion without its tombstone: the count says one too many
+    assert etcdstore.range_delta([{}, {"kvs": [put]}, {}, {"count": "2"}], 9, "/fip", 7, known) is None
+    assert etcdstore.range_delta([{}, {"kvs": [put], "more": True}, {"kvs": [tomb]}, {"count": "2"}],
+                                 9, "/fip", 7, known) is None  # a page did not hold them all
+    # deleted then allocated again: the put stands
+    again = {**tomb, "key": e("/fip/gone/198.51.100.11")}
+    delta = etcdstore.range_delta([{}, {"kvs": [put]}, {"kvs": [again]}, {"count": "3"}], 9, "/fip", 7, known)
+    assert [(c[1], c[2] is None) for c in delta.changes] == [(A("198.51.100.11"), False)]
