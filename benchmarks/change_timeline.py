@@ -6,7 +6,8 @@ line: `{"change": KIND, "total": s, "commit_step": s, "apply": s, "store_commit"
 "flush": s}`. Steps are summed per thread, so a change re-planned after a conflict counts
 all its rounds. A follower's catch-up (another daemon changed the shared state: read it
 all, converge the kernel) writes `{"catch_up": s, "store_read": s, "reconcile": s}`; one
-from the watch's delta `{"catch_up": s, "store_delta": s, "apply_delta": s}`. No profiler: a perf_counter pair and
+from the changes since `{"catch_up": s, "store_delta": s, "apply_delta": s, "take_delta": s,
+"flush": s}` (take_delta: under the service lock). No profiler: a perf_counter pair and
 one short write per change.
 """
 
@@ -52,6 +53,7 @@ def install() -> None:
     _wrap(etcdstore.EtcdStore, "read", "store_read")  # (a catch-up's read of every allocation)
     _wrap(etcdstore.EtcdStore, "changes_since", "store_delta")  # (a follow's watch of the changes)
     _wrap(service.FloatingIPService, "apply_delta", "apply_delta")  # (taking them in, lock wait included)
+    _wrap(service.FloatingIPService, "_take_delta", "take_delta")  # (its part under the lock)
     store_commit = metrics.PrometheusMetrics.store_commit
     change = metrics.PrometheusMetrics.change
 
