@@ -246,8 +246,10 @@ class FloatingIPService:
                     trial.apply(change)
                     self.backend.sync(self.desired(trial))
         except Exception as exc:
-            if touched:  # the rules may be half changed, whatever failed
-                self._undo_rules(removed, added) if applied else self._restore_rules()
+            if applied:  # the rules changed: take the change back
+                self._undo_rules(removed, added)
+            elif touched:  # the rules may be half changed, whatever failed
+                self._restore_rules()
             if isinstance(exc, (FipError, StoreConflict)):
                 raise
             if isinstance(exc, StoreUnavailable):  # fail static: nothing changed
@@ -418,8 +420,8 @@ class FloatingIPService:
 
     def follow(self) -> bool:
         """Catch up if the shared state changed since it was read (True then): with the
-        changes since then when the store can tell them (etcd's watch), else by reading
-        it all. The local SQLite file never changes under us."""
+        changes since then when the store can tell them (etcdstore.changes_since), else by
+        reading it all. The local SQLite file never changes under us."""
         target = self.store.changed_revision()
         if target <= self.store.revision:
             return False
@@ -446,7 +448,7 @@ class FloatingIPService:
         state it does not: that ends in a reconcile)."""
         with self._lock:
             if delta.revision <= self.store.revision:
-                return None  # a change made here meanwhile is newer than what was watched
+                return None  # a change made here meanwhile is newer than what was read
             latest = {}
             for mod, pub, alloc, _created in delta.changes:
                 if mod > self.store.revision:  # (older ones: in the registry already)
