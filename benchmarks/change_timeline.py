@@ -5,7 +5,9 @@ functions of the change pipeline are wrapped with perf_counter, and when a chang
 line: `{"change": KIND, "total": s, "commit_step": s, "apply": s, "store_commit": s,
 "flush": s}`. Steps are summed per thread, so a change re-planned after a conflict counts
 all its rounds. A follower's catch-up (another daemon changed the shared state: read it
-all, converge the kernel) writes `{"catch_up": s, "store_read": s, "reconcile": s}`. No profiler: a perf_counter pair and
+all, converge the kernel) writes `{"catch_up": s, "store_read": s, "reconcile": s}`; one
+from the changes since `{"catch_up": s, "store_delta": s, "apply_delta": s, "take_delta": s,
+"flush": s}` (take_delta: under the service lock). No profiler: a perf_counter pair and
 one short write per change.
 """
 
@@ -49,6 +51,9 @@ def install() -> None:
     _wrap(iptables.IptablesBackend, "apply", "apply")
     _wrap(service.FloatingIPService, "_reconcile", "reconcile")  # (a catch-up's kernel step)
     _wrap(etcdstore.EtcdStore, "read", "store_read")  # (a catch-up's read of every allocation)
+    _wrap(etcdstore.EtcdStore, "changes_since", "store_delta")  # (a follow's watch of the changes)
+    _wrap(service.FloatingIPService, "apply_delta", "apply_delta")  # (taking them in, lock wait included)
+    _wrap(service.FloatingIPService, "_take_delta", "take_delta")  # (its part under the lock)
     store_commit = metrics.PrometheusMetrics.store_commit
     change = metrics.PrometheusMetrics.change
 

@@ -78,11 +78,17 @@ def catch_ups(log_text: str) -> list[dict]:
 
 
 def sum_catch_ups(records: list[dict]) -> dict:
-    """Count and seconds in all (whole, reading the store, converging the kernel)."""
+    """Count and seconds in all (whole, reading the store, converging the kernel; those
+    made from the watch's delta: how many, watching, applying it)."""
     return {"catch_ups": len(records),
             "catch_up_seconds": round(sum(r.get("catch_up", 0.0) for r in records), 3),
             "catch_up_read_seconds": round(sum(r.get("store_read", 0.0) for r in records), 3),
-            "catch_up_reconcile_seconds": round(sum(r.get("reconcile", 0.0) for r in records), 3)}
+            "catch_up_reconcile_seconds": round(sum(r.get("reconcile", 0.0) for r in records), 3),
+            "catch_up_deltas": sum(1 for r in records if "apply_delta" in r),
+            "catch_up_watch_seconds": round(sum(r.get("store_delta", 0.0) for r in records), 3),
+            "catch_up_apply_delta_seconds": round(sum(r.get("apply_delta", 0.0) for r in records), 3),
+            "catch_up_locked_delta_seconds": round(sum(r.get("take_delta", 0.0) for r in records), 3),
+            "catch_up_flush_seconds": round(sum(r.get("flush", 0.0) for r in records), 3)}
 
 
 def split_change(record: dict) -> dict:
@@ -162,7 +168,15 @@ def rows(ha: dict) -> list[tuple[str, str, str]]:
                        f" s, converging the kernel (under the service lock) "
                        f"{med(lambda r: r['etcd']['throughput_two']['catch_up_reconcile_seconds']):.1f} s, the rest "
                        "waiting for the service lock and rebuilding the registry"
-                       if all("catch_up_read_seconds" in r["etcd"]["throughput_two"] for r in runs) else "")))
+                       if all("catch_up_read_seconds" in r["etcd"]["throughput_two"] for r in runs) else "")
+                    + (f"; from the changes since: {med(lambda r: r['etcd']['throughput_two']['catch_up_deltas']):.0f}"
+                       f" of them, reading them {med(lambda r: r['etcd']['throughput_two']['catch_up_watch_seconds']):.2f}"
+                       f" s, applying them "
+                       f"{med(lambda r: r['etcd']['throughput_two']['catch_up_apply_delta_seconds']):.2f} s: under "
+                       f"the lock {med(lambda r: r['etcd']['throughput_two']['catch_up_locked_delta_seconds']):.2f}"
+                       f" s, conntrack {med(lambda r: r['etcd']['throughput_two']['catch_up_flush_seconds']):.2f}"
+                       " s, the rest waiting for the lock"
+                       if all("catch_up_locked_delta_seconds" in r["etcd"]["throughput_two"] for r in runs) else "")))
         out.append(("E2b. (info) 10 clients on one router on etcd vs SQLite", _fmt(one, ".2f") + " x",
                     f"{med(lambda r: r['etcd']['throughput_one']['calls_per_second']):.0f} REST calls/s"))
         starts = _mmm(_collect(runs, lambda r: r["etcd"]["start_rules_seconds"]))

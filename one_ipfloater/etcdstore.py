@@ -55,6 +55,48 @@ class Snapshot(namedtuple("Snapshot", "allocations revision created")):
     __slots__ = ()
 
 
+class Delta(namedtuple("Delta", "base revision changes")):
+    """What other daemons changed after revision `base` up to `revision`: `changes` is
+    [(mod_revision, public_ip, Allocation or None when deleted, created_at)], oldest first."""
+
+    __slots__ = ()
+
+
+def delta_of(messages: Iterable[dict], prefix: str, base: int, target: int) -> Delta | None:
+    """The delta in a watch's answers (pure): read until the event of `<prefix>/rev` at
+    `target` or later (every change's txn writes it, so every revision up to it is
+    complete), keep the allocation events up to the last such event. None when the watch
+    cannot tell (compacted, canceled, ended early, an unreadable value): read it all."""
+    rev_key, alloc = f"{prefix}/rev", f"{prefix}/alloc/"
+    changes, last = [], base
+    try:
+        for msg in messages:
+            if msg.get("canceled") or int(msg.get("compact_revision") or 0):
+                return None
+            for ev in msg.get("events") or ():
+                kv = ev["kv"]
+                key, mod = unb64(kv["key"]), int(kv["mod_revision"])
+                if key == rev_key:
+                    last = max(last, mod)
+                elif key.startswith(alloc):
+                    pub = IPv4Address(key[len(alloc):])
+                    if ev.get("type") == "DELETE":
+                        changes.append((mod, pub, None, None))
+                    else:
+                        value = json.loads(unb64(kv["value"]))
+                        changes.append((mod, pub, _allocation(pub, value), value.get("created_at")))
+            if last >= target:
+                return Delta(base, last, [c for c in changes if c[0] <= last])
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("etcd watch: unreadable answer (%s); reading the whole state", exc)
+    return None
+
+
+def _allocation(pub: IPv4Address, value: dict) -> Allocation:
+    return Allocation(pub, value["owner"], value["ref"],
+                      IPv4Address(value["private_ip"]) if value["private_ip"] else None, value.get("owner_group"))
+
+
 class Gateway:
     """POSTs to etcd's JSON gateway, trying each endpoint in turn (the last good first)."""
 
@@ -89,6 +131,30 @@ class Gateway:
             return data
         raise StoreUnavailable(f"etcd unavailable ({last})")
 
+    def watch(self, body: dict) -> Iterator[dict]:
+        """The messages (`result`s) of one watch on the last good endpoint, streamed, for at
+        most about `timeout` in all; StoreUnavailable on any failure (the caller reads it
+        all instead, through `call`, which tries the other endpoints)."""
+        with self._lock:
+            url = self.endpoints[self._good] + "/v3/watch"
+        deadline = time.monotonic() + self.timeout
+        try:
+            with self._session.post(url, json=body, stream=True,
+                                    timeout=(min(self.timeout, 1.0), self.timeout)) as answer:
+                if answer.status_code != 200:
+                    raise StoreUnavailable(f"{url}: {answer.status_code}")
+                for line in answer.iter_lines():
+                    if not line:
+                        continue
+                    data = json.loads(line)
+                    if "result" not in data:
+                        raise StoreUnavailable(f"{url}: {data.get('error') or data}")
+                    yield data["result"]
+                    if time.monotonic() > deadline:
+                        raise StoreUnavailable(f"{url}: the watch did not reach the revision in time")
+        except self._errors as exc:
+            raise StoreUnavailable(f"{url}: {type(exc).__name__}") from None
+
 
 def _alloc_value(a: Allocation, created: float, now: float) -> str:
     return json.dumps({"owner": a.owner, "ref": a.ref, "private_ip": str(a.private_ip) if a.private_ip else None,
@@ -120,6 +186,9 @@ def plan_txn(prefix: str, read_rev: int, change: Change, events: list[Event], cr
     for a in change.before:
         if a.public_ip not in after:
             ops.append({"request_delete_range": {"key": b64(f"{prefix}/alloc/{a.public_ip}")}})
+            # a tombstone: a range by mod revision shows puts only (delta_reads); one key
+            # per address ever released, so at most the pool's size
+            ops.append({"request_put": {"key": b64(f"{prefix}/gone/{a.public_ip}"), "value": b64(repr(now))}})
     for a in change.after:
         ops.append({"request_put": {"key": b64(f"{prefix}/alloc/{a.public_ip}"),
                                     "value": b64(_alloc_value(a, created.get(a.public_ip, now), now))}})
@@ -129,13 +198,54 @@ def plan_txn(prefix: str, read_rev: int, change: Change, events: list[Event], cr
     if mark_history:
         ops.append({"request_put": {"key": b64(f"{prefix}/meta/history"), "value": b64(repr(now))}})
     ops.append({"request_put": {"key": b64(rev_key), "value": b64(repr(now))}})
-    alloc_prefix = f"{prefix}/alloc/"
     return {"compare": [{"key": b64(rev_key), "target": "MOD", "result": "LESS",
                          "mod_revision": str(read_rev + 1)}],
             "success": ops,
-            # a failed compare answers with the state as it is now: no second round trip
-            # before the re-plan, so the window for the next conflict is shorter
-            "failure": [{"request_range": {"key": b64(alloc_prefix), "range_end": prefix_end(alloc_prefix)}}]}
+            # a failed compare answers with what changed since `read_rev` (not every
+            # allocation): the re-plan needs no second round trip, and its cost follows
+            # the changes
+            "failure": delta_reads(prefix, read_rev)}
+
+
+def delta_reads(prefix: str, base: int) -> list[dict]:
+    """The reads (txn operations, at one revision) of what changed after `base`: `rev`,
+    the allocations written since, the tombstones of those deleted since, and how many
+    allocations there are now (range_delta checks the delta against it)."""
+    alloc, gone = f"{prefix}/alloc/", f"{prefix}/gone/"
+    since = {"min_mod_revision": str(base + 1), "limit": str(PAGE)}  # (etcd limits after filtering)
+    return [{"request_range": {"key": b64(f"{prefix}/rev")}},
+            {"request_range": {"key": b64(alloc), "range_end": prefix_end(alloc), **since}},
+            {"request_range": {"key": b64(gone), "range_end": prefix_end(gone), **since}},
+            {"request_range": {"key": b64(alloc), "range_end": prefix_end(alloc), "count_only": True}}]
+
+
+def range_delta(ranges: list[dict], revision: int, prefix: str, base: int, known: set) -> Delta | None:
+    """The Delta from `base` to `revision` in delta_reads' answers (pure), checked: the
+    addresses `known` at `base`, with the puts and tombstones applied, must be as many
+    as etcd holds. None when they are not (a deletion without a tombstone: a daemon of
+    an older version, a hand edit) or when a page did not hold every change."""
+    try:
+        _rev, puts, gones, counted = ranges
+        if puts.get("more") or gones.get("more"):
+            return None
+        changes, present = [], set()
+        for kv in puts.get("kvs") or ():
+            pub = IPv4Address(unb64(kv["key"])[len(f"{prefix}/alloc/"):])
+            value = json.loads(unb64(kv["value"]))
+            changes.append((int(kv["mod_revision"]), pub, _allocation(pub, value), value.get("created_at")))
+            present.add(pub)
+        gone = set()
+        for kv in gones.get("kvs") or ():
+            pub = IPv4Address(unb64(kv["key"])[len(f"{prefix}/gone/"):])
+            if pub not in present:  # (deleted, then allocated again: the put stands)
+                changes.append((int(kv["mod_revision"]), pub, None, None))
+                gone.add(pub)
+        if len(present | (known - gone)) != int(counted.get("count") or 0):
+            return None
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("etcd: unreadable changes (%s); reading the whole state", exc)
+        return None
+    return Delta(base, revision, sorted(changes, key=lambda c: c[0]))
 
 
 class EtcdStore:
@@ -211,9 +321,7 @@ class EtcdStore:
         for kv in data.get("kvs") or []:
             key, value = unb64(kv["key"]), json.loads(unb64(kv["value"]))
             pub = IPv4Address(key.rsplit("/", 1)[1])
-            out.append(Allocation(pub, value["owner"], value["ref"],
-                                  IPv4Address(value["private_ip"]) if value["private_ip"] else None,
-                                  value.get("owner_group")))
+            out.append(_allocation(pub, value))
             created[pub] = value.get("created_at")
         return Snapshot(out, int(data["header"]["revision"]), created)
 
@@ -225,6 +333,57 @@ class EtcdStore:
 
     def allocations(self) -> list[Allocation]:
         return self.use(self.read())
+
+    def changes_since(self, target: int) -> Delta | None:
+        """What changed after `revision` up to `target` (the mod revision of `rev`) or
+        later: a cost in proportion to the changes, not to the allocations. No side
+        effect (see `advance`). First the keys written since (delta_reads: one read-only
+        txn); when that cannot be checked complete, etcd's watch from revision + 1, which
+        replays its history, deletions included; None when neither can answer (revision
+        compacted, timeout, anything odd): the caller reads the whole state, which stays
+        the truth."""
+        base, known = self.revision, set(self._created)  # (`revision` first: see range_delta)
+        if base <= 0 or target <= base:
+            return None
+        answer = self.call("/v3/kv/txn", {"compare": [], "success": delta_reads(self.prefix, base)})
+        ranges = [r.get("response_range") or {} for r in answer.get("responses") or ()]
+        delta = range_delta(ranges, int(answer["header"]["revision"]), self.prefix, base, known) \
+            if len(ranges) == 4 else None
+        if delta is not None:
+            return delta
+        log.info("etcd: the changes since revision %d are not all in the keys written since "
+                 "(a deletion without a tombstone?); watching them", base)
+        return self._watched_changes(base, target)
+
+    def _watched_changes(self, base: int, target: int) -> Delta | None:
+        """changes_since from the watch (delta_of); None when it cannot answer."""
+        rev_key = f"{self.prefix}/rev"
+        # alloc/, gone/, history/, meta/ and rev, in key order: `rev` ends every change's revision
+        body = {"create_request": {"key": b64(f"{self.prefix}/alloc/"), "range_end": b64(rev_key + "\0"),
+                                   "start_revision": str(base + 1)}}
+        messages = self.gateway.watch(body)
+        try:
+            delta = delta_of(messages, self.prefix, base, target)
+        except StoreUnavailable as exc:
+            log.info("etcd watch from revision %d failed (%s); reading the whole state", base + 1, exc)
+            return None
+        finally:
+            messages.close()
+        if delta is None:
+            log.info("etcd watch from revision %d cannot answer (compacted?); reading the whole state", base + 1)
+        return delta
+
+    def advance(self, delta: Delta) -> None:
+        """Plan the next changes against the state after `delta` (its changes after
+        `revision`: a change committed here meanwhile is in already)."""
+        for mod, pub, alloc, created in delta.changes:
+            if mod <= self.revision:
+                continue
+            if alloc is None:
+                self._created.pop(pub, None)
+            else:
+                self._created[pub] = created
+        self.revision = max(self.revision, delta.revision)
 
     def changed_revision(self) -> int:
         """The mod revision of `<prefix>/rev` (0: never written): greater than `revision`
@@ -272,8 +431,12 @@ class EtcdStore:
         if not answer.get("succeeded"):
             conflict = StoreConflict(f"etcd: the state changed since revision {self.revision}")
             ranges = [r["response_range"] for r in answer.get("responses") or () if "response_range" in r]
-            if ranges:
-                conflict.snapshot = self._snapshot({**ranges[0], "header": answer["header"]})
+            kvs = ranges[0].get("kvs") if ranges else None
+            if kvs:
+                conflict.revision = int(kvs[0]["mod_revision"])
+            if len(ranges) == 4:
+                conflict.delta = range_delta(ranges, int(answer["header"]["revision"]), self.prefix,
+                                             self.revision, set(self._created))
             raise conflict
         self.revision = int(answer["header"]["revision"])
         for a in change.before:

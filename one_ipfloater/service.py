@@ -229,7 +229,7 @@ class FloatingIPService:
             return
         before_pairs, after_pairs = groups.served_change(change, self.served).associations()
         removed, added = pair_delta(before_pairs, after_pairs)
-        touched = False
+        touched = applied = False
         try:
             with self.store.transaction():
                 self.store.write(change, actor=actor, at=self.clock(), pool_of=self.registry.pool_of)
@@ -239,13 +239,16 @@ class FloatingIPService:
                 try:
                     if touched:
                         self.backend.apply(removed, added)
+                        applied = True
                 except NatError as exc:
                     log.warning("incremental rule change failed (%s); converging in full", exc)
                     trial = Registry(self.registry.pool, self.registry, pools=self.registry.pools.items())
                     trial.apply(change)
                     self.backend.sync(self.desired(trial))
         except Exception as exc:
-            if touched:  # the rules may be half changed, whatever failed
+            if applied:  # the rules changed: take the change back
+                self._undo_rules(removed, added)
+            elif touched:  # the rules may be half changed, whatever failed
                 self._restore_rules()
             if isinstance(exc, (FipError, StoreConflict)):
                 raise
@@ -261,6 +264,15 @@ class FloatingIPService:
         """A committed change's side effect failed: log it, ask for a repair round."""
         log.error("%s failed after the change was committed (reconcile will repair it): %s", what, exc)
         self.repair_wanted.set()
+
+    def _undo_rules(self, removed, added) -> None:
+        """Take back an applied NAT delta whose change did not commit (a shared store's
+        conflict, most often): the inverse delta, not a sync of every rule."""
+        try:
+            self.backend.apply(added, removed)
+        except Exception as exc:  # (the kernel was not as the registry said)
+            log.warning("taking back the rule change failed (%s); converging in full", exc)
+            self._restore_rules()
 
     def _restore_rules(self) -> None:
         try:
@@ -335,26 +347,43 @@ class FloatingIPService:
                         return attempt()
                     except StoreConflict as exc:
                         log.info("%s; catching up and planning again", exc)
-                        snapshot = exc.snapshot
+                        snapshot, target, delta = exc.snapshot, exc.revision, exc.delta
                     if tries:  # a random back-off: daemons that keep colliding get out of step
                         time.sleep(random.uniform(0, min(0.1, 0.002 * 2 ** tries)))
-                        snapshot = None  # (older now: read again)
+                        snapshot = target = delta = None  # (older now: read again)
                     try:
-                        self.catch_up(kernel=False, snapshot=snapshot)
+                        self._catch_up_to_replan(snapshot, target, delta)
                     except StoreError as failed:
                         raise FipError("store_unavailable", f"change not applied: {failed}", 503) from None
                 raise FipError("store_conflict", f"change not applied: the shared state changed under it "
                                f"{CONFLICT_RETRIES} times in a row; try again", 503)
             finally:
-                if self._kernel_behind:
+                if self._kernel_behind or self._retargeted_behind:
                     self._converge_kernel()
 
+    def _catch_up_to_replan(self, snapshot, target: int | None, delta=None) -> None:
+        """A conflict's catch-up, under the lock: the changes since (`delta`, the failed
+        txn's answer; else asked up to `target`, the revision it saw) taken in as a
+        follower does; else the whole state, into the registry only (the kernel after)."""
+        if snapshot is None:
+            if delta is None:
+                delta = self.store.changes_since(target or self.store.changed_revision())
+            if delta is not None:
+                change = self._take_delta(delta)
+                if change is not None:  # (their flows cut when the change is done)
+                    self._retargeted_behind |= groups.served_change(change, self.served).retargeted_addresses()
+                return
+        self.catch_up(kernel=False, snapshot=snapshot)
+
     def _converge_kernel(self) -> None:
-        """The kernel to the registry after conflicts' catch-ups, and the flows of the
-        addresses others changed cut; a failure is left to the repair round."""
-        moved, self._kernel_behind, self._retargeted_behind = self._retargeted_behind, False, set()
+        """The kernel to the registry after conflicts' catch-ups from the whole state,
+        and the flows of the addresses others changed cut; a failure is left to the
+        repair round."""
+        moved, self._retargeted_behind = self._retargeted_behind, set()
+        behind, self._kernel_behind = self._kernel_behind, False
         try:
-            self._reconcile()
+            if behind:
+                self._reconcile()
         except Exception as exc:
             self._side_effect_failed("converging the rules to the shared state", exc)
         if moved and self.config.conntrack_flush:
@@ -390,12 +419,60 @@ class FloatingIPService:
         return repairs
 
     def follow(self) -> bool:
-        """Catch up if the shared state changed since it was read (True then); the local
-        SQLite file never changes under us."""
-        if self.store.changed_revision() <= self.store.revision:
+        """Catch up if the shared state changed since it was read (True then): with the
+        changes since then when the store can tell them (etcdstore.changes_since), else by
+        reading it all. The local SQLite file never changes under us."""
+        target = self.store.changed_revision()
+        if target <= self.store.revision:
             return False
-        self.catch_up()
+        delta = self.store.changes_since(target)  # (outside the lock, as catch_up's read)
+        if delta is None:
+            self.catch_up()
+        else:
+            self.apply_delta(delta)
         return True
+
+    def apply_delta(self, delta) -> None:
+        """Other daemons' changes (etcdstore.Delta) taken in as a local change is: the
+        registry by the changed allocations, the kernel by their NAT delta, the addresses,
+        their flows cut. Not a reconcile: the cost follows the changes, and the periodic
+        reconcile still repairs drift."""
+        with self._lock:
+            change = self._take_delta(delta)
+        if change is not None:
+            self._flush_conntrack(change)
+
+    def _take_delta(self, delta) -> Change | None:
+        """apply_delta's part under the lock: the change taken in (None: nothing new). The
+        kernel only if it follows the registry (after a conflict's catch-up from the whole
+        state it does not: that ends in a reconcile)."""
+        with self._lock:
+            if delta.revision <= self.store.revision:
+                return None  # a change made here meanwhile is newer than what was read
+            latest = {}
+            for mod, pub, alloc, _created in delta.changes:
+                if mod > self.store.revision:  # (older ones: in the registry already)
+                    latest[pub] = alloc
+            old = [a for a in map(self.registry.get, latest) if a is not None]
+            new = [a for a in latest.values() if a is not None]
+            same = set(old) & set(new)  # (rewritten unchanged)
+            change = Change(before=tuple(a for a in old if a not in same),
+                            after=tuple(a for a in new if a not in same))
+            self.store.advance(delta)
+            if change.noop:
+                return None
+            self.registry.apply(change)
+            if self._kernel_behind:
+                self._retargeted_behind |= groups.served_change(change, self.served).retargeted_addresses()
+                return None
+            removed, added = pair_delta(*groups.served_change(change, self.served).associations())
+            try:
+                self.backend.apply(removed, added)
+            except Exception as exc:  # (the kernel may not have been as the registry said)
+                log.warning("incremental rule change of others' changes failed (%s); converging in full", exc)
+                self._restore_rules()
+            self._after_commit(change)
+            return change
 
     def group_health(self) -> dict | None:
         """This router's group and the pools it applies (/v1/health); None without groups."""

@@ -56,9 +56,13 @@ class StoreUnavailable(StoreError):
 
 class StoreConflict(StoreError):
     """Another daemon changed the shared state since it was read: plan again (on
-    `snapshot`, the state the failed transaction read, when it has one)."""
+    `snapshot`, the state the failed transaction read, when it has one; or on `delta`,
+    the changes since, when it has them; else on the changes up to `revision`, the
+    state's revision the failed transaction saw)."""
 
     snapshot = None
+    revision = None
+    delta = None
 
 
 def _ipv4(value: object, column: str) -> IPv4Address:
@@ -102,6 +106,10 @@ class Store:
 
     def changed_revision(self) -> int:
         return self.revision
+
+    def changes_since(self, target: int) -> None:
+        """(A shared store's delta; the local file never changes under us.)"""
+        return None
 
     def health(self) -> dict | None:
         """None: /v1/health shows a `store` only for a shared store."""

@@ -1,5 +1,6 @@
-"""An in-memory etcd v3 JSON gateway (kv range/put/txn with revisions) for unit tests of
-the etcd store: several stores share one to stand for several daemons."""
+"""An in-memory etcd v3 JSON gateway (kv range/put/txn with revisions, the watch of past
+revisions, compaction) for unit tests of the etcd store: several stores share one to
+stand for several daemons."""
 
 import base64
 
@@ -25,6 +26,15 @@ class FakeEtcd:
         self.calls = {}
         self.leases = {}  # lease ID -> TTL (0 once expired or revoked)
         self.leased = {}  # key -> its lease
+        self.events = []  # (revision, event) of every put and delete, as the watch sends them
+        self.compacted = 0  # revisions before it are gone from `events`
+        self.watch_stalls = False  # the watch answers `created`, then nothing (a timeout)
+        self.watches = []  # the start_revision of every watch asked for
+
+    def compact(self, revision):
+        """etcd's compaction: a watch from before `revision` is canceled."""
+        self.compacted = revision
+        self.events = [(rev, ev) for rev, ev in self.events if rev >= revision]
 
     def expire(self, lease):
         """The lease ends (not kept alive, or revoked): its keys go, as in etcd."""
@@ -46,6 +56,8 @@ class FakeEtcd:
     def _range(self, body):
         keys = self._select(body)
         out = self._header()
+        if body.get("min_mod_revision") and not body.get("count_only"):  # (etcd: filtered, then limited)
+            keys = [k for k in keys if self.kv[k][2] >= int(body["min_mod_revision"])]
         limit = int(body.get("limit", 0))
         if limit and len(keys) > limit:
             keys, out["more"] = keys[:limit], True
@@ -63,15 +75,45 @@ class FakeEtcd:
             key, value = _d(op["request_put"]["key"]), _d(op["request_put"]["value"])
             created = self.kv[key][1] if key in self.kv else self.revision
             self.kv[key] = (value, created, self.revision)
+            self.events.append((self.revision, {"kv": {"key": _e(key), "value": _e(value),
+                                                       "create_revision": str(created),
+                                                       "mod_revision": str(self.revision)}}))
         elif "request_delete_range" in op:
             for key in self._select(op["request_delete_range"]):
                 del self.kv[key]
+                self.events.append((self.revision, {"type": "DELETE",
+                                                    "kv": {"key": _e(key), "mod_revision": str(self.revision)}}))
 
     def _holds(self, cmp):
         key = _d(cmp["key"])
         have = self.kv[key][2] if key in self.kv else 0
         want = int(cmp["mod_revision"])
         return {"LESS": have < want, "EQUAL": have == want, "GREATER": have > want}[cmp.get("result", "EQUAL")]
+
+    def watch(self, body):
+        """Gateway.watch: `created`, then the events from start_revision in the watched
+        range, one message per revision (etcd may batch several), or the cancel of a
+        compacted start."""
+        self.calls["/v3/watch"] = self.calls.get("/v3/watch", 0) + 1
+        if self.down:
+            raise StoreUnavailable("http://fake:2379/v3/watch: ConnectTimeout")
+        req = body["create_request"]
+        start = int(req["start_revision"])
+        self.watches.append(start)
+        yield {**self._header(), "created": True}
+        if start < self.compacted:
+            yield {"header": {}, "canceled": True, "compact_revision": str(self.compacted)}
+            return
+        if self.watch_stalls:
+            raise StoreUnavailable("http://fake:2379/v3/watch: ReadTimeout")
+        low, high = _d(req["key"]), _d(req["range_end"])
+        by_rev = {}
+        for rev, ev in self.events:
+            if rev >= start and low <= _d(ev["kv"]["key"]) < high:
+                by_rev.setdefault(rev, []).append(ev)
+        for rev in sorted(by_rev):
+            yield {**self._header(), "events": by_rev[rev]}
+        raise StoreUnavailable("http://fake:2379/v3/watch: ReadTimeout")  # (no more: it waits)
 
     def call(self, path, body):
         self.calls[path] = self.calls.get(path, 0) + 1

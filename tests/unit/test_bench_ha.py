@@ -39,7 +39,12 @@ def test_parse_changes_reads_only_the_timeline_lines_of_a_daemon_log():
     assert [r["change"] for r in hf.parse_changes(text)] == ["allocate", "release"]
     ups = hf.catch_ups(text + '\n{"catch_up": 0.25, "store_read": 0.1}\n{"catch_up": x}\n{"catch_up": 0.5}')
     assert hf.sum_catch_ups(ups) == {"catch_ups": 2, "catch_up_seconds": 0.75, "catch_up_read_seconds": 0.1,
-                                     "catch_up_reconcile_seconds": 0.0}
+                                     "catch_up_reconcile_seconds": 0.0, "catch_up_deltas": 0,
+                                     "catch_up_watch_seconds": 0.0, "catch_up_apply_delta_seconds": 0.0,
+                                     "catch_up_locked_delta_seconds": 0.0, "catch_up_flush_seconds": 0.0}
+    deltas = hf.catch_ups('{"catch_up": 0.03, "store_delta": 0.01, "apply_delta": 0.002}')
+    assert hf.sum_catch_ups(deltas)["catch_up_deltas"] == 1 and \
+        hf.sum_catch_ups(deltas)["catch_up_watch_seconds"] == 0.01
 
 
 def test_split_of_one_change_sums_to_its_total():
