@@ -52,29 +52,27 @@ def resumed_after(times: list[float], t: float) -> Optional[float]:
 
 # -- where a change's time goes ---------------------------------------------------------------
 
-def parse_changes(log_text: str) -> list[dict]:
-    """The change_timeline.py lines (`{"change": ...}`) of a daemon's log, in order."""
+def _json_lines(log_text: str, key: str) -> list[dict]:
+    """The JSON lines of a daemon's log that begin with `{"key"`, in order."""
     out = []
     for line in log_text.splitlines():
-        if line.startswith('{"change"'):
+        if line.startswith('{"%s"' % key):
             try:
                 out.append(json.loads(line))
             except ValueError:
                 continue
     return out
+
+
+def parse_changes(log_text: str) -> list[dict]:
+    """The change_timeline.py lines (`{"change": ...}`) of a daemon's log, in order."""
+    return _json_lines(log_text, "change")
 
 
 def catch_ups(log_text: str) -> list[dict]:
     """The follower catch-ups change_timeline.py logged (`{"catch_up": s, "store_read": s,
     "reconcile": s}`), in order."""
-    out = []
-    for line in log_text.splitlines():
-        if line.startswith('{"catch_up"'):
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return out
+    return _json_lines(log_text, "catch_up")
 
 
 def sum_catch_ups(records: list[dict]) -> dict:
