@@ -32,6 +32,10 @@ from .addresses import AddressError, parse_ipv4
 DEFAULT_URL = "http://127.0.0.1:7003"
 DEFAULT_TOKEN_FILE = "/var/lib/ipfloater/token"
 MAX_URLS = 8  # the call's time bound is the timeout times this many
+# A daemon that lost the shared state's compare 24 times in a row answers 503
+# store_conflict, having changed nothing; the call is sent again (to the next URL, else
+# the same) this many times, within the call's time bound.
+CONFLICT_RESENDS = 2
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +209,9 @@ class IpfloaterClient:
         """Send the request to the URL that last answered, then to the others in order.
 
         Fails over when no daemon answered (refused connection, timeout, reset) or one
-        answered 503 (refused: fail static, a backup that does not take changes); never on
+        answered 503 (refused: fail static, a backup that does not take changes; a
+        `store_conflict`, which changed nothing, is also sent again to the same daemon, up to
+        CONFLICT_RESENDS times: with one URL too); never on
         another answer (a 4xx is the answer). When the request may have reached a daemon
         (a timeout or a reset after sending, another 5xx) it is sent again elsewhere only
         if it is ``repeatable`` (idempotent; default: reads). With several URLs the whole
@@ -215,6 +221,7 @@ class IpfloaterClient:
         order = [first] if not failover else [first] + [u for u in self.urls if u != first]
         deadline = self.clock() + self.timeout * len(order)
         failures: list[ApiError] = []
+        resends = CONFLICT_RESENDS
         for n, url in enumerate(order):
             remaining = deadline - self.clock()
             if n and remaining <= 0:
@@ -230,22 +237,25 @@ class IpfloaterClient:
                 answer = self._attempt(url, method, path, body, params, limit)
             except _NoAnswer as exc:
                 failures.append(exc.error)
+                if exc.error.code == "store_conflict" and resends:  # changed nothing: once more
+                    resends -= 1
+                    order.append(url)
                 rest = order[n + 1:]
                 if exc.sent and not repeatable and rest:
                     raise ApiError(exc.error.code, f"{exc.error.message} (not sent to "
                                    f"{rest[0]}: the change may have been made; look before "
                                    "doing it again)", exc.error.status) from None
                 if rest:
-                    log.warning("ipfloaterd at %s: %s; failing over to %s", url,
-                                exc.error.code if exc.error.status != 503 else
-                                f"503 {exc.error.code}", rest[0])
+                    log.warning("ipfloaterd at %s: %s; %s", url,
+                                exc.error.code if exc.error.status != 503 else f"503 {exc.error.code}",
+                                "sending it again" if rest[0] == url else f"failing over to {rest[0]}")
                 continue
             with _LAST_LOCK:
                 _LAST_ANSWERED[self.urls] = url
             return answer
-        if len(failures) == 1:
-            raise failures[0]
         last = failures[-1]
+        if len(set(order[:len(failures)])) == 1:  # one daemon (resent: its last answer)
+            raise last
         raise ApiError(last.code, "no ipfloaterd answered: " + "; ".join(
             f.message if f.message.startswith(("ipfloaterd at", "http")) else
             f"{u}: {f.message}" for u, f in zip(order, failures)), last.status)

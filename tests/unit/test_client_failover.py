@@ -364,3 +364,42 @@ def test_status_of_a_router_whose_keepalived_stopped_says_so(servers):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0] == "HA state: stop (keepalived is not running on this router)"
     assert json.loads(run_cli("--json", "--url", router.url, "status").stdout)["ha_state"]["state"] == "stop"
+
+
+def conflicting(times):
+    """A reply function: `times` answers 503 store_conflict (nothing changed), then 201."""
+    left = [times]
+
+    def reply(path):
+        if left[0]:
+            left[0] -= 1
+            return 503, {}, {"error": {"code": "store_conflict", "message": "change not applied: the shared "
+                                       "state changed under it 24 times in a row; try again"}}
+        return 201, {}, {"public_ip": "198.51.100.9", "status": "associated"}
+    return reply
+
+
+def test_a_store_conflict_is_sent_again_to_the_same_daemon_when_it_is_the_only_one(servers, caplog):
+    a = servers(conflicting(2))
+    with caplog.at_level(logging.WARNING, LOGGER):
+        assert IpfloaterClient(a.url, TOKEN, timeout=5).allocate(private_ip="10.77.0.5")["public_ip"] == \
+            "198.51.100.9"
+    assert len(a.requests) == 3
+    assert [r.getMessage() for r in caplog.records if r.name == LOGGER] == [
+        f"ipfloaterd at {a.url}: 503 store_conflict; sending it again"] * 2
+
+
+def test_store_conflicts_are_sent_again_a_bounded_number_of_times(servers):
+    a = servers(conflicting(99))
+    with pytest.raises(ApiError) as err:
+        IpfloaterClient(a.url, TOKEN, timeout=5).allocate(private_ip="10.77.0.5")
+    assert len(a.requests) == 1 + client_module.CONFLICT_RESENDS
+    assert err.value.code == "store_conflict" and err.value.status == 503
+    assert err.value.message.startswith("change not applied: the shared state changed")
+
+
+def test_another_503_is_not_sent_again_to_the_same_daemon(servers):
+    a = servers(answering(503, 201))  # store unavailable: a different daemon may help, the same not now
+    with pytest.raises(ApiError):
+        IpfloaterClient(a.url, TOKEN, timeout=5).allocate(private_ip="10.77.0.5")
+    assert len(a.requests) == 1
