@@ -63,7 +63,7 @@ def test_associate_is_idempotent_and_moves_only_when_asked():
         reg.plan_associate(pub, A("10.77.0.12"), RANGES)
     assert err.value.code == "address_in_use"
     moved, change = reg.plan_associate(pub, A("10.77.0.12"), RANGES, allow_move=True)
-    assert change.retargeted_addresses() == {pub}
+    assert change.moved_addresses() == {pub}
     reg.apply(change)
     assert reg.by_private(A("10.77.0.12")).public_ip == pub and reg.by_private(A("10.77.0.11")) is None
 
@@ -118,9 +118,10 @@ def test_change_composition():
     b = Allocation(A("198.51.100.10"), private_ip=A("10.77.0.5"))
     composed = Change(after=(a,)).then(Change(before=(a,), after=(b,)))
     assert composed == Change(before=(), after=(b,))
-    assert Change(before=(b,)).retargeted_addresses() == {A("198.51.100.10")}  # released
-    assert Change(before=(a,), after=(b,)).retargeted_addresses() == {A("198.51.100.10")}  # newly associated
-    assert Change(before=(b,), after=(b,)).retargeted_addresses() == set()
+    assert Change(before=(b,)).moved_addresses() == {A("198.51.100.10")}  # released
+    # newly associated: nothing to cut (the FORWARD drop left no entry without NAT)
+    assert Change(before=(a,), after=(b,)).moved_addresses() == set()
+    assert Change(before=(b,), after=(b,)).moved_addresses() == set()
 
 
 def test_desired_spec_shape():
