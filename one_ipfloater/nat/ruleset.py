@@ -116,7 +116,7 @@ class NatSpec:
         self.block_public_ips = block_public_ips
         self.heads: dict = {}               # chain -> tuple of Rules; every chain we want
         if ours:
-            drops = tuple(Rule(dst=net, target="DROP") for net in collapse(pool))
+            drops = pool_drops(pool)
             self.heads = {CHAIN_PRE: (), CHAIN_OUT: (), CHAIN_POST: tuple(head_rules(self.private_ranges)),
                           CHAIN_FWD: drops}
             if block_public_ips:
@@ -154,6 +154,23 @@ class NatSpec:
         return isinstance(other, NatSpec) and \
             {c: tuple(h) for c, h in self.heads.items()} == {c: tuple(h) for c, h in other.heads.items()} and \
             set(self.associations) == set(other.associations)
+
+
+_last_drops: tuple = (None, ())  # (pool, its drops), replaced whole (threads read it at once)
+
+
+def pool_drops(pool: Iterable[IPv4Address]) -> tuple[Rule, ...]:
+    """One DROP rule per CIDR block of the pool. Remembered for the last frozenset it was
+    asked for (immutable, so the answer cannot go stale): a /16 takes tens of ms to
+    collapse, and every reconcile asks again for the same pool (Registry.pool)."""
+    global _last_drops
+    last_pool, last = _last_drops
+    if isinstance(pool, frozenset) and pool is last_pool:
+        return last
+    drops = tuple(Rule(dst=net, target="DROP") for net in collapse(pool))
+    if isinstance(pool, frozenset):
+        _last_drops = (pool, drops)
+    return drops
 
 
 def head_rules(private_ranges: Sequence[IPv4Network]) -> list[Rule]:
