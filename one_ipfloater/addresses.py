@@ -175,8 +175,21 @@ def parse_networks(text: str, field: str) -> tuple[IPv4Network, ...]:
 
 
 def collapse(addresses: Iterable[IPv4Address]) -> list[IPv4Network]:
-    """The fewest CIDR blocks covering exactly these addresses (for compact filter rules)."""
-    return list(ipaddress.collapse_addresses(IPv4Network(a) for a in addresses))
+    """The fewest CIDR blocks covering exactly these addresses (for compact filter rules).
+
+    Runs of consecutive addresses are found on integers and each run summarized once:
+    ipaddress.collapse_addresses builds a network object per address, over a second at a
+    /16, and every reconcile computes this."""
+    ints = sorted({int(a) for a in addresses})
+    blocks: list[IPv4Network] = []
+    i = 0
+    while i < len(ints):
+        j = i
+        while j + 1 < len(ints) and ints[j + 1] == ints[j] + 1:
+            j += 1
+        blocks += ipaddress.summarize_address_range(IPv4Address(ints[i]), IPv4Address(ints[j]))
+        i = j + 1
+    return blocks
 
 
 def check_private_target(addr: IPv4Address, ranges: Sequence[IPv4Network], field: str = "private_ip") -> None:

@@ -85,15 +85,14 @@ class Change(namedtuple("Change", "before after", defaults=((), ()))):
         return ([(a.public_ip, a.private_ip) for a in self.before if a.private_ip],
                 [(a.public_ip, a.private_ip) for a in self.after if a.private_ip])
 
-    def retargeted_addresses(self) -> set[IPv4Address]:
-        """Public addresses whose NAT target changed (moved, released, or newly
-        associated): their conntrack entries must go. A moved or released address's
-        flows would keep the old binding; a new one's, begun before the rule (on a routed
-        pool the router sends them back upstream untranslated), keep no binding at all
-        for as long as the client keeps sending."""
+    def moved_addresses(self) -> set[IPv4Address]:
+        """Public addresses whose NAT target went away or changed (moved, released): their
+        conntrack entries must go, or their flows keep the old binding. A newly associated
+        address has no entry to cut: forwarded packets to it were dropped before conntrack
+        confirmed them (ruleset.CHAIN_FWD), so none was recorded without NAT."""
         old = {a.public_ip: a.private_ip for a in self.before if a.private_ip}
         new = {a.public_ip: a.private_ip for a in self.after if a.private_ip}
-        return {pub for pub in old.keys() | new.keys() if old.get(pub) != new.get(pub)}
+        return {pub for pub, priv in old.items() if new.get(pub) != priv}
 
 
 def _scopes(alloc: Allocation) -> set[str]:

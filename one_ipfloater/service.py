@@ -155,6 +155,10 @@ class FloatingIPService:
             for line in address_repairs:
                 log.info("installed: %s", line)
             return []
+        if at_start:  # a filter chain this version adds, or BLOCK_PUBLIC_IPS turned on: no drift
+            for line in rule_repairs.installed:
+                log.info("installed: %s (absent before: new in this version or this config)", line)
+            rule_repairs = [line for line in rule_repairs if line not in rule_repairs.installed]
         repairs = list(rule_repairs) + address_repairs
         for line in repairs:
             log.warning("reconcile repaired: %s", line)
@@ -299,8 +303,10 @@ class FloatingIPService:
                                      f"on {iface}", exc)
 
     def _flush_conntrack(self, change: Change) -> None:
-        """Cut the flows of moved, released and newly associated addresses (see
-        Change.retargeted_addresses) before the caller gets its answer.
+        """Cut the flows of moved or released addresses before the caller gets its answer.
+        (A new association needs none: no entry without NAT can exist for it, since
+        forwarded packets to an unassociated address are dropped before conntrack
+        confirms them: ruleset.CHAIN_FWD.)
 
         Runs outside the service lock: a conntrack dump walks the kernel's whole hash
         table (however few flows there are), and other changes need not wait
@@ -308,19 +314,17 @@ class FloatingIPService:
         associated again meanwhile, a flow of the new association deleted here is picked
         up again at its next packet with the new NAT.
         """
-        retargeted = groups.served_change(change, self.served).retargeted_addresses()
-        if not self.config.conntrack_flush or not retargeted:
+        moved = groups.served_change(change, self.served).moved_addresses()
+        if not self.config.conntrack_flush or not moved:
             return
         try:
-            counts = self._conntrack_flush(retargeted)
+            counts = self._conntrack_flush(moved)
         except Exception as exc:  # committed: old flows end at their timeout instead
             log.error("conntrack not flushed for %s (the change stands): %s",
-                      ", ".join(map(str, sorted(retargeted))), exc)
+                      ", ".join(map(str, sorted(moved))), exc)
             return
-        had_target = {a.public_ip for a in change.before if a.private_ip}
-        for addr in sorted(retargeted):  # (a new association's flushes are rarely worth a line)
-            if counts.get(addr) or addr in had_target:
-                log.info("flushed %d conntrack entries of %s", counts.get(addr, 0), addr)
+        for addr in sorted(moved):
+            log.info("flushed %d conntrack entries of %s", counts.get(addr, 0), addr)
 
     def _run(self, plan: Callable[[], tuple[Allocation, Change]], action: str,
              actor: str | None = None) -> Allocation:
@@ -412,7 +416,7 @@ class FloatingIPService:
             change = Change(before=old, after=tuple(self.registry))
             if not kernel:
                 self._kernel_behind = True
-                self._retargeted_behind |= groups.served_change(change, self.served).retargeted_addresses()
+                self._retargeted_behind |= groups.served_change(change, self.served).moved_addresses()
                 return []
             repairs = self._reconcile()
         self._flush_conntrack(change)

@@ -4,7 +4,7 @@ from ipaddress import IPv4Address
 
 from one_ipfloater.config import parse_config_text
 from one_ipfloater.nat import NatBackend, NatError, Repairs
-from one_ipfloater.nat.ruleset import rules_by_chain
+from one_ipfloater.nat.ruleset import CHAIN_FWD, CHAIN_IN, rules_by_chain
 
 A = IPv4Address
 
@@ -34,8 +34,10 @@ class FakeBackend(NatBackend):
         repairs = [f"created chain {c}" if c not in self.chains else f"rewrote {c}"
                    for c in new if self.chains.get(c) != new[c]]
         afresh = bool(new) and not (set(new) & set(self.chains))
+        # a filter chain absent altogether is installed, not repaired (as both real backends say)
+        installed = [f"created chain {c}" for c in (CHAIN_IN, CHAIN_FWD) if c in new and c not in self.chains]
         self.chains = new
-        return Repairs(repairs, installed_afresh=afresh)
+        return Repairs(repairs, installed_afresh=afresh, installed=installed)
 
     def apply(self, removed, added):
         if self.fail_update:

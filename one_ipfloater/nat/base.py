@@ -31,11 +31,15 @@ class NatUnavailable(NatError):
 class Repairs(list):
     """What a `sync` changed, one line each, in the backend's own words; a list, plus
     `installed_afresh`: the kernel held nothing of ours before (a clean install or a
-    reboot), so the lines describe an installation, not a repair of drift."""
+    reboot), so the lines describe an installation, not a repair of drift; and
+    `installed`: the lines that add a filter chain of ours that was absent altogether
+    (a start after an upgrade that adds one, or after BLOCK_PUBLIC_IPS was turned on):
+    at a start these are an installation too."""
 
-    def __init__(self, lines=(), installed_afresh: bool = False):
+    def __init__(self, lines=(), installed_afresh: bool = False, installed=()):
         super().__init__(lines)
         self.installed_afresh = installed_afresh
+        self.installed = list(installed)
 
 
 class NatBackend:

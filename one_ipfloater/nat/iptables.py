@@ -137,6 +137,29 @@ def parse_save(text: str) -> dict[str, list[str]]:
     return chains
 
 
+def parse_save_tables(text: str) -> dict[str, dict[str, list[str]]]:
+    """iptables-save output of several tables -> {table: parse_save of its part}, in one
+    pass (no copy of each part: at 65,536 associations the nat part is megabytes)."""
+    tables: dict[str, dict[str, list[str]]] = {}
+    chains: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.startswith("*"):
+            chains = tables.setdefault(line[1:].strip(), {})
+        elif line.startswith(":"):
+            chains.setdefault(line[1:].split()[0], [])
+        elif line.startswith("-A "):
+            chains.setdefault(line.split()[1], []).append(line)
+    return tables
+
+
+def _absent_filter_chains(table: str, current: dict[str, list[str]]) -> set[str]:
+    """The repair lines that install a filter chain of ours absent altogether (and its
+    jump): a start after an upgrade that adds the chain, or after BLOCK_PUBLIC_IPS was
+    turned on, installs it; nothing had drifted."""
+    return {line for t, chain, builtin in ALL_CHAINS if t == table == "filter" and chain not in current
+            for line in (f"created chain {table}/{chain}", f"restored jump {table}/{builtin} -> {chain}")}
+
+
 def plan_restore(table: str, current: dict[str, list[str]], desired: NatSpec) -> tuple[str, list[str]]:
     """The iptables-restore --noflush script that takes `current` (parsed save output of
     `table`) to `desired`, touching only our chains and our jumps; plus the repairs."""
@@ -275,19 +298,27 @@ class IptablesBackend(NatBackend):
         `iptables-restore --noflush` per table (one atomic commit, our chains only).
         """
         repairs: list[str] = []
+        installed: list[str] = []
         existed = False
         present = self._present_tables()
         tables = {table_of(c) for c in desired.chains()} | present
+        script: list[str] = []
         with self._mutex:
+            # one save and one restore for both tables: each process costs a start
+            saved = parse_save_tables(self._save(None)) if present else {}
             for table in sorted(tables):
-                current = parse_save(self._save(table)) if table in present else {}
-                existed = existed or any(c in current for c in desired.chains())
-                script, table_repairs = plan_restore_pieces(table, current, desired)
-                if script:
-                    self._restore(script)
-                    repairs += table_repairs
+                current = saved.get(table, {}) if table in present else {}
+                # afresh: none of our NAT chains was there (the associations' rules; the
+                # filter chains alone, left by an admin's `iptables -t nat -F -X`, are not them)
+                existed = existed or table == "nat" and any(c in current for c in desired.chains())
+                pieces, table_repairs = plan_restore_pieces(table, current, desired)
+                script += pieces
+                repairs += table_repairs
+                installed += [line for line in table_repairs if line in _absent_filter_chains(table, current)]
+            if script:
+                self._restore(script)
             self._associations = len(desired.associations)
-        return Repairs(repairs, installed_afresh=bool(desired.chains()) and not existed)
+        return Repairs(repairs, installed_afresh=bool(desired.chains()) and not existed, installed=installed)
 
     def _tool(self, kind: str) -> str:
         """iptables-legacy-save/-restore where both flavours exist (Debian), else plain.
@@ -298,11 +329,12 @@ class IptablesBackend(NatBackend):
                 return name
         raise NatUnavailable(f"iptables-{kind}: command not found (install the iptables package)")
 
-    def _save(self, table: str) -> str:
-        proc = subprocess.run([self._tool("save"), "-t", table], capture_output=True, text=True,
-                              timeout=COMMAND_TIMEOUT, check=False)
+    def _save(self, table: str | None) -> str:
+        """iptables-save of `table`, or of every table present (None)."""
+        proc = subprocess.run([self._tool("save")] + (["-t", table] if table else []), capture_output=True,
+                              text=True, timeout=COMMAND_TIMEOUT, check=False)
         if proc.returncode != 0:
-            raise NatError(f"iptables-save -t {table}: {proc.stderr.strip()}")
+            raise NatError(f"iptables-save{f' -t {table}' if table else ''}: {proc.stderr.strip()}")
         return proc.stdout
 
     def _restore(self, script: str | list[str]) -> None:

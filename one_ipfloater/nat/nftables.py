@@ -14,6 +14,8 @@ Layout (everything lives in `table ip ipfloater`; no other table is ever read or
                         snat to ip saddr map @fip_snat }
     chain input       { type filter hook input priority filter            IPFLOATER-IN, only
                         ip daddr POOLNET drop }                              with BLOCK_PUBLIC_IPS
+    chain forward     { type filter hook forward priority filter          IPFLOATER-FWD
+                        ip daddr POOLNET drop }                              (untranslated strays)
 
 Each base chain stands for one of ruleset.py's chains and each map element for one
 association; `sync()` reports repairs in this table's own terms ("created table ip
@@ -63,7 +65,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from ..addresses import ipv4_from_text
 from .base import NatBackend, NatError, NatUnavailable, Repairs
-from .ruleset import CHAIN_IN, CHAIN_OUT, CHAIN_POST, CHAIN_PRE, NatSpec, Rule
+from .ruleset import CHAIN_FWD, CHAIN_IN, CHAIN_OUT, CHAIN_POST, CHAIN_PRE, NatSpec, Rule
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,9 @@ BASE_CHAINS = {
     CHAIN_OUT: ("output", "nat", "output", PRIO_DSTNAT - 10),
     CHAIN_POST: ("postrouting", "nat", "postrouting", PRIO_SRCNAT - 10),
     CHAIN_IN: ("input", "filter", "input", PRIO_FILTER),
+    CHAIN_FWD: ("forward", "filter", "forward", PRIO_FILTER),
 }
+FILTER_BASES = {base for base, ctype, _hook, _prio in BASE_CHAINS.values() if ctype == "filter"}
 # chains whose association rules are map elements: chain -> (map, nat kind, key field)
 MAPPED = {
     CHAIN_PRE: (MAP_DNAT, "dnat", "daddr"),
@@ -606,7 +610,12 @@ class NftablesBackend(NatBackend):
                 return Repairs()
             repairs = describe_repairs(current, wanted)
             self._run(rebuild_batch(wanted), "rebuild", child=bulk)
-        return Repairs(repairs, installed_afresh=current is None)
+        # a filter chain absent altogether: installed (an upgrade that adds it, or
+        # BLOCK_PUBLIC_IPS turned on), not a repair of drift (Repairs.installed)
+        installed = [] if current is None else [
+            f"created {_chain_words(base, wanted.chains[base])}" for base in FILTER_BASES
+            if base in wanted.chains and base not in current.chains]
+        return Repairs(repairs, installed_afresh=current is None, installed=installed)
 
     def apply(self, removed: Iterable[tuple[IPv4Address, IPv4Address]],
               added: Iterable[tuple[IPv4Address, IPv4Address]]) -> None:

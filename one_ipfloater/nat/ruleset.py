@@ -19,6 +19,13 @@ and, once per pair of private ranges R1, R2, at the head of IPFLOATER-POST:
 
 With BLOCK_PUBLIC_IPS, filter IPFLOATER-IN drops whatever reaches the router itself on a
 pool address (associated traffic is DNATed before INPUT, so only strays hit it).
+
+Always, filter IPFLOATER-FWD (from FORWARD) drops forwarded packets still addressed to a
+pool address: an associated address was DNATed in PREROUTING, so only an unassociated one
+gets there, and it has nowhere to go. On a routed pool the default route would send it
+back upstream, which routes it to the router again until its TTL runs out (a loop anyone
+can trigger); dropped before POSTROUTING, its conntrack entry is never confirmed, so no
+entry without NAT outlives the association that follows (tests/ha/test_routed_pool.py).
 """
 
 from __future__ import annotations
@@ -35,10 +42,11 @@ CHAIN_PRE = "IPFLOATER-PRE"
 CHAIN_OUT = "IPFLOATER-OUT"
 CHAIN_POST = "IPFLOATER-POST"
 CHAIN_IN = "IPFLOATER-IN"
+CHAIN_FWD = "IPFLOATER-FWD"
 
 # (table, our chain, built-in chain that jumps to it)
 NAT_CHAINS = (("nat", CHAIN_PRE, "PREROUTING"), ("nat", CHAIN_OUT, "OUTPUT"), ("nat", CHAIN_POST, "POSTROUTING"))
-FILTER_CHAINS = (("filter", CHAIN_IN, "INPUT"),)
+FILTER_CHAINS = (("filter", CHAIN_IN, "INPUT"), ("filter", CHAIN_FWD, "FORWARD"))
 ALL_CHAINS = NAT_CHAINS + FILTER_CHAINS
 ASSOCIATION_CHAINS = (CHAIN_PRE, CHAIN_OUT, CHAIN_POST)  # one rule per association each
 
@@ -90,7 +98,8 @@ def association_rules(public_ip: IPv4Address, private_ip: IPv4Address) -> dict[s
 class NatSpec:
     """What the kernel should hold, the one input of every backend's `sync`: the
     associations as (public, private) pairs, the private ranges (hairpin and
-    private-to-private rules), the pool and the block flag (drops for strays).
+    private-to-private rules), the pool (forwarded strays dropped, always) and the block
+    flag (strays to the router itself dropped too).
 
     `heads` is the fixed part both backends render (the iptables backend as the head of
     its chains, the nftables backend as the rules of its base chains before the map
@@ -107,9 +116,11 @@ class NatSpec:
         self.block_public_ips = block_public_ips
         self.heads: dict = {}               # chain -> tuple of Rules; every chain we want
         if ours:
-            self.heads = {CHAIN_PRE: (), CHAIN_OUT: (), CHAIN_POST: tuple(head_rules(self.private_ranges))}
+            drops = pool_drops(pool)
+            self.heads = {CHAIN_PRE: (), CHAIN_OUT: (), CHAIN_POST: tuple(head_rules(self.private_ranges)),
+                          CHAIN_FWD: drops}
             if block_public_ips:
-                self.heads[CHAIN_IN] = tuple(Rule(dst=net, target="DROP") for net in collapse(pool))
+                self.heads[CHAIN_IN] = drops
 
     @classmethod
     def none(cls) -> NatSpec:
@@ -143,6 +154,23 @@ class NatSpec:
         return isinstance(other, NatSpec) and \
             {c: tuple(h) for c, h in self.heads.items()} == {c: tuple(h) for c, h in other.heads.items()} and \
             set(self.associations) == set(other.associations)
+
+
+_last_drops: tuple = (None, ())  # (pool, its drops), replaced whole (threads read it at once)
+
+
+def pool_drops(pool: Iterable[IPv4Address]) -> tuple[Rule, ...]:
+    """One DROP rule per CIDR block of the pool. Remembered for the last frozenset it was
+    asked for (immutable, so the answer cannot go stale): a /16 takes tens of ms to
+    collapse, and every reconcile asks again for the same pool (Registry.pool)."""
+    global _last_drops
+    last_pool, last = _last_drops
+    if isinstance(pool, frozenset) and pool is last_pool:
+        return last
+    drops = tuple(Rule(dst=net, target="DROP") for net in collapse(pool))
+    if isinstance(pool, frozenset):
+        _last_drops = (pool, drops)
+    return drops
 
 
 def head_rules(private_ranges: Sequence[IPv4Network]) -> list[Rule]:

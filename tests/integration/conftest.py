@@ -64,8 +64,9 @@ def getip(daemon, private_ip) -> str:
 
 
 def nat_rules(lab) -> str:
-    """Our chains as iptables-legacy-save prints them (for assertions and failure messages)."""
-    out = lab.run(lab.ns_router, ["iptables-legacy-save", "-t", "nat"]).stdout
+    """Our chains as iptables-legacy-save prints them (for assertions and failure messages):
+    the nat table's and the filter table's (IPFLOATER-FWD, always; IPFLOATER-IN)."""
+    out = lab.run(lab.ns_router, ["iptables-legacy-save"]).stdout
     return "\n".join(line for line in out.splitlines() if "IPFLOATER" in line)
 
 

@@ -118,7 +118,7 @@ def test_sync_update_flush_are_idempotent(router):
 def test_a_batch_is_all_or_nothing(router):
     a = [["198.51.100.10", VM1]]
     # the second update deletes an element that exists and one that does not
-    res = drive(router, [{"op": "sync", "pairs": a, "ranges": RANGES},
+    res = drive(router, [{"op": "sync", "pairs": a, "ranges": RANGES, "pool": POOL},
                          {"op": "update", "before": [["198.51.100.10", VM1], ["198.51.100.12", "10.77.0.99"]],
                           "after": [["198.51.100.11", VM2]]},
                          {"op": "dump"}])
@@ -128,13 +128,13 @@ def test_a_batch_is_all_or_nothing(router):
 
 def test_hand_edits_inside_our_table_are_undone(router):
     a = [["198.51.100.10", VM1]]
-    drive(router, [{"op": "sync", "pairs": a, "ranges": RANGES}])
+    drive(router, [{"op": "sync", "pairs": a, "ranges": RANGES, "pool": POOL}])
     router.run(router.ns_router, ["nft", "add", "rule", "ip", "ipfloater", "postrouting", "counter", "accept"])
     router.run(router.ns_router, ["nft", "add", "element", "ip", "ipfloater", "fip_dnat",
                                   "{ 198.51.100.13 : 10.77.0.99 }"])
     router.run(router.ns_router, ["nft", "add", "set", "ip", "ipfloater", "extra", "{ type ipv4_addr; }"])
-    res = drive(router, [{"op": "sync", "pairs": a, "ranges": RANGES}, {"op": "sync", "pairs": a, "ranges": RANGES},
-                         {"op": "dump"}])
+    res = drive(router, [{"op": "sync", "pairs": a, "ranges": RANGES, "pool": POOL},
+                         {"op": "sync", "pairs": a, "ranges": RANGES, "pool": POOL}, {"op": "dump"}])
     assert res[0]["ok"] == ["removed 1 object we never create from table ip ipfloater",
                             "rewrote chain postrouting: 4 rules -> 3", "removed 1 element from map fip_dnat"]
     assert res[1] == {"ok": []}

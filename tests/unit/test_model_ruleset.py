@@ -63,7 +63,7 @@ def test_associate_is_idempotent_and_moves_only_when_asked():
         reg.plan_associate(pub, A("10.77.0.12"), RANGES)
     assert err.value.code == "address_in_use"
     moved, change = reg.plan_associate(pub, A("10.77.0.12"), RANGES, allow_move=True)
-    assert change.retargeted_addresses() == {pub}
+    assert change.moved_addresses() == {pub}
     reg.apply(change)
     assert reg.by_private(A("10.77.0.12")).public_ip == pub and reg.by_private(A("10.77.0.11")) is None
 
@@ -118,9 +118,10 @@ def test_change_composition():
     b = Allocation(A("198.51.100.10"), private_ip=A("10.77.0.5"))
     composed = Change(after=(a,)).then(Change(before=(a,), after=(b,)))
     assert composed == Change(before=(), after=(b,))
-    assert Change(before=(b,)).retargeted_addresses() == {A("198.51.100.10")}  # released
-    assert Change(before=(a,), after=(b,)).retargeted_addresses() == {A("198.51.100.10")}  # newly associated
-    assert Change(before=(b,), after=(b,)).retargeted_addresses() == set()
+    assert Change(before=(b,)).moved_addresses() == {A("198.51.100.10")}  # released
+    # newly associated: nothing to cut (the FORWARD drop left no entry without NAT)
+    assert Change(before=(a,), after=(b,)).moved_addresses() == set()
+    assert Change(before=(b,), after=(b,)).moved_addresses() == set()
 
 
 def test_desired_spec_shape():
@@ -231,3 +232,25 @@ def test_indexes_built_after_a_change_include_it(rows, remove):
         expected = Registry(pool, allocs)
     assert (changed._by_private, changed._by_ref, changed._free) == \
         (expected._by_private, expected._by_ref, expected._free)
+
+
+def test_forward_drops_are_always_there_one_per_pool_block_and_remembered_per_frozenset():
+    from one_ipfloater.nat.ruleset import CHAIN_FWD, pool_drops
+    pool = frozenset(A(f"198.51.100.{i}") for i in range(10, 14))
+    spec = desired_spec([], RANGES, pool)  # BLOCK_PUBLIC_IPS off: the forward drops all the same
+    assert [str(r.dst) for r in spec.ordered(CHAIN_FWD)] == ["198.51.100.10/31", "198.51.100.12/31"]
+    assert {r.target for r in spec.ordered(CHAIN_FWD)} == {"DROP"}
+    assert pool_drops(pool) is pool_drops(pool)  # the same frozenset: not collapsed again
+    other = frozenset(pool | {A("198.51.100.14")})
+    assert [str(r.dst) for r in pool_drops(other)] == ["198.51.100.10/31", "198.51.100.12/31", "198.51.100.14/32"]
+    assert [str(r.dst) for r in pool_drops(list(pool))] == ["198.51.100.10/31", "198.51.100.12/31"]
+    assert desired_spec([], RANGES).ordered(CHAIN_FWD) == []  # no pool: the chain, no rule
+
+
+@given(st.sets(st.integers(0, 300), max_size=120))
+def test_collapse_is_ipaddress_collapse_addresses(offsets):
+    import ipaddress
+
+    from one_ipfloater.addresses import collapse
+    addrs = [A(int(A("198.51.100.0")) + i) for i in offsets]
+    assert collapse(addrs) == list(ipaddress.collapse_addresses(IPv4Network(a) for a in addrs))

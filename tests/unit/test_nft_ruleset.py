@@ -41,7 +41,8 @@ def test_rebuild_batch_for_a_ruleset():
         {**T, "name": "fip_snat", "elem": [["10.77.0.11", "198.51.100.10"], ["10.77.0.12", "198.51.100.11"]]}]
     assert [(c["name"], c["type"], c["hook"], c["prio"], c["policy"]) for c in cmds_of("chain", batch)] == [
         ("prerouting", "nat", "prerouting", -110, "accept"), ("output", "nat", "output", -110, "accept"),
-        ("postrouting", "nat", "postrouting", 90, "accept"), ("input", "filter", "input", 0, "accept")]
+        ("postrouting", "nat", "postrouting", 90, "accept"), ("input", "filter", "input", 0, "accept"),
+        ("forward", "filter", "forward", 0, "accept")]
     dnat_map = [{"dnat": {"addr": {"map": {"key": DADDR, "data": "@fip_dnat"}}}}]
     assert [r["expr"] for r in cmds_of("rule", batch)] == [
         dnat_map,
@@ -58,9 +59,14 @@ def test_rebuild_batch_for_a_ruleset():
          {"drop": None}],
         [{"match": {"op": "==", "left": DADDR, "right": {"prefix": {"addr": "198.51.100.12", "len": 31}}}},
          {"drop": None}],
+    ] + [  # the same drops in forward: always there, BLOCK_PUBLIC_IPS or not
+        [{"match": {"op": "==", "left": DADDR, "right": {"prefix": {"addr": "198.51.100.10", "len": 31}}}},
+         {"drop": None}],
+        [{"match": {"op": "==", "left": DADDR, "right": {"prefix": {"addr": "198.51.100.12", "len": 31}}}},
+         {"drop": None}],
     ]
     assert [r["chain"] for r in cmds_of("rule", batch)] == \
-        ["prerouting", "output", "postrouting", "postrouting", "postrouting", "input", "input"]
+        ["prerouting", "output", "postrouting", "postrouting", "postrouting", "input", "input", "forward", "forward"]
     json.loads(nft.document(batch))  # one JSON document: one libnftables call, one transaction
 
 
@@ -72,11 +78,12 @@ def test_rule_count_does_not_grow_with_associations():
     assert [len(e["elem"]) for e in cmds_of("element", many)] == [4096, 4096]
 
 
-def test_no_block_public_ips_means_no_input_chain_and_empty_maps_have_no_elements():
+def test_no_block_public_ips_means_no_input_chain_but_forward_and_empty_maps_have_no_elements():
     batch = nft.rebuild_batch(nft.desired_state(desired_spec([], RANGES, POOL)))
-    assert [c["name"] for c in cmds_of("chain", batch)] == ["prerouting", "output", "postrouting"]
+    assert [c["name"] for c in cmds_of("chain", batch)] == ["prerouting", "output", "postrouting", "forward"]
     assert cmds_of("element", batch) == []
-    assert len(cmds_of("rule", batch)) == 5  # 2 dnat map rules, hairpin, return, snat map rule
+    # 2 dnat map rules, hairpin, return, snat map rule; 2 forward drops (198.51.100.10/31, .12/31)
+    assert len(cmds_of("rule", batch)) == 7
 
 
 def test_single_host_ranges_are_plain_addresses():
@@ -421,6 +428,21 @@ def test_a_drifted_table_is_repaired_not_installed_afresh():
     repairs = nft.NftablesBackend(runner).sync(desired)
     assert repairs == ["added 1 element to map fip_dnat", "added 1 element to map fip_snat"]
     assert not repairs.installed_afresh
+
+
+def test_an_upgraded_table_gets_the_forward_chain_as_an_installation_not_a_repair():
+    """A table written by a version without the forward chain: the start installs it
+    (Repairs.installed, logged at info), while a forward chain emptied later is drift."""
+    desired = desired_spec([(P1, V1)], RANGES, POOL)
+    old = nft.desired_state(desired)
+    del old.chains["forward"]
+    repairs = nft.NftablesBackend(ScriptedRunner(kernel_listing(old))).sync(desired)
+    line = "created chain forward (type filter hook forward priority 0 policy accept)"
+    assert repairs == [line] and repairs.installed == [line] and not repairs.installed_afresh
+    emptied = nft.desired_state(desired)
+    emptied.chains["forward"] = emptied.chains["forward"][:4] + ((),)
+    repairs = nft.NftablesBackend(ScriptedRunner(kernel_listing(emptied))).sync(desired)
+    assert repairs == ["rewrote chain forward: 0 rules -> 2"] and repairs.installed == []
 
 
 # -- a backend this host cannot drive: a fact, not a message ----------------------------------

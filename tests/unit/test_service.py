@@ -1,11 +1,14 @@
 """The service pipeline with an in-memory NAT backend and host: atomicity, persistence,
 side effects (no root needed)."""
 
+import logging
 from ipaddress import IPv4Address
 
 import pytest
 
+from one_ipfloater.addresses import collapse
 from one_ipfloater.model import FipError
+from one_ipfloater.nat.ruleset import CHAIN_FWD
 from one_ipfloater.service import FloatingIPService
 from one_ipfloater.store import Store
 from tests.fakes import FakeBackend, FakeHost, fake_config
@@ -72,17 +75,35 @@ def test_refused_request_changes_nothing(make):
                         {c: list(r) for c, r in backend.chains.items()}, set(host.addresses))
 
 
-def test_association_move_and_release_flush_conntrack_and_release_removes_address(make):
+def test_move_and_release_flush_conntrack_a_new_association_does_not(make):
     svc, _backend, host = make()
     alloc, _ = svc.allocate(private_ip=A("10.77.0.11"))
-    assert host.flushed == [alloc.public_ip]  # new: flows begun before the rule (tests/ha/test_routed_pool.py)
+    assert host.flushed == []  # new: no entry without NAT to cut (the FORWARD drop, tests/ha/test_routed_pool.py)
     svc.associate(alloc.public_ip, A("10.77.0.12"), allow_move=True)
-    assert host.flushed == [alloc.public_ip] * 2
+    assert host.flushed == [alloc.public_ip]
     svc.associate(alloc.public_ip, A("10.77.0.12"))  # the same: nothing to cut
     svc.allocate()  # an address without a target: nothing either
-    assert host.flushed == [alloc.public_ip] * 2
+    assert host.flushed == [alloc.public_ip]
     svc.release(alloc.public_ip)
-    assert host.flushed == [alloc.public_ip] * 3 and host.addresses == set()
+    assert host.flushed == [alloc.public_ip] * 2 and host.addresses == set()
+
+
+def test_upgraded_router_gets_the_forward_chain_installed_not_repaired(tmp_path, caplog):
+    """A start on a kernel whose rules came from a version without IPFLOATER-FWD: the
+    chain is installed with one info line and no repair; a later loss of it is drift."""
+    config = fake_config(tmp_path / "state.db", public_interface="pub0")
+    backend, host = FakeBackend(), FakeHost()
+    svc = FloatingIPService(config, Store(config.db_path), backend, host)
+    svc.start()
+    svc.allocate(private_ip=A("10.77.0.11"))
+    assert [str(r.dst) for r in backend.chains[CHAIN_FWD]] == [str(n) for n in collapse(config.pool)]
+    del backend.chains[CHAIN_FWD]  # what the older version left
+    restarted = FloatingIPService(config, Store(config.db_path), backend, host)
+    with caplog.at_level(logging.INFO, logger="one_ipfloater.service"):
+        assert restarted.start() == []
+    assert f"installed: created chain {CHAIN_FWD}" in caplog.text and "repaired" not in caplog.text
+    del backend.chains[CHAIN_FWD]  # now it is drift
+    assert restarted.reconcile() == [f"created chain {CHAIN_FWD}"]
 
 
 def test_reconcile_restores_addresses_and_rules(make):
