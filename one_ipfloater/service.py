@@ -82,7 +82,7 @@ class FloatingIPService:
         # HA state before start(): until then a router of an on-link pair holds none
         self.holds_addresses = onlink.holds_addresses(config.ha_mode, "unknown")
         self._kernel_behind = False  # a conflict's catch-up updated the registry, not yet the kernel
-        self._retargeted_behind: set[IPv4Address] = set()  # addresses others changed meanwhile
+        self._moved_behind: set[IPv4Address] = set()  # addresses others moved meanwhile
         # ROUTER_GROUP: the kernel holds the served pools' associations only (groups.py);
         # None: every pool's, as a router without groups always did
         self.served_pools = groups.served_pools(config)
@@ -362,7 +362,7 @@ class FloatingIPService:
                 raise FipError("store_conflict", f"change not applied: the shared state changed under it "
                                f"{CONFLICT_RETRIES} times in a row; try again", 503)
             finally:
-                if self._kernel_behind or self._retargeted_behind:
+                if self._kernel_behind or self._moved_behind:
                     self._converge_kernel()
 
     def _catch_up_to_replan(self, snapshot, target: int | None, delta=None) -> None:
@@ -375,7 +375,7 @@ class FloatingIPService:
             if delta is not None:
                 change = self._take_delta(delta)
                 if change is not None:  # (their flows cut when the change is done)
-                    self._retargeted_behind |= groups.served_change(change, self.served).retargeted_addresses()
+                    self._moved_behind |= groups.served_change(change, self.served).moved_addresses()
                 return
         self.catch_up(kernel=False, snapshot=snapshot)
 
@@ -383,7 +383,7 @@ class FloatingIPService:
         """The kernel to the registry after conflicts' catch-ups from the whole state,
         and the flows of the addresses others changed cut; a failure is left to the
         repair round."""
-        moved, self._retargeted_behind = self._retargeted_behind, set()
+        moved, self._moved_behind = self._moved_behind, set()
         behind, self._kernel_behind = self._kernel_behind, False
         try:
             if behind:
@@ -416,7 +416,7 @@ class FloatingIPService:
             change = Change(before=old, after=tuple(self.registry))
             if not kernel:
                 self._kernel_behind = True
-                self._retargeted_behind |= groups.served_change(change, self.served).moved_addresses()
+                self._moved_behind |= groups.served_change(change, self.served).moved_addresses()
                 return []
             repairs = self._reconcile()
         self._flush_conntrack(change)
@@ -467,7 +467,7 @@ class FloatingIPService:
                 return None
             self.registry.apply(change)
             if self._kernel_behind:
-                self._retargeted_behind |= groups.served_change(change, self.served).retargeted_addresses()
+                self._moved_behind |= groups.served_change(change, self.served).moved_addresses()
                 return None
             removed, added = pair_delta(*groups.served_change(change, self.served).associations())
             try:
