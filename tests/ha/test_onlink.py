@@ -180,13 +180,18 @@ def test_onlink_keepalived_stopped_on_the_master_gives_the_addresses_up(figures,
             flows.stop()
             return
         if not notify_stop:
-            lab.wait_ha_state("r2", "master")
-            lab.wait_floating(BOTH, timeout=STOP_BOUND)
-            watch_holders(lab, BOTH)
-            assert lab.ha_state("r1") == "master", "the control must differ only in notify_stop"
-            flows.stop()
-            return
+            return _control_both_keep_the_addresses(lab, flows, "notify_stop")
         _after_the_master_s_keepalived_ended(lab, flows, stopped, "stopped (SIGTERM)", figures)
+
+
+def _control_both_keep_the_addresses(lab, flows, left_out):
+    """The negative controls: without `left_out` r1 still says master, so both routers
+    hold the /32s once r2 is master too."""
+    lab.wait_ha_state("r2", "master")
+    lab.wait_floating(BOTH, timeout=STOP_BOUND)
+    watch_holders(lab, BOTH)
+    assert lab.ha_state("r1") == "master", f"the control must differ only in {left_out}"
+    flows.stop()
 
 
 @pytest.mark.parametrize("stop_post", [True, False], ids=["exec-stop-post", "no-exec-stop-post-negative-control"])
@@ -208,12 +213,7 @@ def test_onlink_keepalived_killed_on_the_master_exec_stop_post_gives_the_address
             lab.exec_stop_post("r1")
         lab.wait_entered("r2", "MASTER", masters + 1)  # r1's VRRP addresses stay: a crash cleans nothing
         if not stop_post:
-            lab.wait_ha_state("r2", "master")
-            lab.wait_floating(BOTH, timeout=STOP_BOUND)
-            watch_holders(lab, BOTH)
-            assert lab.ha_state("r1") == "master", "the control must differ only in ExecStopPost"
-            flows.stop()
-            return
+            return _control_both_keep_the_addresses(lab, flows, "ExecStopPost")
         assert lab.notify_events("r1")[-1]["state"] == "stop"
         assert lab.holds_vips("r1"), "keepalived killed -9 left its VRRP addresses (what the README says)"
         _after_the_master_s_keepalived_ended(lab, flows, killed, "killed -9 + ExecStopPost", figures)
