@@ -153,35 +153,59 @@ def _after_the_master_s_keepalived_ended(lab, flows, ended, how, figures):
     figures(f"on-link, master's keepalived {how}: TCP stream gap (s), same connection", stream_gap)
 
 
-@pytest.mark.parametrize("notify_stop,input_drop", [(True, True), (False, True), (True, False)],
-                         ids=["notify-stop", "no-notify-stop-negative-control", "no-input-drop-negative-control"])
-def test_onlink_keepalived_stopped_on_the_master_gives_the_addresses_up(figures, notify_stop, input_drop):
+@pytest.mark.parametrize("notify_stop", [True, False], ids=["notify-stop", "no-notify-stop-negative-control"])
+def test_onlink_keepalived_stopped_on_the_master_gives_the_addresses_up(figures, notify_stop):
     """SIGTERM to the master's keepalived (systemctl stop, an upgrade): it hands over at once
     (priority 0) and runs notify_stop; the /32s leave the old master, so the upstream's ARP
-    has one answer. Without notify_stop nothing tells the daemon: both hold them. Without
-    the input drop that HA_MODE onlink implies (BLOCK_PUBLIC_IPS), the stream is reset: in
-    the moment before notify_stop, the VMs' answers already go through the new master, the
-    client's next segments reach the old one out of its conntrack's window, untranslated,
-    and its own stack answers them for the /32 it still holds."""
+    has one answer. Without notify_stop nothing tells the daemon: both hold them."""
     with HaLab(advert_int=ADVERT, onlink=True, notify_stop=notify_stop) as lab:
         lab.wait_master("r1")
         lab.wait_ha_state("r1", "master")
         lab.wait_ha_state("r2", "backup")
         flows = Flows(lab)
         lab.wait_floating(ONE)
-        if not input_drop:  # the daemon's filter input rules, emptied (no periodic reconcile in the lab)
-            lab.run(lab.ns("r1"), ["nft", "flush", "chain", "ip", "ipfloater", "input"])
         stopped = time.time()
         lab.stop_keepalived("r1")
         lab.wait_master("r2")  # keepalived removed its own addresses from r1
-        if not input_drop:
-            assert not flows.stream.wait_reply_after(stopped, count=40), "the stream carried on: no control"
-            assert "reset" in (flows.stream.end or {}).get("error", ""), f"not a reset: {flows.stream.end}"
-            flows.stop()
-            return
         if not notify_stop:
             return _control_both_keep_the_addresses(lab, flows, "notify_stop")
         _after_the_master_s_keepalived_ended(lab, flows, stopped, "stopped (SIGTERM)", figures)
+
+
+RESET_TRIES = 3  # labs the control below may take to show one reset
+
+
+def _stream_end_without_the_input_drop():
+    """One lab: keepalived stopped on the master whose input drop was emptied by hand; the
+    stream's end (None when it carried on)."""
+    with HaLab(advert_int=ADVERT, onlink=True) as lab:
+        lab.wait_master("r1")
+        lab.wait_ha_state("r1", "master")
+        lab.wait_ha_state("r2", "backup")
+        flows = Flows(lab)
+        lab.wait_floating(ONE)
+        lab.run(lab.ns("r1"), ["nft", "flush", "chain", "ip", "ipfloater", "input"])
+        stopped = time.time()
+        lab.stop_keepalived("r1")
+        lab.wait_master("r2")
+        carried = flows.stream.wait_reply_after(stopped, count=40)
+        end = flows.stream.end
+        flows.stop()
+        return None if carried else (end or {})
+
+
+def test_onlink_control_without_the_input_drop_the_old_master_resets_the_stream():
+    """Why HA_MODE onlink implies BLOCK_PUBLIC_IPS (the test above passes with it): in the
+    moment before notify_stop the VMs' answers already go through the new master, the
+    client's next segments reach the old one out of its conntrack's window, untranslated,
+    and its own stack answers them with a reset for the /32 it still holds. A race (a
+    segment must arrive in that moment; most labs show it): up to RESET_TRIES labs, one
+    reset proves the drop is what keeps the stream."""
+    ends = []
+    while len(ends) < RESET_TRIES and (not ends or ends[-1] is None):
+        ends.append(_stream_end_without_the_input_drop())
+    assert ends[-1] is not None, f"the stream carried on in {RESET_TRIES} labs: no control"
+    assert "reset" in ends[-1].get("error", ""), f"not a reset: {ends[-1]}"
 
 
 def _control_both_keep_the_addresses(lab, flows, left_out):
