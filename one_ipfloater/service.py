@@ -314,7 +314,16 @@ class FloatingIPService:
         associated again meanwhile, a flow of the new association deleted here is picked
         up again at its next packet with the new NAT.
         """
-        moved = groups.served_change(change, self.served).moved_addresses()
+        self._cut_flows(self._moved_here(change))
+
+    def _moved_here(self, change: Change) -> set[IPv4Address]:
+        """The addresses of `change` whose flows this router cuts: moved or released, in
+        the pools it serves."""
+        return groups.served_change(change, self.served).moved_addresses()
+
+    def _cut_flows(self, moved: set[IPv4Address]) -> None:
+        """Delete the conntrack entries of `moved` (a change's, or those gathered by a
+        conflict's catch-ups); a failure leaves old flows to their timeout."""
         if not self.config.conntrack_flush or not moved:
             return
         try:
@@ -351,12 +360,12 @@ class FloatingIPService:
                         return attempt()
                     except StoreConflict as exc:
                         log.info("%s; catching up and planning again", exc)
-                        snapshot, target, delta = exc.snapshot, exc.revision, exc.delta
+                        target, delta = exc.revision, exc.delta
                     if tries:  # a random back-off: daemons that keep colliding get out of step
                         time.sleep(random.uniform(0, min(0.1, 0.002 * 2 ** tries)))
-                        snapshot = target = delta = None  # (older now: read again)
+                        target = delta = None  # (older now: read again)
                     try:
-                        self._catch_up_to_replan(snapshot, target, delta)
+                        self._catch_up_to_replan(target, delta)
                     except StoreError as failed:
                         raise FipError("store_unavailable", f"change not applied: {failed}", 503) from None
                 raise FipError("store_conflict", f"change not applied: the shared state changed under it "
@@ -365,19 +374,18 @@ class FloatingIPService:
                 if self._kernel_behind or self._moved_behind:
                     self._converge_kernel()
 
-    def _catch_up_to_replan(self, snapshot, target: int | None, delta=None) -> None:
+    def _catch_up_to_replan(self, target: int | None, delta=None) -> None:
         """A conflict's catch-up, under the lock: the changes since (`delta`, the failed
         txn's answer; else asked up to `target`, the revision it saw) taken in as a
         follower does; else the whole state, into the registry only (the kernel after)."""
-        if snapshot is None:
-            if delta is None:
-                delta = self.store.changes_since(target or self.store.changed_revision())
-            if delta is not None:
-                change = self._take_delta(delta)
-                if change is not None:  # (their flows cut when the change is done)
-                    self._moved_behind |= groups.served_change(change, self.served).moved_addresses()
-                return
-        self.catch_up(kernel=False, snapshot=snapshot)
+        if delta is None:
+            delta = self.store.changes_since(target or self.store.changed_revision())
+        if delta is None:
+            self.catch_up(kernel=False)
+            return
+        change = self._take_delta(delta)
+        if change is not None:  # (their flows cut when the change is done)
+            self._moved_behind |= self._moved_here(change)
 
     def _converge_kernel(self) -> None:
         """The kernel to the registry after conflicts' catch-ups from the whole state,
@@ -390,19 +398,14 @@ class FloatingIPService:
                 self._reconcile()
         except Exception as exc:
             self._side_effect_failed("converging the rules to the shared state", exc)
-        if moved and self.config.conntrack_flush:
-            try:
-                self._conntrack_flush(moved)
-            except Exception as exc:  # old flows end at their timeout instead
-                log.error("conntrack not flushed for %s: %s", ", ".join(map(str, sorted(moved))), exc)
+        self._cut_flows(moved)
 
-    def catch_up(self, kernel: bool = True, snapshot=None) -> list[str]:
+    def catch_up(self, kernel: bool = True) -> list[str]:
         """Read the shared state again and converge the kernel to it: another daemon's
         changes (the follower calls this when the store's revision moved). Flows of
         addresses that moved elsewhere are cut, as if the change had been made here.
         `kernel=False` (a conflict's re-plan): the registry only, the kernel after."""
-        if snapshot is None:
-            snapshot = self.store.read()  # (outside the lock: a slow store must not stall reads)
+        snapshot = self.store.read()  # (outside the lock: a slow store must not stall reads)
         with self._lock:
             if snapshot is None:
                 allocations = self.store.allocations()
@@ -416,7 +419,7 @@ class FloatingIPService:
             change = Change(before=old, after=tuple(self.registry))
             if not kernel:
                 self._kernel_behind = True
-                self._moved_behind |= groups.served_change(change, self.served).moved_addresses()
+                self._moved_behind |= self._moved_here(change)
                 return []
             repairs = self._reconcile()
         self._flush_conntrack(change)
@@ -441,13 +444,12 @@ class FloatingIPService:
         registry by the changed allocations, the kernel by their NAT delta, the addresses,
         their flows cut. Not a reconcile: the cost follows the changes, and the periodic
         reconcile still repairs drift."""
-        with self._lock:
-            change = self._take_delta(delta)
-        if change is not None:
+        change = self._take_delta(delta)
+        if change is not None:  # (outside the lock, as after a local change)
             self._flush_conntrack(change)
 
     def _take_delta(self, delta) -> Change | None:
-        """apply_delta's part under the lock: the change taken in (None: nothing new). The
+        """apply_delta's part, under the lock: the change taken in (None: nothing new). The
         kernel only if it follows the registry (after a conflict's catch-up from the whole
         state it does not: that ends in a reconcile)."""
         with self._lock:
@@ -467,7 +469,7 @@ class FloatingIPService:
                 return None
             self.registry.apply(change)
             if self._kernel_behind:
-                self._moved_behind |= groups.served_change(change, self.served).moved_addresses()
+                self._moved_behind |= self._moved_here(change)
                 return None
             removed, added = pair_delta(*groups.served_change(change, self.served).associations())
             try:

@@ -56,11 +56,9 @@ class StoreUnavailable(StoreError):
 
 class StoreConflict(StoreError):
     """Another daemon changed the shared state since it was read: plan again (on
-    `snapshot`, the state the failed transaction read, when it has one; or on `delta`,
-    the changes since, when it has them; else on the changes up to `revision`, the
-    state's revision the failed transaction saw)."""
+    `delta`, the changes since, when the failed transaction has them; else on the
+    changes up to `revision`, the state's revision it saw; else on the whole state)."""
 
-    snapshot = None
     revision = None
     delta = None
 
