@@ -44,6 +44,9 @@ import time
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address
 
+from . import groups
+from .config import config_pools
+
 log = logging.getLogger(__name__)
 
 STATES = ("master", "backup", "fault", "stop")  # stop: keepalived is not running
@@ -155,9 +158,8 @@ def served_addresses(service) -> set:
     """The addresses whose flows a new state forgets: the pool and any still-served one
     (read under the service's lock: an API change may be editing the registry)."""
     with service._lock:
-        served = getattr(service, "served", None)  # ROUTER_GROUP: the served pools' only
-        if served is not None:
-            return set(served)
+        if service.served is not None:  # ROUTER_GROUP: the served pools' only
+            return set(service.served)
         return set(service.registry.pool) | {pub for pub, _priv in service.registry.associations()}
 
 
@@ -178,9 +180,7 @@ def command(config, state: str) -> int:
         refused = exc.code not in ("unreachable", "timeout", "no_token")
         why = exc.message
     try:
-        from .config import config_pools
-        from .groups import served_addresses, served_pools
-        served = served_addresses(config_pools(config), served_pools(config))  # ROUTER_GROUP: its own
+        served = groups.served_addresses(config_pools(config), groups.served_pools(config))  # ROUTER_GROUP
         done = enter(state, state_path(config.db_path), config.pool if served is None else sorted(served),
                      hostnet.flush_conntrack)
         if state != "master" and getattr(config, "ha_mode", "none") == "onlink":
