@@ -314,7 +314,8 @@ class IptablesBackend(NatBackend):
                 pieces, table_repairs = plan_restore_pieces(table, current, desired)
                 script += pieces
                 repairs += table_repairs
-                installed += [line for line in table_repairs if line in _absent_filter_chains(table, current)]
+                absent = _absent_filter_chains(table, current)
+                installed += [line for line in table_repairs if line in absent]
             if script:
                 self._restore(script)
             self._associations = len(desired.associations)
