@@ -18,6 +18,8 @@ import sys
 import threading
 import time
 
+from .timing import wrap_timed
+
 _local = threading.local()
 
 
@@ -29,16 +31,7 @@ def _add(step: str, seconds: float) -> None:
 
 
 def _wrap(owner, name: str, step: str) -> None:
-    original = getattr(owner, name)
-
-    def timed(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            _add(step, time.perf_counter() - start)
-
-    setattr(owner, name, timed)
+    wrap_timed(owner, name, lambda start, end: _add(step, end - start))
 
 
 def install() -> None:

@@ -20,6 +20,8 @@ import json  # noqa: E402  (after T0: the imports are part of what is timed)
 import os  # noqa: E402
 import sys  # noqa: E402
 
+from .timing import wrap_timed  # noqa: E402
+
 _phases: list[list] = []
 
 
@@ -31,16 +33,8 @@ def _memory() -> tuple[float, float]:
 
 
 def _wrap(owner, name: str, label: str) -> None:
-    original = getattr(owner, name)
-
-    def timed(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            _phases.append([label, (start - T0) * 1000, (time.perf_counter() - start) * 1000, *_memory()])
-
-    setattr(owner, name, timed)
+    wrap_timed(owner, name, lambda start, end: _phases.append([label, (start - T0) * 1000,
+                                                               (end - start) * 1000, *_memory()]))
 
 
 def main() -> int:
