@@ -39,14 +39,21 @@ def watch_holders(lab, expected, intervals=WATCH):
     assert all(s == expected for s in samples), f"floating addresses moved or doubled: {samples}"
 
 
+def _flows_through_the_master(lab):
+    """Once r1 is master and r2 backup, both daemons told: the stream and the ping train
+    through the floating address, which r1 alone holds."""
+    lab.wait_master("r1")
+    lab.wait_ha_state("r1", "master")
+    lab.wait_ha_state("r2", "backup")
+    flows = Flows(lab)
+    lab.wait_floating(ONE)
+    return flows
+
+
 @pytest.mark.parametrize("garp", [True, False], ids=["garp", "no-garp-negative-control"])
 def test_onlink_master_links_down_backup_takes_the_addresses_and_announces_them(figures, garp):
     with HaLab(advert_int=ADVERT, onlink=True, garp=garp) as lab:
-        lab.wait_master("r1")
-        lab.wait_ha_state("r1", "master")
-        lab.wait_ha_state("r2", "backup")
-        flows = Flows(lab)
-        lab.wait_floating(ONE)
+        flows = _flows_through_the_master(lab)
         watch_holders(lab, ONE, intervals=5)  # the backup took nothing for the association
         cut = time.time()
         lab.cut_links("r1")
@@ -159,11 +166,7 @@ def test_onlink_keepalived_stopped_on_the_master_gives_the_addresses_up(figures,
     (priority 0) and runs notify_stop; the /32s leave the old master, so the upstream's ARP
     has one answer. Without notify_stop nothing tells the daemon: both hold them."""
     with HaLab(advert_int=ADVERT, onlink=True, notify_stop=notify_stop) as lab:
-        lab.wait_master("r1")
-        lab.wait_ha_state("r1", "master")
-        lab.wait_ha_state("r2", "backup")
-        flows = Flows(lab)
-        lab.wait_floating(ONE)
+        flows = _flows_through_the_master(lab)
         stopped = time.time()
         lab.stop_keepalived("r1")
         lab.wait_master("r2")  # keepalived removed its own addresses from r1
@@ -179,11 +182,7 @@ def _stream_end_without_the_input_drop():
     """One lab: keepalived stopped on the master whose input drop was emptied by hand; the
     stream's end (None when it carried on)."""
     with HaLab(advert_int=ADVERT, onlink=True) as lab:
-        lab.wait_master("r1")
-        lab.wait_ha_state("r1", "master")
-        lab.wait_ha_state("r2", "backup")
-        flows = Flows(lab)
-        lab.wait_floating(ONE)
+        flows = _flows_through_the_master(lab)
         lab.run(lab.ns("r1"), ["nft", "flush", "chain", "ip", "ipfloater", "input"])
         stopped = time.time()
         lab.stop_keepalived("r1")
@@ -225,11 +224,7 @@ def test_onlink_keepalived_killed_on_the_master_exec_stop_post_gives_the_address
     (the lab runs the same command when the processes are gone). Without it the old
     master keeps the /32s beside the new master's."""
     with HaLab(advert_int=ADVERT, onlink=True) as lab:
-        lab.wait_master("r1")
-        lab.wait_ha_state("r1", "master")
-        lab.wait_ha_state("r2", "backup")
-        flows = Flows(lab)
-        lab.wait_floating(ONE)
+        flows = _flows_through_the_master(lab)
         masters = lab.entered("r2", "MASTER")
         killed = time.time()
         lab.kill_keepalived("r1")
